@@ -1,0 +1,27 @@
+"""cusparseconv: spatially sparse convolutions on integer voxel grids.
+
+NumPy/SciPy on the CPU; the array type picks the backend. See README.md for
+the concepts, the regimes and the internals, and SPEC.md for the mathematics.
+"""
+
+from ._threads import get_num_threads, set_num_threads
+from .conv import (conv_bias_grad, conv_forward, conv_input_grad, conv_weight_grad,
+                   layer_kernel_map, sparse_conv)
+from .coords import coordinate_range
+from .kmap import KernelMap, build_kernel_map
+from .offsets import kernel_offsets
+from .pool import (global_pool, global_pool_backward, pool_backward, pool_forward,
+                   sparse_pool, upsample_nearest, upsample_parents)
+from .tensor import CoordinateCache, SparseTensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SparseTensor", "CoordinateCache", "KernelMap",
+    "kernel_offsets", "build_kernel_map", "coordinate_range",
+    "sparse_conv", "layer_kernel_map",
+    "conv_forward", "conv_input_grad", "conv_weight_grad", "conv_bias_grad",
+    "sparse_pool", "global_pool", "global_pool_backward", "pool_forward", "pool_backward",
+    "upsample_nearest", "upsample_parents",
+    "set_num_threads", "get_num_threads",
+]

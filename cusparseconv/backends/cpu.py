@@ -1,0 +1,453 @@
+"""CPU backend: NumPy/SciPy implementations of the kernel-map search and the products.
+
+Layout choices that make the CPU path fast without compiled code:
+
+* Coordinates are packed into int64 keys and sorted once per coordinate set.
+  The queries ``s * u + K[k]`` of one offset, taken in key order, are sorted
+  too, so every offset is one vectorised ``searchsorted`` against the sorted
+  keys; offsets that differ only along the last axis reuse the previous
+  offset's positions and step a few places instead of searching again. For a
+  submanifold map (same set in and out, symmetric kernel) only half of the
+  offsets are searched: the pairs of ``-d`` are the swapped pairs of ``d``.
+* Products run per block of output rows: for each offset, the block's pairs
+  are a contiguous slice of the pair table, so the gathered rows, the BLAS
+  product and the scatter-add stay in cache. Blocks write disjoint output
+  rows, so they run on worker threads without changing any bit of the result.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._threads import parallel_for
+from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
+from ..kmap import KernelMap
+
+_INT64_MAX = np.iinfo(np.int64).max
+#: Largest last-axis gap between consecutive offsets bridged by stepping.
+_MAX_STEP = 4
+
+
+# --------------------------------------------------------------------------
+# Kernel-map search
+# --------------------------------------------------------------------------
+
+def _symmetric_half(offsets: np.ndarray):
+    """Split a symmetric kernel into (searched, mirrored-from, zero) index lists.
+
+    Returns None when the kernel is not symmetric.
+    """
+    index = {tuple(row): k for k, row in enumerate(offsets.tolist())}
+    searched, mirrored, zero = [], {}, None
+    for k, row in enumerate(offsets.tolist()):
+        negated = tuple(-v for v in row)
+        if negated not in index:
+            return None
+        if not any(row):
+            zero = k
+            continue
+        first_nonzero = next(v for v in row if v)
+        if first_nonzero > 0:
+            searched.append(k)
+        else:
+            mirrored[k] = index[negated]
+    return searched, mirrored, zero
+
+
+def _search_fast(fine_keys: np.ndarray, base_keys: np.ndarray, offsets: np.ndarray,
+                 wanted: list[int]) -> dict:
+    """Positions of ``base_keys + delta_k`` in ``fine_keys`` for the wanted offsets.
+
+    Both key arrays are sorted and every query field is known to be in range.
+
+    Returns
+    -------
+    dict k -> (fine_rank, coarse_rank), int64 arrays of the hits.
+    """
+    n_fine = fine_keys.shape[0]
+    padded = np.append(fine_keys, _INT64_MAX)
+    deltas = offset_deltas(offsets)
+    groups: dict[tuple, list[int]] = {}
+    for k in wanted:
+        groups.setdefault(tuple(offsets[k, :-1].tolist()), []).append(k)
+    found = {}
+    for members in groups.values():
+        members.sort(key=lambda k: int(offsets[k, -1]))
+        position = None
+        previous_last = 0
+        for k in members:
+            query = base_keys + deltas[k]
+            gap = int(offsets[k, -1]) - previous_last
+            if position is None or gap > _MAX_STEP:
+                position = np.searchsorted(fine_keys, query)
+            else:
+                # Between the previous query and this one lie at most `gap` keys
+                # (they differ in the last field only), so step instead of searching.
+                for _ in range(gap):
+                    position += padded[position] < query
+            previous_last = int(offsets[k, -1])
+            hit = padded[position] == query
+            if n_fine and query.shape[0] and bool(np.any(position == n_fine)):
+                hit &= position < n_fine
+            coarse_rank = np.flatnonzero(hit)
+            found[k] = (position[coarse_rank], coarse_rank)
+    return found
+
+
+def _search_checked(fine_keys: np.ndarray, batch: np.ndarray, base: np.ndarray,
+                    offsets: np.ndarray, wanted: list[int]) -> dict:
+    """Like :func:`_search_fast` for queries that may leave the packable range."""
+    ndim = base.shape[1]
+    low, high = coordinate_range(ndim)
+    n_fine = fine_keys.shape[0]
+    found = {}
+    for k in wanted:
+        spatial = base + offsets[k].astype(np.int64)
+        valid = np.all((spatial >= low) & (spatial < high), axis=1)
+        coarse_rank = np.flatnonzero(valid)
+        query = pack_parts(batch[coarse_rank], spatial[coarse_rank])
+        position = np.searchsorted(fine_keys, query)
+        np.minimum(position, max(n_fine - 1, 0), out=position)
+        hit = fine_keys[position] == query if n_fine else np.zeros(0, bool)
+        found[k] = (position[hit], coarse_rank[hit])
+    return found
+
+
+def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same_set=False,
+                     in_keys=None, out_keys=None) -> KernelMap:
+    """CPU kernel-map build; see :func:`cusparseconv.build_kernel_map`."""
+    ndim = in_coords.shape[1] - 1
+    kernel_volume = offsets.shape[0]
+    if in_keys is None:
+        in_keys = SortedKeys(in_coords, "in_coords")
+    if same_set:
+        out_keys = in_keys
+    elif out_keys is None:
+        out_keys = SortedKeys(out_coords, "out_coords")
+    # fine = s * coarse + K[k]: the input is fine for a forward map, coarse for a transposed one.
+    if transposed:
+        fine, coarse, coarse_coords = out_keys, in_keys, in_coords
+    else:
+        fine, coarse, coarse_coords = in_keys, out_keys, out_coords
+    n_coarse = coarse.keys.shape[0]
+    unit_stride = all(s == 1 for s in stride)
+
+    symmetric = _symmetric_half(offsets) if (same_set and unit_stride) else None
+    if symmetric is None:
+        wanted, mirrored, zero = list(range(kernel_volume)), {}, None
+    else:
+        wanted, mirrored, zero = symmetric
+
+    found = {}
+    if n_coarse and fine.keys.shape[0] and wanted:
+        sorted_coords = coarse_coords if coarse.is_identity else coarse_coords[coarse.order]
+        spatial = sorted_coords[:, 1:].astype(np.int64)
+        if not unit_stride:
+            spatial *= np.asarray(stride, dtype=np.int64)
+        low, high = coordinate_range(ndim)
+        reach_low = spatial.min(axis=0) + offsets.min(axis=0)
+        reach_high = spatial.max(axis=0) + offsets.max(axis=0)
+        if (reach_low >= low).all() and (reach_high < high).all():
+            base_keys = coarse.keys if unit_stride else pack_parts(sorted_coords[:, 0], spatial)
+            found = _search_fast(fine.keys, base_keys, offsets, wanted)
+        else:
+            found = _search_checked(fine.keys, sorted_coords[:, 0], spatial, offsets, wanted)
+
+    empty = np.zeros(0, dtype=np.int64)
+    fine_rows, coarse_rows = [], []
+    for k in range(kernel_volume):
+        if k == zero:
+            rows = np.arange(n_coarse, dtype=np.int64)
+            fine_rows.append(rows)
+            coarse_rows.append(rows)
+        elif k in mirrored:
+            source = found.get(mirrored[k])
+            if source is None:
+                fine_rows.append(empty)
+                coarse_rows.append(empty)
+            else:  # pairs of -d are the swapped pairs of d
+                fine_rows.append(_rows(coarse, source[1]))
+                coarse_rows.append(_rows(fine, source[0]))
+        elif k in found:
+            fine_rank, coarse_rank = found[k]
+            fine_rows.append(_rows(fine, fine_rank))
+            coarse_rows.append(_rows(coarse, coarse_rank))
+        else:
+            fine_rows.append(empty)
+            coarse_rows.append(empty)
+
+    counts = np.fromiter((r.shape[0] for r in fine_rows), dtype=np.int64, count=kernel_volume)
+    pair_offsets = np.zeros(kernel_volume + 1, dtype=np.int64)
+    np.cumsum(counts, out=pair_offsets[1:])
+    fine_all = np.concatenate(fine_rows) if kernel_volume else empty
+    coarse_all = np.concatenate(coarse_rows) if kernel_volume else empty
+    if transposed:
+        in_rows, out_rows, out_sorted = coarse_all, fine_all, fine.is_identity
+    else:
+        in_rows, out_rows, out_sorted = fine_all, coarse_all, coarse.is_identity
+    if not out_sorted or mirrored:
+        from ..kmap import _sort_within_offsets
+        out_rows, in_rows = _sort_within_offsets(out_rows, in_rows, pair_offsets)
+    return KernelMap(in_rows, out_rows, pair_offsets, in_coords.shape[0],
+                     out_coords.shape[0], offsets, stride, transposed)
+
+
+def _rows(keys: SortedKeys, rank: np.ndarray) -> np.ndarray:
+    return rank if keys.is_identity else keys.order[rank]
+
+
+# --------------------------------------------------------------------------
+# Products
+# --------------------------------------------------------------------------
+
+def accumulate_dtype(dtype) -> np.dtype:
+    """float64 stays float64; every other float type accumulates in float32."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def _block_rows(channels: int) -> int:
+    """Output rows per block: about 1 MiB of float32 accumulator, within [1024, 16384]."""
+    return int(min(16384, max(1024, 262144 // max(channels, 1))))
+
+
+def _in_monotone(kmap: KernelMap) -> np.ndarray:
+    """Per offset: are the input rows strictly increasing (cached on the map)?"""
+    flags = getattr(kmap, "_in_monotone", None)
+    if flags is None:
+        flags = np.zeros(kmap.kernel_volume, dtype=bool)
+        for k in range(kmap.kernel_volume):
+            rows = kmap.pairs(k)[0]
+            flags[k] = rows.shape[0] < 2 or bool(np.all(rows[1:] > rows[:-1]))
+        kmap._in_monotone = flags
+    return flags
+
+
+def gather_apply_scatter(src: np.ndarray, kmap: KernelMap, apply, n_channels: int,
+                         dtype: np.dtype) -> np.ndarray:
+    """``out[out_rows] += apply(k, src[in_rows])`` over every offset k.
+
+    Parameters
+    ----------
+    src : ndarray, shape (n_in, C_src)
+        Source rows, already in the accumulation dtype.
+    kmap : KernelMap
+        Pairs sorted by output row within each offset.
+    apply : callable (k, gathered (n, C_src)) -> (n, n_channels)
+    n_channels : int
+    dtype : numpy dtype of the result.
+
+    Returns
+    -------
+    out : ndarray, shape (n_out, n_channels)
+    """
+    n_out = kmap.n_out
+    if n_out == 0 or kmap.n_pairs == 0:
+        return np.zeros((n_out, n_channels), dtype=dtype)
+    out = np.empty((n_out, n_channels), dtype=dtype)
+    bounds, cuts = kmap.chunk_cuts(_block_rows(n_channels))
+    in_monotone = _in_monotone(kmap)
+    in_rows_all, out_rows_all = kmap.in_rows, kmap.out_rows
+    active = [k for k in range(kmap.kernel_volume) if kmap.pair_offsets[k + 1] > kmap.pair_offsets[k]]
+
+    def run_block(block: int) -> None:
+        first, last = bounds[block], bounds[block + 1]
+        acc = np.zeros((last - first, n_channels), dtype=dtype)
+        for k in active:
+            start, stop = cuts[k, block], cuts[k, block + 1]
+            count = stop - start
+            if count == 0:
+                continue
+            in_rows = in_rows_all[start:stop]
+            out_rows = out_rows_all[start:stop]
+            in_first = in_rows[0]
+            if in_monotone[k] and in_rows[-1] - in_first == count - 1:
+                gathered = src[in_first:in_first + count]
+            else:
+                gathered = src.take(in_rows, axis=0)
+            product = apply(k, gathered)
+            out_first = out_rows[0] - first
+            if out_rows[-1] - out_rows[0] == count - 1:
+                acc[out_first:out_first + count] += product
+            else:
+                acc[out_rows - first] += product
+        out[first:last] = acc
+
+    parallel_for(run_block, range(bounds.shape[0] - 1))
+    return out
+
+
+def _matmul_standard(weight):
+    return lambda k, rows: rows @ weight[k]
+
+
+def _matmul_grouped(weight):
+    groups, _, group_out = weight.shape[1:]
+
+    def apply(k, rows):
+        n = rows.shape[0]
+        per_group = rows.reshape(n, groups, -1).transpose(1, 0, 2)
+        return np.matmul(per_group, weight[k]).transpose(1, 0, 2).reshape(n, groups * group_out)
+
+    return apply
+
+
+def _scale_depthwise(weight):
+    return lambda k, rows: rows * weight[k]
+
+
+def _apply_for(weight: np.ndarray, layout: str, transpose: bool):
+    if layout == "depthwise":
+        return _scale_depthwise(weight)
+    if layout == "grouped":
+        if transpose:
+            weight = np.ascontiguousarray(weight.transpose(0, 1, 3, 2))
+        return _matmul_grouped(weight)
+    if transpose:
+        weight = np.ascontiguousarray(weight.transpose(0, 2, 1))
+    return _matmul_standard(weight)
+
+
+def conv_forward(feats, weight, kmap, layout, c_out):
+    """Forward product; returns the accumulation-dtype result (n_out, C_out)."""
+    dtype = accumulate_dtype(feats.dtype)
+    src = np.ascontiguousarray(feats, dtype=dtype)
+    weight = np.ascontiguousarray(weight, dtype=dtype)
+    return gather_apply_scatter(src, kmap, _apply_for(weight, layout, False), c_out, dtype)
+
+
+def conv_input_grad(grad_out, weight, kmap, layout, c_in):
+    """Input gradient: the forward product of the reverse table with W transposed."""
+    dtype = accumulate_dtype(grad_out.dtype)
+    src = np.ascontiguousarray(grad_out, dtype=dtype)
+    weight = np.ascontiguousarray(weight, dtype=dtype)
+    return gather_apply_scatter(src, kmap.reverse(), _apply_for(weight, layout, True), c_in,
+                                dtype)
+
+
+#: Pairs per weight-gradient work item (bounds the gathered blocks' size).
+_WGRAD_PAIRS = 16384
+
+
+def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape):
+    """Weight gradient ``dW[k] = A[in]^T @ dY[out]``, deterministic at any thread count."""
+    dtype = accumulate_dtype(np.result_type(feats.dtype, grad_out.dtype))
+    src = np.ascontiguousarray(feats, dtype=dtype)
+    dst = np.ascontiguousarray(grad_out, dtype=dtype)
+    grad_weight = np.zeros(weight_shape, dtype=dtype)
+    items = []
+    for k in range(kmap.kernel_volume):
+        start, stop = int(kmap.pair_offsets[k]), int(kmap.pair_offsets[k + 1])
+        for first in range(start, stop, _WGRAD_PAIRS):
+            items.append((k, first, min(stop, first + _WGRAD_PAIRS)))
+    partials = [None] * len(items)
+
+    if layout == "depthwise":
+        def product(a, b):
+            return np.einsum("nc,nc->c", a, b)
+    elif layout == "grouped":
+        groups = weight_shape[1]
+
+        def product(a, b):
+            n = a.shape[0]
+            return np.matmul(a.reshape(n, groups, -1).transpose(1, 2, 0),
+                             b.reshape(n, groups, -1).transpose(1, 0, 2))
+    else:
+        def product(a, b):
+            return a.T @ b
+
+    def run_item(index: int) -> None:
+        k, first, last = items[index]
+        partials[index] = product(src.take(kmap.in_rows[first:last], axis=0),
+                                  dst.take(kmap.out_rows[first:last], axis=0))
+
+    parallel_for(run_item, range(len(items)))
+    for (k, _, _), partial in zip(items, partials):  # fixed order: deterministic sums
+        grad_weight[k] += partial
+    return grad_weight
+
+
+# --------------------------------------------------------------------------
+# Pooling
+# --------------------------------------------------------------------------
+
+def pool_sum(feats, kmap):
+    """Sum over active offsets, accumulation dtype (n_out, C)."""
+    dtype = accumulate_dtype(feats.dtype)
+    src = np.ascontiguousarray(feats, dtype=dtype)
+    return gather_apply_scatter(src, kmap, lambda k, rows: rows, src.shape[1], dtype)
+
+
+def pool_counts(kmap) -> np.ndarray:
+    """Active offsets per output row, (n_out,) int64."""
+    return np.bincount(kmap.out_rows, minlength=kmap.n_out).astype(np.int64)
+
+
+def pool_max(feats, kmap):
+    """Max over active offsets and the winning input row per (row, channel).
+
+    Returns
+    -------
+    values : (n_out, C) in the accumulation dtype; 0 for rows with no pair.
+    argmax : (n_out, C) int64 input row, -1 for rows with no pair. Ties go to
+        the first active offset in kernel order.
+    """
+    dtype = accumulate_dtype(feats.dtype)
+    src = np.ascontiguousarray(feats, dtype=dtype)
+    n_out, channels = kmap.n_out, src.shape[1]
+    values = np.zeros((n_out, channels), dtype=dtype)
+    argmax = np.full((n_out, channels), -1, dtype=np.int64)
+    if n_out == 0 or kmap.n_pairs == 0:
+        return values, argmax
+    bounds, cuts = kmap.chunk_cuts(_block_rows(channels))
+
+    def run_block(block: int) -> None:
+        first, last = bounds[block], bounds[block + 1]
+        best = np.full((last - first, channels), -np.inf, dtype=dtype)
+        winner = np.full((last - first, channels), -1, dtype=np.int64)
+        for k in range(kmap.kernel_volume):
+            start, stop = cuts[k, block], cuts[k, block + 1]
+            if start == stop:
+                continue
+            in_rows = kmap.in_rows[start:stop]
+            local = kmap.out_rows[start:stop] - first
+            candidate = src.take(in_rows, axis=0)
+            current = best[local]
+            # strictly greater (or the first pair of a row): ties keep the earlier offset
+            better = (candidate > current) | (winner[local] < 0)
+            best[local] = np.where(better, candidate, current)
+            winner[local] = np.where(better, in_rows[:, None], winner[local])
+        has_pair = winner >= 0
+        values[first:last] = np.where(has_pair, best, 0)
+        argmax[first:last] = winner
+
+    parallel_for(run_block, range(bounds.shape[0] - 1))
+    return values, argmax
+
+
+def scatter_rows_by_index(grad_out, argmax, n_in):
+    """``grad_in[argmax[r, c], c] += grad_out[r, c]`` (deterministic, via bincount)."""
+    channels = grad_out.shape[1]
+    valid = argmax >= 0
+    flat = (argmax * channels + np.arange(channels))[valid]
+    summed = np.bincount(flat, weights=grad_out[valid].astype(np.float64),
+                         minlength=n_in * channels)
+    return summed.reshape(n_in, channels)
+
+
+def segment_reduce(feats, segment_ids, n_segments, mode):
+    """Reduce rows into ``n_segments`` groups (sum / mean / max); (n_segments, C)."""
+    dtype = accumulate_dtype(feats.dtype)
+    channels = feats.shape[1]
+    if n_segments == 0:
+        return np.zeros((0, channels), dtype=dtype)
+    order = np.argsort(segment_ids, kind="stable")
+    sorted_ids = segment_ids[order]
+    starts = np.searchsorted(sorted_ids, np.arange(n_segments))
+    values = np.ascontiguousarray(feats, dtype=dtype)[order]
+    if mode == "max":
+        return np.maximum.reduceat(values, starts, axis=0)
+    sums = np.add.reduceat(values, starts, axis=0)
+    if mode == "mean":
+        counts = np.diff(np.append(starts, values.shape[0]))
+        sums /= counts[:, None]
+    return sums

@@ -1,0 +1,343 @@
+"""Sparse convolution in every regime, and its three products as array functions.
+
+The regimes (stride 1, strided, transposed, generative, explicit output
+coordinates) differ only in how the output coordinates are chosen
+(:func:`output_coordinates`) and in the kernel map built between the two sets;
+the products :func:`conv_forward`, :func:`conv_input_grad` and
+:func:`conv_weight_grad` do not know which regime they serve (SPEC sections 3
+to 5).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import check_coords, check_feats, per_axis
+from .backends import backend_for
+from .kmap import KernelMap
+from .offsets import check_offsets, kernel_offsets
+from .tensor import SparseTensor
+
+
+# --------------------------------------------------------------------------
+# Weight layouts
+# --------------------------------------------------------------------------
+
+def weight_layout(weight_shape, kernel_volume: int, c_in: int, groups: int,
+                  name: str = "weight") -> tuple[str, int]:
+    """Check a weight shape against the kernel and channels; return (layout, C_out).
+
+    Layouts (SPEC section 2): ``"standard"`` (K, C_in, C_out) for groups == 1,
+    ``"grouped"`` (K, G, C_in / G, C_out / G), ``"depthwise"`` (K, C) when
+    groups == C_in == C_out.
+    """
+    if not isinstance(groups, (int, np.integer)) or isinstance(groups, bool) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    shape = tuple(weight_shape)
+    if groups == 1:
+        if len(shape) != 3 or shape[0] != kernel_volume or shape[1] != c_in:
+            raise ValueError(
+                f"{name} must have shape (K, C_in, C_out) = ({kernel_volume}, {c_in}, C_out) "
+                f"for a kernel of {kernel_volume} offsets and {c_in} input channels, "
+                f"got {shape}")
+        return "standard", shape[2]
+    if c_in % groups:
+        raise ValueError(f"groups ({groups}) must divide the input channels ({c_in})")
+    if len(shape) == 2:
+        if groups != c_in or shape != (kernel_volume, c_in):
+            raise ValueError(
+                f"a 2-D {name} is depthwise and needs groups == C_in and shape "
+                f"(K, C) = ({kernel_volume}, {c_in}); got groups={groups}, shape {shape}")
+        return "depthwise", c_in
+    if (len(shape) != 4 or shape[0] != kernel_volume or shape[1] != groups
+            or shape[2] != c_in // groups):
+        raise ValueError(
+            f"{name} must have shape (K, G, C_in/G, C_out/G) = ({kernel_volume}, {groups}, "
+            f"{c_in // groups}, C_out/G) for groups={groups}, or (K, C) for depthwise; "
+            f"got {shape}")
+    return "grouped", groups * shape[3]
+
+
+def _check_weight(weight, name="weight"):
+    if not hasattr(weight, "dtype"):
+        weight = np.asarray(weight)
+    if weight.dtype.name not in ("float16", "bfloat16", "float32", "float64"):
+        raise TypeError(f"{name} must be a floating array, got dtype {weight.dtype}")
+    return weight
+
+
+def _check_kmap(kmap):
+    if not isinstance(kmap, KernelMap):
+        raise TypeError(f"kmap must be a KernelMap (from build_kernel_map), "
+                        f"got {type(kmap).__name__}")
+
+
+def _as_depthwise(weight, layout):
+    """A grouped weight with one channel per group runs as depthwise (K, C)."""
+    if layout == "grouped" and weight.shape[2] == 1 and weight.shape[3] == 1:
+        return weight.reshape(weight.shape[0], weight.shape[1]), "depthwise"
+    return weight, layout
+
+
+# --------------------------------------------------------------------------
+# The three products on arrays
+# --------------------------------------------------------------------------
+
+def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None):
+    """Forward product ``Y[out] += A[in] @ W[k]`` over the pairs of every offset.
+
+    Parameters
+    ----------
+    feats : ndarray, shape (n_in, C_in)
+        Input features A (float16 / bfloat16 / float32 / float64).
+    weight : ndarray
+        (K, C_in, C_out), (K, G, C_in/G, C_out/G) or depthwise (K, C).
+    kmap : KernelMap
+        From :func:`cusparseconv.build_kernel_map` or a tensor's cache.
+    groups : int
+    bias : ndarray, shape (C_out,), optional
+
+    Returns
+    -------
+    out : ndarray, shape (n_out, C_out), the dtype of ``feats``
+        Accumulated in float32 (float64 for float64 inputs).
+    """
+    _check_kmap(kmap)
+    feats = check_feats(feats, kmap.n_in, "feats")
+    weight = _check_weight(weight)
+    layout, c_out = weight_layout(weight.shape, kmap.kernel_volume, feats.shape[1], groups)
+    weight, layout = _as_depthwise(weight, layout)
+    backend = backend_for(feats, weight, bias)
+    out = backend.conv_forward(feats, weight, kmap, layout, c_out)
+    if bias is not None:
+        bias = _check_weight(bias, "bias")
+        if bias.shape != (c_out,):
+            raise ValueError(f"bias must have shape (C_out,) = ({c_out},), got {bias.shape}")
+        out += bias.astype(out.dtype)
+    return out.astype(feats.dtype, copy=False)
+
+
+def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1):
+    """Input gradient ``dX[in] += dY[out] @ W[k]^T``.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (n_out, C_out)
+    weight : ndarray, as in :func:`conv_forward`
+    kmap : KernelMap
+    groups : int
+
+    Returns
+    -------
+    grad_in : ndarray, shape (n_in, C_in), the dtype of ``grad_out``
+    """
+    _check_kmap(kmap)
+    weight = _check_weight(weight)
+    c_in = _input_channels(weight, groups)
+    layout, c_out = weight_layout(weight.shape, kmap.kernel_volume, c_in, groups)
+    grad_out = check_feats(grad_out, kmap.n_out, "grad_out")
+    if grad_out.shape[1] != c_out:
+        raise ValueError(f"grad_out must have {c_out} columns (C_out of weight), "
+                         f"got {grad_out.shape[1]}")
+    weight, layout = _as_depthwise(weight, layout)
+    backend = backend_for(grad_out, weight)
+    return backend.conv_input_grad(grad_out, weight, kmap, layout, c_in).astype(
+        grad_out.dtype, copy=False)
+
+
+def _input_channels(weight, groups):
+    if weight.ndim == 3:
+        return weight.shape[1]
+    if weight.ndim == 2:
+        return weight.shape[1]
+    if weight.ndim == 4:
+        return weight.shape[1] * weight.shape[2]
+    raise ValueError(f"weight must be 2-D (depthwise), 3-D or 4-D (grouped), "
+                     f"got shape {tuple(weight.shape)}")
+
+
+def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_shape=None):
+    """Weight gradient ``dW[k] = A[in]^T @ dY[out]`` per offset.
+
+    Parameters
+    ----------
+    feats : ndarray, shape (n_in, C_in)
+    grad_out : ndarray, shape (n_out, C_out)
+    kmap : KernelMap
+    groups : int
+    weight_shape : tuple, optional
+        Shape of the weight; by default (K, C_in, C_out) for groups == 1,
+        (K, C) when groups == C_in == C_out, else (K, G, C_in/G, C_out/G).
+
+    Returns
+    -------
+    grad_weight : ndarray of ``weight_shape``, the dtype of ``feats``
+    """
+    _check_kmap(kmap)
+    feats = check_feats(feats, kmap.n_in, "feats")
+    grad_out = check_feats(grad_out, kmap.n_out, "grad_out")
+    c_in, c_out = feats.shape[1], grad_out.shape[1]
+    kernel_volume = kmap.kernel_volume
+    if weight_shape is None:
+        if groups == 1:
+            weight_shape = (kernel_volume, c_in, c_out)
+        elif groups == c_in == c_out:
+            weight_shape = (kernel_volume, c_in)
+        elif groups >= 1 and c_in % groups == 0 and c_out % groups == 0:
+            weight_shape = (kernel_volume, groups, c_in // groups, c_out // groups)
+        else:
+            raise ValueError(f"groups ({groups}) must divide C_in ({c_in}) and C_out ({c_out})")
+    weight_shape = tuple(weight_shape)
+    layout, layout_c_out = weight_layout(weight_shape, kernel_volume, c_in, groups,
+                                         "weight_shape")
+    if layout_c_out != c_out:
+        raise ValueError(f"grad_out has {c_out} columns but weight_shape {weight_shape} "
+                         f"gives C_out = {layout_c_out}")
+    run_shape = weight_shape
+    if layout == "grouped" and weight_shape[2] == 1 and weight_shape[3] == 1:
+        layout, run_shape = "depthwise", (kernel_volume, groups)
+    backend = backend_for(feats, grad_out)
+    grad = backend.conv_weight_grad(feats, grad_out, kmap, layout, run_shape)
+    return grad.reshape(weight_shape).astype(feats.dtype, copy=False)
+
+
+def conv_bias_grad(grad_out):
+    """Bias gradient: the column sums of ``grad_out`` (n_out, C_out) -> (C_out,)."""
+    if grad_out.dtype == np.float64:
+        return grad_out.sum(axis=0)
+    return grad_out.astype(np.float32).sum(axis=0).astype(grad_out.dtype)
+
+
+# --------------------------------------------------------------------------
+# Regimes: choosing the output coordinates
+# --------------------------------------------------------------------------
+
+def output_coordinates(x: SparseTensor, offsets: np.ndarray, stride: tuple[int, ...],
+                       transposed: bool = False, generative: bool = False, out_coords=None):
+    """Output coordinate set of a layer (SPEC section 3 table) and its tensor stride.
+
+    Returns
+    -------
+    out_id : int
+        Id of the output set in ``x.cache``.
+    out_stride : tuple of int
+        Tensor stride of the output.
+    """
+    cache = x.cache
+    unit = all(s == 1 for s in stride)
+    if transposed:
+        out_stride = tuple(t // s if t % s == 0 else 1 for t, s in zip(x.stride, stride))
+    else:
+        out_stride = tuple(t * s for t, s in zip(x.stride, stride))
+    if out_coords is not None:
+        if generative:
+            raise ValueError("out_coords and generative=True are exclusive: out_coords "
+                             "fixes the output rows, generative derives them")
+        if isinstance(out_coords, SparseTensor):
+            if out_coords.cache is not cache:
+                raise ValueError("out_coords is a SparseTensor with another coordinate "
+                                 "cache; pass its .coords array instead")
+            return out_coords._coord_id, out_coords.stride
+        out_coords = check_coords(out_coords, "out_coords")
+        if out_coords.shape[1] != x.coords.shape[1]:
+            raise ValueError(f"out_coords must have {x.coords.shape[1]} columns like the "
+                             f"input coords, got {out_coords.shape[1]}")
+        backend_for(x.coords, out_coords)
+        return cache.register(out_coords, name="out_coords"), out_stride
+    if transposed:
+        if generative:
+            return cache.expand(x._coord_id, offsets, stride), out_stride
+        if unit:
+            return x._coord_id, out_stride
+        finer = cache.finer(x._coord_id, stride)
+        if finer is None:
+            raise ValueError(
+                f"transposed convolution with stride {stride} has no output coordinates: "
+                f"this tensor was not produced by a stride-{stride} downsampling in this "
+                f"cache; pass out_coords (the finer coordinates) or use generative=True")
+        return finer, out_stride
+    base = x._coord_id if unit else cache.downsample(x._coord_id, stride)
+    if generative:
+        return cache.expand(base, offsets, (1,) * len(stride)), out_stride
+    return base, out_stride
+
+
+def resolve_offsets(ndim: int, kernel_size=3, dilation=1, offsets=None) -> np.ndarray:
+    """The (K, D) kernel: explicit ``offsets`` or a box of ``kernel_size`` and ``dilation``."""
+    if offsets is not None:
+        return check_offsets(offsets, ndim)
+    return kernel_offsets(kernel_size, dilation, ndim)
+
+
+def sparse_conv(x: SparseTensor, weight, kernel_size=3, stride=1, dilation=1,
+                transposed: bool = False, generative: bool = False, groups: int = 1,
+                bias=None, offsets=None, out_coords=None) -> SparseTensor:
+    """Sparse convolution of ``x`` (SPEC section 3), in every regime.
+
+    Parameters
+    ----------
+    x : SparseTensor
+        Input, (N, 1 + D) coordinates and (N, C_in) features.
+    weight : ndarray
+        (K, C_in, C_out); grouped (K, G, C_in/G, C_out/G); depthwise (K, C)
+        when groups == C_in == C_out. ``W[k]`` belongs to offset k.
+    kernel_size, dilation : int or tuple of D ints
+        Box kernel (ignored when ``offsets`` is given).
+    stride : int or tuple of D ints
+    transposed : bool
+        Transposed convolution (the adjoint of the forward one).
+    generative : bool
+        Output coordinates grow with the kernel: {u + K[k]} (after
+        downsampling when stride > 1), or {s * u + K[k]} when transposed.
+    groups : int
+    bias : ndarray, shape (C_out,), optional
+    offsets : ndarray of int, shape (K, D), optional
+        Arbitrary kernel offsets (generalised convolution).
+    out_coords : ndarray of int, shape (M, 1 + D), or SparseTensor, optional
+        Explicit output coordinates, used as given (rows and order).
+
+    Returns
+    -------
+    SparseTensor
+        Output features (M, C_out) in the dtype of ``x.feats``; it shares
+        ``x``'s coordinate cache.
+
+    Examples
+    --------
+    >>> import numpy as np, cusparseconv as csc
+    >>> coords = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [0, 2, 2, 2]], dtype=np.int32)
+    >>> x = csc.SparseTensor(coords, np.ones((3, 2)))
+    >>> y = csc.sparse_conv(x, np.ones((27, 2, 4)))          # 3x3x3, stride 1
+    >>> y.feats[:, 0].tolist()
+    [4.0, 4.0, 2.0]
+    >>> z = csc.sparse_conv(x, np.ones((8, 2, 4)), kernel_size=2, stride=2)
+    >>> z.coords.tolist(), z.stride
+    ([[0, 0, 0, 0], [0, 1, 1, 1]], (2, 2, 2))
+    """
+    if not isinstance(x, SparseTensor):
+        raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
+    ndim = x.ndim
+    kernel = resolve_offsets(ndim, kernel_size, dilation, offsets)
+    stride = per_axis(stride, ndim, "stride")
+    out_id, out_stride = output_coordinates(x, kernel, stride, bool(transposed),
+                                            bool(generative), out_coords)
+    kmap = x.cache.kernel_map(x._coord_id, out_id, kernel, stride, bool(transposed))
+    feats = conv_forward(x.feats, weight, kmap, groups, bias)
+    return SparseTensor._from_set(x.cache, out_id, feats, out_stride)
+
+
+def layer_kernel_map(x: SparseTensor, kernel_size=3, stride=1, dilation=1,
+                     transposed: bool = False, generative: bool = False, offsets=None,
+                     out_coords=None) -> tuple[KernelMap, int, tuple[int, ...]]:
+    """The kernel map :func:`sparse_conv` would use, without running the product.
+
+    Returns ``(kmap, out_id, out_stride)``; adapters use it to run forward and
+    backward with the array functions.
+    """
+    ndim = x.ndim
+    kernel = resolve_offsets(ndim, kernel_size, dilation, offsets)
+    stride = per_axis(stride, ndim, "stride")
+    out_id, out_stride = output_coordinates(x, kernel, stride, bool(transposed),
+                                            bool(generative), out_coords)
+    return (x.cache.kernel_map(x._coord_id, out_id, kernel, stride, bool(transposed)),
+            out_id, out_stride)

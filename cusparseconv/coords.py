@@ -1,0 +1,259 @@
+"""Packed 64-bit coordinate keys and the coordinate-set operations built on them.
+
+A coordinate row ``(b, x_1, ..., x_D)`` is packed into one non-negative int64
+key: the batch index in the high bits, then each spatial coordinate biased by
+``2**(bits - 1)`` into its own bit field, first axis most significant. Sorting
+keys therefore sorts rows lexicographically by (batch, x_1, ..., x_D), and
+adding a fixed delta to a key moves the row by a fixed offset as long as no
+field leaves its range, which the kernel-map search relies on.
+
+=====  ==========  =========================  ===================
+D      batch bits  bits per spatial axis      coordinate range
+=====  ==========  =========================  ===================
+1      15          32                         int32
+2      15          24                         [-2**23, 2**23)
+3      15          16                         [-2**15, 2**15)
+4      11          13                         [-2**12, 2**12)
+=====  ==========  =========================  ===================
+
+The same layout is used by the GPU hash table, so keys agree across backends.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BATCH_BITS = {1: 15, 2: 15, 3: 15, 4: 11}
+AXIS_BITS = {1: 32, 2: 24, 3: 16, 4: 13}
+
+
+def coordinate_range(ndim: int) -> tuple[int, int]:
+    """Half-open range ``[low, high)`` a spatial coordinate must lie in for D = ndim."""
+    bits = AXIS_BITS[ndim]
+    return -(1 << (bits - 1)), 1 << (bits - 1)
+
+
+def batch_limit(ndim: int) -> int:
+    """Number of batch indices representable for D = ndim (valid: 0 .. limit - 1)."""
+    return 1 << BATCH_BITS[ndim]
+
+
+def _field_shifts(ndim: int) -> list[int]:
+    bits = AXIS_BITS[ndim]
+    return [bits * (ndim - 1 - axis) for axis in range(ndim)]
+
+
+def check_packable(coords: np.ndarray, name: str = "coords") -> None:
+    """Raise ValueError when ``coords`` (N, 1 + D) does not fit the key layout."""
+    ndim = coords.shape[1] - 1
+    if coords.shape[0] == 0:
+        return
+    low, high = coordinate_range(ndim)
+    spatial = coords[:, 1:]
+    c_min, c_max = int(spatial.min()), int(spatial.max())
+    if c_min < low or c_max >= high:
+        raise ValueError(
+            f"{name} spatial values must lie in the packable range [{low}, {high}) for "
+            f"D={ndim}, got [{c_min}, {c_max}]; shift the coordinates (subtract their "
+            f"minimum) or use a coarser voxel size"
+        )
+    b_max = int(coords[:, 0].max())
+    if b_max >= batch_limit(ndim):
+        raise ValueError(
+            f"{name} batch index must be < {batch_limit(ndim)} for D={ndim}, got {b_max}"
+        )
+
+
+def pack(coords: np.ndarray, name: str = "coords", check: bool = True) -> np.ndarray:
+    """Pack coordinate rows into int64 keys.
+
+    Parameters
+    ----------
+    coords : ndarray of int, shape (N, 1 + D)
+        Batch index in column 0, spatial coordinates after it.
+    name : str
+        Argument name used in the range error.
+    check : bool
+        Verify the range first (skip only for rows known to be in range).
+
+    Returns
+    -------
+    keys : ndarray of int64, shape (N,)
+    """
+    if check:
+        check_packable(coords, name)
+    ndim = coords.shape[1] - 1
+    bias = 1 << (AXIS_BITS[ndim] - 1)
+    keys = coords[:, 0].astype(np.int64) << (AXIS_BITS[ndim] * ndim)
+    for axis, shift in enumerate(_field_shifts(ndim)):
+        field = coords[:, 1 + axis].astype(np.int64)
+        field += bias
+        if shift:
+            field <<= shift
+        keys |= field
+    return keys
+
+
+def pack_parts(batch: np.ndarray, spatial: np.ndarray) -> np.ndarray:
+    """Pack a batch column (N,) and int64 spatial coordinates (N, D) known to be in range."""
+    ndim = spatial.shape[1]
+    bias = 1 << (AXIS_BITS[ndim] - 1)
+    keys = batch.astype(np.int64) << (AXIS_BITS[ndim] * ndim)
+    for axis, shift in enumerate(_field_shifts(ndim)):
+        keys |= (spatial[:, axis] + bias) << shift
+    return keys
+
+
+def unpack(keys: np.ndarray, ndim: int) -> np.ndarray:
+    """Inverse of :func:`pack`: int64 keys (N,) to int32 coordinates (N, 1 + D)."""
+    bits = AXIS_BITS[ndim]
+    mask = (1 << bits) - 1
+    bias = 1 << (bits - 1)
+    coords = np.empty((keys.shape[0], 1 + ndim), dtype=np.int32)
+    coords[:, 0] = keys >> (bits * ndim)
+    for axis, shift in enumerate(_field_shifts(ndim)):
+        coords[:, 1 + axis] = ((keys >> shift) & mask) - bias
+    return coords
+
+
+def offset_deltas(offsets: np.ndarray) -> np.ndarray:
+    """Key difference produced by each offset (K, D): valid while no field overflows."""
+    ndim = offsets.shape[1]
+    deltas = np.zeros(offsets.shape[0], dtype=np.int64)
+    for axis, shift in enumerate(_field_shifts(ndim)):
+        deltas += offsets[:, axis].astype(np.int64) << shift
+    return deltas
+
+
+class SortedKeys:
+    """The packed keys of one coordinate set, sorted, with the permutation.
+
+    Attributes
+    ----------
+    keys : ndarray of int64, shape (N,)
+        Packed keys in ascending order.
+    order : ndarray of int64, shape (N,)
+        ``keys == pack(coords)[order]``; row ``order[i]`` of the set has rank i.
+    is_identity : bool
+        True when the rows were already sorted (``order`` is ``arange(N)``).
+    """
+
+    __slots__ = ("keys", "order", "is_identity")
+
+    def __init__(self, coords: np.ndarray, name: str = "coords"):
+        keys = pack(coords, name)
+        if keys.shape[0] < 2 or bool(np.all(keys[1:] > keys[:-1])):
+            self.keys = keys
+            self.order = np.arange(keys.shape[0], dtype=np.int64)
+            self.is_identity = True
+            return
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        duplicate = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
+        if duplicate.size:
+            row = int(order[duplicate[0] + 1])
+            first = int(order[duplicate[0]])
+            raise ValueError(
+                f"{name} must hold unique rows, got {duplicate.size} duplicate(s), e.g. "
+                f"rows {first} and {row} are both {coords[row].tolist()}; merge duplicate "
+                f"points first (cusparseconv.voxelize does)"
+            )
+        self.keys = sorted_keys
+        self.order = order
+        self.is_identity = False
+
+    @classmethod
+    def from_sorted_unique(cls, keys: np.ndarray) -> "SortedKeys":
+        """Wrap keys already sorted and unique (rows in key order)."""
+        self = cls.__new__(cls)
+        self.keys = keys
+        self.order = np.arange(keys.shape[0], dtype=np.int64)
+        self.is_identity = True
+        return self
+
+    def rank_of(self, query_keys: np.ndarray) -> np.ndarray:
+        """Row index of each query key in the set, -1 where absent. (M,) int64."""
+        n = self.keys.shape[0]
+        if n == 0:
+            return np.full(query_keys.shape[0], -1, dtype=np.int64)
+        pos = np.searchsorted(self.keys, query_keys)
+        np.minimum(pos, n - 1, out=pos)
+        found = self.keys[pos] == query_keys
+        rows = self.order[pos]
+        rows[~found] = -1
+        return rows
+
+
+def unique_sorted_keys(keys: np.ndarray) -> np.ndarray:
+    """Sorted unique int64 keys (a run-aware stable sort, then adjacent difference)."""
+    if keys.shape[0] == 0:
+        return keys
+    keys = np.sort(keys, kind="stable")
+    keep = np.empty(keys.shape[0], dtype=bool)
+    keep[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+    return keys[keep]
+
+
+def downsample(coords: np.ndarray, stride: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Unique ``floor(v / s)`` over the rows of ``coords``, sorted by key.
+
+    Parameters
+    ----------
+    coords : ndarray of int32, shape (N, 1 + D)
+    stride : tuple of D ints >= 1
+
+    Returns
+    -------
+    coarse : ndarray of int32, shape (M, 1 + D), rows sorted lexicographically.
+    keys : ndarray of int64, shape (M,), their packed keys (ascending).
+    """
+    ndim = coords.shape[1] - 1
+    spatial = np.floor_divide(coords[:, 1:].astype(np.int64), np.asarray(stride, np.int64))
+    keys = unique_sorted_keys(pack_parts(coords[:, 0], spatial))
+    return unpack(keys, ndim), keys
+
+
+def expand(coords: np.ndarray, offsets: np.ndarray, scale: tuple[int, ...],
+           name: str = "coords") -> tuple[np.ndarray, np.ndarray]:
+    """Unique ``scale * u + K[k]`` over rows u and offsets k, sorted by key.
+
+    This is the output set of a generative convolution (scale 1) and of a
+    transposed generative convolution (scale = stride).
+
+    Parameters
+    ----------
+    coords : ndarray of int32, shape (N, 1 + D)
+    offsets : ndarray of int32, shape (K, D)
+    scale : tuple of D ints
+
+    Returns
+    -------
+    expanded : ndarray of int32, shape (M, 1 + D)
+    keys : ndarray of int64, shape (M,), their packed keys (ascending).
+
+    Raises
+    ------
+    ValueError
+        When an expanded coordinate leaves the packable range.
+    """
+    ndim = coords.shape[1] - 1
+    if coords.shape[0] == 0:
+        return np.empty((0, 1 + ndim), dtype=np.int32), np.empty(0, dtype=np.int64)
+    base = coords[:, 1:].astype(np.int64) * np.asarray(scale, np.int64)
+    low, high = coordinate_range(ndim)
+    lo = base.min(axis=0) + offsets.min(axis=0)
+    hi = base.max(axis=0) + offsets.max(axis=0)
+    if (lo < low).any() or (hi >= high).any():
+        raise ValueError(
+            f"{name}: the generated output coordinates span [{lo.min()}, {hi.max()}], "
+            f"outside the packable range [{low}, {high}) for D={ndim}; shift the input "
+            f"coordinates towards 0"
+        )
+    base_keys = pack_parts(coords[:, 0], base)
+    # Sorting the base first makes every offset's block an ascending run, which
+    # the stable (run-aware) sort merges cheaply.
+    base_keys.sort()
+    deltas = offset_deltas(offsets)
+    keys = unique_sorted_keys((base_keys[None, :] + deltas[:, None]).reshape(-1))
+    return unpack(keys, ndim), keys

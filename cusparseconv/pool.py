@@ -1,0 +1,232 @@
+"""Pooling over kernel maps, global pooling per batch item, nearest upsampling."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import check_feats, per_axis
+from .backends import backend_for
+from .conv import output_coordinates
+from .coords import SortedKeys, pack_parts
+from .kmap import KernelMap
+from .offsets import kernel_offsets
+from .tensor import SparseTensor
+
+POOL_MODES = ("max", "avg", "sum")
+GLOBAL_MODES = ("mean", "max", "sum")
+
+
+def _check_mode(mode, valid):
+    if mode not in valid:
+        raise ValueError(f"mode must be one of {valid}, got {mode!r}")
+
+
+def pool_forward(feats, kmap: KernelMap, mode: str = "max"):
+    """Reduce the input rows paired with each output row.
+
+    Parameters
+    ----------
+    feats : ndarray, shape (n_in, C)
+    kmap : KernelMap
+    mode : {"max", "avg", "sum"}
+        ``avg`` divides by the number of active offsets of the row. Rows with
+        no active offset get 0.
+
+    Returns
+    -------
+    out : ndarray, shape (n_out, C), dtype of ``feats``
+    """
+    _check_mode(mode, POOL_MODES)
+    feats = check_feats(feats, kmap.n_in, "feats")
+    backend = backend_for(feats)
+    if mode == "max":
+        values, _ = backend.pool_max(feats, kmap)
+        return values.astype(feats.dtype, copy=False)
+    out = backend.pool_sum(feats, kmap)
+    if mode == "avg":
+        counts = backend.pool_counts(kmap)
+        out /= np.maximum(counts, 1)[:, None]
+    return out.astype(feats.dtype, copy=False)
+
+
+def pool_backward(grad_out, feats, kmap: KernelMap, mode: str = "max"):
+    """Gradient of :func:`pool_forward` with respect to ``feats``.
+
+    Parameters
+    ----------
+    grad_out : ndarray, shape (n_out, C)
+    feats : ndarray, shape (n_in, C)
+        The forward input (needed by ``max`` to find the winners; ties go to the
+        first active offset in kernel order).
+    kmap : KernelMap
+    mode : {"max", "avg", "sum"}
+
+    Returns
+    -------
+    grad_in : ndarray, shape (n_in, C), dtype of ``grad_out``
+    """
+    _check_mode(mode, POOL_MODES)
+    feats = check_feats(feats, kmap.n_in, "feats")
+    grad_out = check_feats(grad_out, kmap.n_out, "grad_out")
+    if grad_out.shape[1] != feats.shape[1]:
+        raise ValueError(f"grad_out must have {feats.shape[1]} columns like feats, "
+                         f"got {grad_out.shape[1]}")
+    backend = backend_for(feats, grad_out)
+    if mode == "max":
+        _, argmax = backend.pool_max(feats, kmap)
+        grad = backend.scatter_rows_by_index(grad_out, argmax, kmap.n_in)
+        return grad.astype(grad_out.dtype, copy=False)
+    scaled = grad_out
+    if mode == "avg":
+        counts = backend.pool_counts(kmap)
+        scaled = grad_out.astype(backend.accumulate_dtype(grad_out.dtype)) / np.maximum(
+            counts, 1)[:, None]
+    return backend.pool_sum(scaled, kmap.reverse()).astype(grad_out.dtype, copy=False)
+
+
+def sparse_pool(x: SparseTensor, kernel_size=2, stride=None, mode: str = "max",
+                dilation=1, offsets=None) -> SparseTensor:
+    """Max / average / sum pooling over a box kernel.
+
+    Output coordinates follow the strided convolution: ``unique(floor(v / s))``
+    for stride s > 1, the input rows for stride 1.
+
+    Parameters
+    ----------
+    x : SparseTensor
+    kernel_size : int or tuple of D ints
+    stride : int or tuple of D ints, optional
+        Defaults to ``kernel_size``.
+    mode : {"max", "avg", "sum"}
+    dilation : int or tuple, optional
+    offsets : ndarray (K, D), optional
+        Arbitrary pooling window (overrides kernel_size and dilation).
+
+    Returns
+    -------
+    SparseTensor sharing ``x``'s cache.
+
+    Examples
+    --------
+    >>> import numpy as np, cusparseconv as csc
+    >>> coords = np.array([[0, 0, 0, 0], [0, 1, 1, 1], [0, 2, 0, 0]], dtype=np.int32)
+    >>> x = csc.SparseTensor(coords, np.array([[1.0], [5.0], [2.0]]))
+    >>> y = csc.sparse_pool(x, kernel_size=2, stride=2, mode="max")
+    >>> y.coords.tolist(), y.feats.ravel().tolist()
+    ([[0, 0, 0, 0], [0, 1, 0, 0]], [5.0, 2.0])
+    """
+    if not isinstance(x, SparseTensor):
+        raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
+    _check_mode(mode, POOL_MODES)
+    ndim = x.ndim
+    if offsets is None:
+        kernel = kernel_offsets(kernel_size, dilation, ndim)
+        if stride is None:
+            stride = kernel_size
+    else:
+        from .offsets import check_offsets
+        kernel = check_offsets(offsets, ndim)
+        if stride is None:
+            stride = 1
+    stride = per_axis(stride, ndim, "stride")
+    out_id, out_stride = output_coordinates(x, kernel, stride)
+    kmap = x.cache.kernel_map(x._coord_id, out_id, kernel, stride, False)
+    feats = pool_forward(x.feats, kmap, mode)
+    return SparseTensor._from_set(x.cache, out_id, feats, out_stride)
+
+
+def global_pool(x: SparseTensor, mode: str = "mean") -> SparseTensor:
+    """Reduce every batch item to one row.
+
+    Parameters
+    ----------
+    x : SparseTensor
+    mode : {"mean", "max", "sum"}
+
+    Returns
+    -------
+    SparseTensor
+        One row per batch index present in ``x``, coordinates ``(b, 0, ..., 0)``
+        sorted by b, features (B, C). Use ``.feats`` for a classifier head.
+    """
+    if not isinstance(x, SparseTensor):
+        raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
+    _check_mode(mode, GLOBAL_MODES)
+    coords = x.coords
+    batches, segment = np.unique(coords[:, 0], return_inverse=True)
+    backend = backend_for(x.feats)
+    feats = backend.segment_reduce(x.feats, segment.reshape(-1), batches.shape[0], mode)
+    out_coords = np.zeros((batches.shape[0], coords.shape[1]), dtype=np.int32)
+    out_coords[:, 0] = batches
+    out_id = x.cache.register(out_coords)
+    return SparseTensor._from_set(x.cache, out_id, feats.astype(x.feats.dtype, copy=False),
+                                  x.stride)
+
+
+def global_pool_backward(grad_out, x: SparseTensor, mode: str = "mean"):
+    """Gradient of :func:`global_pool` with respect to ``x.feats``; (N, C)."""
+    _check_mode(mode, GLOBAL_MODES)
+    coords, feats = x.coords, x.feats
+    batches, segment = np.unique(coords[:, 0], return_inverse=True)
+    segment = segment.reshape(-1)
+    grad_out = check_feats(grad_out, batches.shape[0], "grad_out")
+    if mode == "sum":
+        return grad_out[segment].astype(grad_out.dtype, copy=False)
+    if mode == "mean":
+        counts = np.bincount(segment, minlength=batches.shape[0])
+        return (grad_out[segment] / counts[segment, None]).astype(grad_out.dtype, copy=False)
+    # max: the first row holding the maximum of its item, per channel
+    backend = backend_for(feats)
+    maxima = backend.segment_reduce(feats, segment, batches.shape[0], "max")
+    hit = feats == maxima[segment].astype(feats.dtype)
+    rows = np.arange(feats.shape[0])[:, None]
+    first = np.full(maxima.shape, feats.shape[0], dtype=np.int64)
+    np.minimum.at(first, (segment[:, None].repeat(feats.shape[1], 1)[hit],
+                          np.nonzero(hit)[1]), rows.repeat(feats.shape[1], 1)[hit])
+    grad = np.zeros(feats.shape, dtype=grad_out.dtype)
+    channel = np.arange(feats.shape[1])
+    grad[first, channel[None, :].repeat(first.shape[0], 0)] = grad_out
+    return grad
+
+
+def upsample_parents(fine_coords, coarse_coords, stride) -> np.ndarray:
+    """Row of ``coarse_coords`` holding ``floor(v / stride)`` for each fine row v.
+
+    Returns
+    -------
+    parents : ndarray of int64, shape (N_fine,); -1 where the parent is absent.
+    """
+    ndim = fine_coords.shape[1] - 1
+    stride = per_axis(stride, ndim, "stride")
+    spatial = np.floor_divide(fine_coords[:, 1:].astype(np.int64), np.asarray(stride))
+    return SortedKeys(coarse_coords, "coarse_coords").rank_of(
+        pack_parts(fine_coords[:, 0], spatial))
+
+
+def upsample_nearest(x: SparseTensor, stride, out_coords=None) -> SparseTensor:
+    """Nearest-neighbour unpooling: each finer row takes its coarse parent's features.
+
+    Parameters
+    ----------
+    x : SparseTensor
+        A coarse tensor, produced by a stride-``stride`` downsampling in this
+        cache (or give ``out_coords``).
+    stride : int or tuple of D ints
+    out_coords : ndarray (M, 1 + D), optional
+        The finer coordinates; by default the set ``x`` was downsampled from.
+
+    Returns
+    -------
+    SparseTensor on the finer coordinates, stride ``x.stride / stride``.
+    """
+    if not isinstance(x, SparseTensor):
+        raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
+    ndim = x.ndim
+    stride = per_axis(stride, ndim, "stride")
+    out_id, out_stride = output_coordinates(x, kernel_offsets(1, 1, ndim), stride,
+                                            transposed=True, out_coords=out_coords)
+    fine_coords = x.cache.coords(out_id)
+    parents = upsample_parents(fine_coords, x.coords, stride)
+    if parents.size and int(parents.min()) < 0:
+        raise ValueError("out_coords has rows whose parent floor(v / stride) is not in x")
+    return SparseTensor._from_set(x.cache, out_id, x.feats[parents], out_stride)
