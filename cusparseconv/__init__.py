@@ -8,11 +8,13 @@ from ._threads import get_num_threads, set_num_threads
 from .conv import (conv_bias_grad, conv_forward, conv_input_grad, conv_weight_grad,
                    layer_kernel_map, sparse_conv)
 from .coords import coordinate_range
+from .dense import from_dense, gather_from_dense, scatter_to_dense, to_dense
 from .kmap import KernelMap, build_kernel_map
 from .offsets import kernel_offsets
 from .pool import (global_pool, global_pool_backward, pool_backward, pool_forward,
                    sparse_pool, upsample_nearest, upsample_parents)
 from .tensor import CoordinateCache, SparseTensor
+from .voxelize import devoxelize, voxelize
 
 __version__ = "0.1.0"
 
@@ -23,5 +25,7 @@ __all__ = [
     "conv_forward", "conv_input_grad", "conv_weight_grad", "conv_bias_grad",
     "sparse_pool", "global_pool", "global_pool_backward", "pool_forward", "pool_backward",
     "upsample_nearest", "upsample_parents",
+    "voxelize", "devoxelize", "to_dense", "from_dense", "scatter_to_dense",
+    "gather_from_dense",
     "set_num_threads", "get_num_threads",
 ]

@@ -3,9 +3,12 @@
 The CPU products split their work into chunks of output rows (or offsets)
 whose results land in disjoint places, so running them on several threads
 never changes a single bit of the result. NumPy's indexing and BLAS release
-the GIL; when ``threadpoolctl`` is installed, BLAS is pinned to one thread per
-worker while the chunks run concurrently (without it, chunks run one after
-another and BLAS uses its own threads).
+the GIL. When ``threadpoolctl`` is installed (``pip install
+cusparseconv[threads]``; the test extra has it), BLAS is pinned to one thread
+inside every chunk and the chunks run on ``get_num_threads()`` workers, so the
+result is bit-identical at any thread count. Without it, chunks run one after
+another and BLAS uses its own threads (deterministic for a fixed BLAS thread
+count, but a BLAS product split differently may round differently).
 """
 
 from __future__ import annotations
@@ -65,17 +68,24 @@ def parallel_for(function, items) -> None:
     outcome is independent of scheduling.
     """
     items = list(items)
-    threads = _state["threads"]
-    if threads == 1 or len(items) < 2 or _threadpoolctl is None:
+    if _threadpoolctl is None:
+        # BLAS keeps its own threads; our blocks run one after another.
         for item in items:
             function(item)
         return
+    threads = _state["threads"]
     with _lock:
-        if _state["executor"] is None:
-            _state["executor"] = ThreadPoolExecutor(threads, thread_name_prefix="cusparseconv")
         if _state["controller"] is None:
             _state["controller"] = _threadpoolctl.ThreadpoolController()
+        if threads > 1 and _state["executor"] is None:
+            _state["executor"] = ThreadPoolExecutor(threads, thread_name_prefix="cusparseconv")
         executor, controller = _state["executor"], _state["controller"]
+    # BLAS is pinned to one thread inside every block, whatever the worker count:
+    # a BLAS product split over threads may sum in another order.
     with controller.limit(limits=1, user_api="blas"):
-        for future in [executor.submit(function, item) for item in items]:
-            future.result()
+        if threads == 1 or len(items) < 2:
+            for item in items:
+                function(item)
+        else:
+            for future in [executor.submit(function, item) for item in items]:
+                future.result()

@@ -81,7 +81,8 @@ class KernelMap:
         table with transposed weights, so it runs without atomics or conflicts.
         """
         if self._by_input is None:
-            in_rows, out_rows = _sort_within_offsets(self.out_rows, self.in_rows,
+            # the new output rows are the old input rows
+            out_rows, in_rows = _sort_within_offsets(self.in_rows, self.out_rows,
                                                      self.pair_offsets)
             self._by_input = KernelMap(in_rows, out_rows, self.pair_offsets, self.n_out,
                                        self.n_in, self.offsets, self.stride,

@@ -201,7 +201,8 @@ def _segment_reduce(sorted_values, starts, reduce, xp):
 
     ``reduce`` is one of "sum", "max", "min"; the caller picks the dtype of
     ``sorted_values`` (the accumulation dtype).  This is the one place that
-    uses ``ufunc.reduceat``, which CuPy lacks.
+    uses ``ufunc.reduceat`` (missing from older CuPy releases): a GPU port
+    replaces it with a segmented-reduction kernel if needed.
     """
     ufunc = {"sum": xp.add, "max": xp.maximum, "min": xp.minimum}[reduce]
     return ufunc.reduceat(sorted_values, starts, axis=0)

@@ -1,0 +1,173 @@
+"""Shared fixtures and helpers for the cusparseconv test suite.
+
+The helpers here know nothing about the library: they make random coordinate
+sets, match two coordinate sets row by row, and compare arrays with a tolerance
+scaled to the reference. The library itself is handed to tests through the
+session-scoped ``csc`` fixture so that the oracle self-checks still run (and
+pass) while the package is missing or broken.
+"""
+
+import importlib
+import zlib
+
+import numpy as np
+import pytest
+
+# ---------------------------------------------------------------------------
+# library and array-module fixtures
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def csc():
+    """The ``cusparseconv`` package (the test fails if it cannot be imported)."""
+    try:
+        return importlib.import_module("cusparseconv")
+    except Exception as exc:  # pragma: no cover - only while the package is missing
+        pytest.fail(f"cannot import cusparseconv: {type(exc).__name__}: {exc}")
+
+
+def _cupy_or_skip():
+    try:
+        import cupy  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the machine
+        pytest.skip("CuPy is not installed")
+    import cupy
+
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:  # pragma: no cover
+            pytest.skip("no CUDA device")
+    except Exception:  # pragma: no cover
+        pytest.skip("no CUDA device")
+    return cupy
+
+
+@pytest.fixture(
+    scope="session",
+    params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)],
+)
+def xp(request):
+    """The array module a test runs on: NumPy (CPU backend) or CuPy (GPU)."""
+    if request.param == "numpy":
+        return np
+    return _cupy_or_skip()
+
+
+def to_numpy(a):
+    """A NumPy copy of a NumPy or CuPy array (``None`` stays ``None``)."""
+    if a is None:
+        return None
+    if hasattr(a, "get") and not isinstance(a, np.ndarray):
+        return a.get()
+    return np.asarray(a)
+
+
+# ---------------------------------------------------------------------------
+# random inputs
+# ---------------------------------------------------------------------------
+
+SEED = 20261125
+
+
+@pytest.fixture
+def rng(request):
+    """A numpy Generator seeded from the fixed suite seed and the test's id,
+    so every test sees its own reproducible stream."""
+    return np.random.default_rng([SEED, zlib.crc32(request.node.nodeid.encode())])
+
+
+def random_coords(rng, n, ndim=3, n_batch=2, low=-6, high=6):
+    """``n`` unique rows ``[b, x_1..x_D]`` (int32, shape (n, 1 + ndim)).
+
+    Batch indices lie in ``[0, n_batch)``, coordinates in ``[low, high)``
+    (negative values included by default). Rows are in random order.
+    """
+    n_cells = n_batch * (high - low) ** ndim
+    if n > n_cells:
+        raise ValueError(f"cannot draw {n} unique rows from {n_cells} cells")
+    if n == 0:
+        return np.zeros((0, 1 + ndim), dtype=np.int32)
+    flat = rng.choice(n_cells, size=n, replace=False)
+    shape = (n_batch,) + (high - low,) * ndim
+    idx = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
+    idx[:, 1:] += low
+    return idx.astype(np.int32)
+
+
+def random_feats(rng, n, channels, dtype=np.float64):
+    """Standard normal features of shape (n, channels), drawn in float64 and
+    cast to ``dtype``."""
+    return rng.standard_normal((n, channels)).astype(dtype)
+
+
+def random_weight(rng, shape, dtype=np.float64):
+    """Normal weights scaled by 1/sqrt(fan-in) so outputs stay of order one."""
+    fan = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    w = rng.standard_normal(shape) / np.sqrt(max(fan, 1))
+    return w.astype(dtype)
+
+
+# ---------------------------------------------------------------------------
+# comparing results independent of row order
+# ---------------------------------------------------------------------------
+
+
+def row_keys(coords):
+    """Rows of an integer (N, M) array as a list of tuples of Python ints."""
+    coords = to_numpy(coords)
+    return [tuple(int(v) for v in row) for row in coords]
+
+
+def match_rows(coords_got, coords_ref):
+    """Permutation ``perm`` with ``coords_got[perm] == coords_ref``.
+
+    Fails the test (with a readable diff) if the two arrays do not hold the
+    same set of unique rows.
+    """
+    got = row_keys(coords_got)
+    ref = row_keys(coords_ref)
+    assert len(set(got)) == len(got), "library output has duplicate coordinate rows"
+    assert len(set(ref)) == len(ref), "reference has duplicate coordinate rows"
+    got_set, ref_set = set(got), set(ref)
+    if got_set != ref_set:
+        missing = sorted(ref_set - got_set)[:5]
+        extra = sorted(got_set - ref_set)[:5]
+        pytest.fail(
+            f"coordinate sets differ: {len(got)} rows vs {len(ref)} expected; "
+            f"missing e.g. {missing}, unexpected e.g. {extra}"
+        )
+    where = {key: i for i, key in enumerate(got)}
+    return np.array([where[key] for key in ref], dtype=np.int64)
+
+
+def scaled_tol(ref, rtol):
+    """Absolute tolerance ``rtol * max(1, max|ref|)`` for a comparison with
+    ``rtol``: cancellation makes a pure relative test meaningless near 0."""
+    ref = np.asarray(ref, dtype=np.float64)
+    scale = float(np.abs(ref).max()) if ref.size else 0.0
+    return rtol * max(1.0, scale)
+
+
+def assert_close(got, ref, rtol, err_msg=""):
+    """``got`` (any array module / dtype) equals the float64 ``ref`` up to
+    ``rtol`` relative and ``rtol * max(1, max|ref|)`` absolute."""
+    got = to_numpy(got).astype(np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, f"shape {got.shape} != expected {ref.shape} {err_msg}"
+    np.testing.assert_allclose(got, ref, rtol=rtol, atol=scaled_tol(ref, rtol), err_msg=err_msg)
+
+
+def assert_same_rows(tensor_coords, tensor_feats, ref_coords, ref_feats, rtol, err_msg=""):
+    """Compare a (coords, feats) pair with a reference pair ignoring row order."""
+    perm = match_rows(tensor_coords, ref_coords)
+    feats = to_numpy(tensor_feats)
+    assert feats.shape[0] == len(perm), f"feats has {feats.shape[0]} rows, coords {len(perm)}"
+    assert_close(feats[perm], ref_feats, rtol, err_msg=err_msg)
+
+
+RTOL = {np.float64: 1e-10, np.float32: 1e-4, np.float16: 2e-2}
+
+
+def rtol_for(dtype):
+    """The comparison tolerance of the suite for a feature dtype."""
+    return RTOL[np.dtype(dtype).type]
