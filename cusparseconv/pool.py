@@ -175,17 +175,17 @@ def global_pool_backward(grad_out, x: SparseTensor, mode: str = "mean"):
     if mode == "mean":
         counts = np.bincount(segment, minlength=batches.shape[0])
         return (grad_out[segment] / counts[segment, None]).astype(grad_out.dtype, copy=False)
-    # max: the first row holding the maximum of its item, per channel
+    # max: the gradient goes to the first row (in row order) holding the item's maximum
     backend = backend_for(feats)
     maxima = backend.segment_reduce(feats, segment, batches.shape[0], "max")
-    hit = feats == maxima[segment].astype(feats.dtype)
-    rows = np.arange(feats.shape[0])[:, None]
-    first = np.full(maxima.shape, feats.shape[0], dtype=np.int64)
-    np.minimum.at(first, (segment[:, None].repeat(feats.shape[1], 1)[hit],
-                          np.nonzero(hit)[1]), rows.repeat(feats.shape[1], 1)[hit])
+    n_rows = feats.shape[0]
+    order = np.argsort(segment, kind="stable")
+    starts = np.searchsorted(segment[order], np.arange(batches.shape[0]))
+    holds_max = feats[order] == maxima[segment[order]].astype(feats.dtype)
+    candidate = np.where(holds_max, order[:, None], n_rows)
+    first = np.minimum.reduceat(candidate, starts, axis=0)        # (B, C) row indices
     grad = np.zeros(feats.shape, dtype=grad_out.dtype)
-    channel = np.arange(feats.shape[1])
-    grad[first, channel[None, :].repeat(first.shape[0], 0)] = grad_out
+    grad[first, np.arange(feats.shape[1])] = grad_out
     return grad
 
 
