@@ -14,7 +14,6 @@ import oracle
 from conftest import (
     assert_close,
     assert_same_rows,
-    match_rows,
     random_coords,
     random_feats,
     random_weight,
@@ -364,7 +363,7 @@ def test_conv_regime_ndim(csc, xp, rng, regime, ndim):
 @pytest.mark.parametrize("variant", ["standard", "depthwise", "groups"])
 def test_conv_low_precision(csc, xp, rng, regime, variant, dtype):
     weight, groups, bias, c_in = make_weight(rng, variant, 27, dtype)
-    y, _ = run_regime(csc, xp, rng, regime, 3, weight, groups, bias, c_in, dtype=dtype)
+    run_regime(csc, xp, rng, regime, 3, weight, groups, bias, c_in, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
@@ -642,3 +641,58 @@ def test_threads_bit_identical(csc, rng):
     ref = oracle.conv_from_pairs_oracle(feats[:, :], w, oracle.kernel_map_oracle(
         coords, coords, offsets), len(coords))
     assert_close(results[0][0], ref, 1e-4)
+
+
+@pytest.mark.parametrize("regime", ["submanifold", "strided", "transposed_generative"])
+def test_batch_items_never_interact(csc, xp, rng, regime):
+    """Identical spatial coordinates in batch items 0 and 300: each item's
+    output equals the convolution of that item alone."""
+    spatial = random_coords(rng, 80, 3, 1, -4, 4)[:, 1:]
+    coords = np.concatenate([np.insert(spatial, 0, 0, axis=1),
+                             np.insert(spatial, 0, 300, axis=1)]).astype(np.int32)
+    feats = random_feats(rng, 160, 3)
+    weight = random_weight(rng, (27, 3, 2))
+    kwargs = {"submanifold": {}, "strided": {"stride": 2},
+              "transposed_generative": {"stride": 2, "transposed": True, "generative": True}}
+    y = csc.sparse_conv(tensor(csc, xp, coords, feats), xp.asarray(weight), **kwargs[regime])
+    y_coords, y_feats = to_numpy(y.coords), to_numpy(y.feats)
+    for b, rows in ((0, slice(0, 80)), (300, slice(80, 160))):
+        alone = csc.sparse_conv(tensor(csc, xp, coords[rows], feats[rows]), xp.asarray(weight),
+                                **kwargs[regime])
+        mine = y_coords[:, 0] == b
+        assert_same_rows(y_coords[mine], y_feats[mine], to_numpy(alone.coords),
+                         to_numpy(alone.feats).astype(np.float64), 1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_empty_input_explicit_out_coords(csc, xp, rng, variant, transposed):
+    """No input rows, explicit output rows: every output row is the bias (or 0)."""
+    weight, groups, bias, c_in = make_weight(rng, variant, 27)
+    coords = np.zeros((0, 4), dtype=np.int32)
+    out = random_coords(rng, 7, 3)
+    x = tensor(csc, xp, coords, np.zeros((0, c_in)), stride=2)
+    kwargs = conv_kwargs(groups, None if bias is None else xp.asarray(bias))
+    y = csc.sparse_conv(x, xp.asarray(weight), stride=2 if transposed else 1,
+                        transposed=transposed, out_coords=xp.asarray(out), **kwargs)
+    np.testing.assert_array_equal(to_numpy(y.coords), out)
+    c_out = oracle.weight_channels(weight, groups)[1]
+    ref = np.zeros((7, c_out)) + (0.0 if bias is None else bias)
+    assert_close(y.feats, ref, 1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("regime", ["submanifold", "strided", "generative",
+                                    "transposed_generative"])
+def test_empty_input_variants(csc, xp, rng, variant, regime):
+    weight, groups, bias, c_in = make_weight(rng, variant, 27)
+    x = tensor(csc, xp, np.zeros((0, 4), dtype=np.int32), np.zeros((0, c_in)))
+    kwargs = conv_kwargs(groups, None if bias is None else xp.asarray(bias))
+    kwargs.update({"submanifold": {}, "strided": {"stride": 2},
+                   "generative": {"generative": True},
+                   "transposed_generative": {"stride": 2, "transposed": True,
+                                             "generative": True}}[regime])
+    y = csc.sparse_conv(x, xp.asarray(weight), **kwargs)
+    c_out = oracle.weight_channels(weight, groups)[1]
+    assert to_numpy(y.coords).shape == (0, 4)
+    assert to_numpy(y.feats).shape == (0, c_out)

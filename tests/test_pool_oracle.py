@@ -254,3 +254,37 @@ def test_transposed_conv_after_pool_uses_cache(csc, xp, rng):
     ref = oracle.conv_oracle(to_numpy(coarse.coords), to_numpy(coarse.feats), w,
                              oracle.kernel_offsets_oracle(2), 2, coords, transposed=True)
     assert_close(up.feats, ref, 1e-10)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sparse_pool_negative_features(csc, xp, rng, mode):
+    """All features negative: a max initialised at 0 would be visible."""
+    coords = random_coords(rng, 120, 3, 2, -4, 4)
+    feats = -np.abs(random_feats(rng, 120, 3)) - 1.0
+    y = csc.sparse_pool(tensor(csc, xp, coords, feats), 3, 2, mode=mode)
+    out_ref = oracle.downsample_coords_oracle(coords, 2)
+    ref = oracle.pool_oracle(coords, feats, oracle.kernel_offsets_oracle(3), 2, out_ref, mode)
+    assert_same_rows(y.coords, y.feats, out_ref, ref, 1e-10)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sparse_pool_window_without_active_offset_is_zero(csc, xp, rng, mode):
+    """kernel 1, stride 2: an output whose only fine points are odd has no
+    active offset. SPEC is silent; the contract resolved here (and in the
+    library's docstring) is 0 for every mode, with a zero gradient."""
+    coords = np.array([[0, 1, 1], [0, 3, 0], [0, 2, 2], [1, -1, 5]], dtype=np.int32)
+    feats = -np.abs(random_feats(rng, 4, 2)) - 1.0
+    y = csc.sparse_pool(tensor(csc, xp, coords, feats), 1, 2, mode=mode)
+    out_ref = oracle.downsample_coords_oracle(coords, 2)
+    ref = oracle.pool_oracle(coords, feats, oracle.kernel_offsets_oracle(1, 1, 2), 2, out_ref,
+                             mode)
+    assert np.count_nonzero(np.all(ref == 0, axis=1)) == 3  # (0,0,0), (0,1,0), (1,-1,2)
+    np.testing.assert_array_equal(to_numpy(y.coords), out_ref)
+    assert_close(y.feats, ref, 1e-12)
+    kmap = csc.build_kernel_map(xp.asarray(coords), xp.asarray(out_ref),
+                                xp.asarray(oracle.kernel_offsets_oracle(1, 1, 2)), stride=2)
+    g = random_feats(rng, len(out_ref), 2)
+    dx = csc.pool_backward(xp.asarray(g), xp.asarray(feats), kmap, mode)
+    ref_dx = oracle.pool_backward_oracle(g, coords, feats, oracle.kernel_offsets_oracle(1, 1, 2),
+                                         2, out_ref, mode)
+    assert_close(dx, ref_dx, 1e-12)
