@@ -83,7 +83,7 @@ def _as_depthwise(weight, layout):
 # The three products on arrays
 # --------------------------------------------------------------------------
 
-def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None):
+def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None, algorithm=None):
     """Forward product ``Y[out] += A[in] @ W[k]`` over the pairs of every offset.
 
     Parameters
@@ -96,6 +96,9 @@ def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None):
         From :func:`cusparseconv.build_kernel_map` or a tensor's cache.
     groups : int
     bias : ndarray, shape (C_out,), optional
+    algorithm : str, optional
+        Force an implementation (see the README's algorithm table); by default
+        the backend chooses.
 
     Returns
     -------
@@ -107,17 +110,17 @@ def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None):
     weight = _check_weight(weight)
     layout, c_out = weight_layout(weight.shape, kmap.kernel_volume, feats.shape[1], groups)
     weight, layout = _as_depthwise(weight, layout)
-    backend = backend_for(feats, weight, bias)
-    out = backend.conv_forward(feats, weight, kmap, layout, c_out)
     if bias is not None:
         bias = _check_weight(bias, "bias")
-        if bias.shape != (c_out,):
-            raise ValueError(f"bias must have shape (C_out,) = ({c_out},), got {bias.shape}")
-        out += bias.astype(out.dtype)
-    return out.astype(feats.dtype, copy=False)
+        if tuple(bias.shape) != (c_out,):
+            raise ValueError(f"bias must have shape (C_out,) = ({c_out},), "
+                             f"got {tuple(bias.shape)}")
+    backend = backend_for(feats, weight, bias)
+    return backend.conv_forward(feats, weight, kmap, layout, c_out, bias=bias,
+                                algorithm=algorithm)
 
 
-def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1):
+def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1, algorithm=None):
     """Input gradient ``dX[in] += dY[out] @ W[k]^T``.
 
     Parameters
@@ -126,6 +129,7 @@ def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1):
     weight : ndarray, as in :func:`conv_forward`
     kmap : KernelMap
     groups : int
+    algorithm : str, optional
 
     Returns
     -------
@@ -141,8 +145,7 @@ def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1):
                          f"got {grad_out.shape[1]}")
     weight, layout = _as_depthwise(weight, layout)
     backend = backend_for(grad_out, weight)
-    return backend.conv_input_grad(grad_out, weight, kmap, layout, c_in).astype(
-        grad_out.dtype, copy=False)
+    return backend.conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=algorithm)
 
 
 def _input_channels(weight, groups):
@@ -156,7 +159,8 @@ def _input_channels(weight, groups):
                      f"got shape {tuple(weight.shape)}")
 
 
-def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_shape=None):
+def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_shape=None,
+                     algorithm=None):
     """Weight gradient ``dW[k] = A[in]^T @ dY[out]`` per offset.
 
     Parameters
@@ -168,6 +172,7 @@ def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_s
     weight_shape : tuple, optional
         Shape of the weight; by default (K, C_in, C_out) for groups == 1,
         (K, C) when groups == C_in == C_out, else (K, G, C_in/G, C_out/G).
+    algorithm : str, optional
 
     Returns
     -------
@@ -197,8 +202,9 @@ def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_s
     if layout == "grouped" and weight_shape[2] == 1 and weight_shape[3] == 1:
         layout, run_shape = "depthwise", (kernel_volume, groups)
     backend = backend_for(feats, grad_out)
-    grad = backend.conv_weight_grad(feats, grad_out, kmap, layout, run_shape)
-    return grad.reshape(weight_shape).astype(feats.dtype, copy=False)
+    grad = backend.conv_weight_grad(feats, grad_out, kmap, layout, run_shape,
+                                    algorithm=algorithm)
+    return grad.reshape(weight_shape)
 
 
 def conv_bias_grad(grad_out):

@@ -38,15 +38,7 @@ def pool_forward(feats, kmap: KernelMap, mode: str = "max"):
     """
     _check_mode(mode, POOL_MODES)
     feats = check_feats(feats, kmap.n_in, "feats")
-    backend = backend_for(feats)
-    if mode == "max":
-        values, _ = backend.pool_max(feats, kmap)
-        return values.astype(feats.dtype, copy=False)
-    out = backend.pool_sum(feats, kmap)
-    if mode == "avg":
-        counts = backend.pool_counts(kmap)
-        out /= np.maximum(counts, 1)[:, None]
-    return out.astype(feats.dtype, copy=False)
+    return backend_for(feats).pool_forward(feats, kmap, mode)
 
 
 def pool_backward(grad_out, feats, kmap: KernelMap, mode: str = "max"):
@@ -71,17 +63,7 @@ def pool_backward(grad_out, feats, kmap: KernelMap, mode: str = "max"):
     if grad_out.shape[1] != feats.shape[1]:
         raise ValueError(f"grad_out must have {feats.shape[1]} columns like feats, "
                          f"got {grad_out.shape[1]}")
-    backend = backend_for(feats, grad_out)
-    if mode == "max":
-        _, argmax = backend.pool_max(feats, kmap)
-        grad = backend.scatter_rows_by_index(grad_out, argmax, kmap.n_in)
-        return grad.astype(grad_out.dtype, copy=False)
-    scaled = grad_out
-    if mode == "avg":
-        counts = backend.pool_counts(kmap)
-        scaled = grad_out.astype(backend.accumulate_dtype(grad_out.dtype)) / np.maximum(
-            counts, 1)[:, None]
-    return backend.pool_sum(scaled, kmap.reverse()).astype(grad_out.dtype, copy=False)
+    return backend_for(feats, grad_out).pool_backward(grad_out, feats, kmap, mode)
 
 
 def sparse_pool(x: SparseTensor, kernel_size=2, stride=None, mode: str = "max",

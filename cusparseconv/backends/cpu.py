@@ -307,29 +307,48 @@ def _apply_for(weight: np.ndarray, layout: str, transpose: bool):
     return _matmul_standard(weight)
 
 
-def conv_forward(feats, weight, kmap, layout, c_out):
-    """Forward product; returns the accumulation-dtype result (n_out, C_out)."""
+ALGORITHMS = {"forward": ("blocked",), "input_grad": ("blocked",), "weight_grad": ("blocked",)}
+
+
+def _check_algorithm(algorithm, product):
+    if algorithm not in (None, "auto") + ALGORITHMS[product]:
+        raise ValueError(f"algorithm for the {product} product on the CPU must be one of "
+                         f"{('auto',) + ALGORITHMS[product]}, got {algorithm!r}")
+
+
+def conv_forward(feats, weight, kmap, layout, c_out, bias=None, algorithm=None):
+    """Forward product (+ bias), returned in the dtype of ``feats`` (n_out, C_out)."""
+    _check_algorithm(algorithm, "forward")
     dtype = accumulate_dtype(feats.dtype)
     src = np.ascontiguousarray(feats, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
-    return gather_apply_scatter(src, kmap, _apply_for(weight, layout, False), c_out, dtype)
+    out = gather_apply_scatter(src, kmap, _apply_for(weight, layout, False), c_out, dtype)
+    if bias is not None:
+        out += bias.astype(dtype)
+    return out.astype(feats.dtype, copy=False)
 
 
-def conv_input_grad(grad_out, weight, kmap, layout, c_in):
+def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None):
     """Input gradient: the forward product of the reverse table with W transposed."""
+    _check_algorithm(algorithm, "input_grad")
     dtype = accumulate_dtype(grad_out.dtype)
     src = np.ascontiguousarray(grad_out, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
-    return gather_apply_scatter(src, kmap.reverse(), _apply_for(weight, layout, True), c_in,
-                                dtype)
+    out = gather_apply_scatter(src, kmap.reverse(), _apply_for(weight, layout, True), c_in,
+                               dtype)
+    return out.astype(grad_out.dtype, copy=False)
 
 
 #: Pairs per weight-gradient work item (bounds the gathered blocks' size).
 _WGRAD_PAIRS = 16384
 
 
-def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape):
-    """Weight gradient ``dW[k] = A[in]^T @ dY[out]``, deterministic at any thread count."""
+def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None):
+    """Weight gradient ``dW[k] = A[in]^T @ dY[out]``, deterministic at any thread count.
+
+    Returned in the dtype of ``feats`` with shape ``weight_shape``.
+    """
+    _check_algorithm(algorithm, "weight_grad")
     dtype = accumulate_dtype(np.result_type(feats.dtype, grad_out.dtype))
     src = np.ascontiguousarray(feats, dtype=dtype)
     dst = np.ascontiguousarray(grad_out, dtype=dtype)
@@ -363,7 +382,7 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape):
     parallel_for(run_item, range(len(items)))
     for (k, _, _), partial in zip(items, partials):  # fixed order: deterministic sums
         grad_weight[k] += partial
-    return grad_weight
+    return grad_weight.astype(feats.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------
@@ -424,6 +443,30 @@ def pool_max(feats, kmap):
     return values, argmax
 
 
+def pool_forward(feats, kmap, mode):
+    """max / avg / sum over the active offsets, in the dtype of ``feats``."""
+    if mode == "max":
+        values, _ = pool_max(feats, kmap)
+        return values.astype(feats.dtype, copy=False)
+    out = pool_sum(feats, kmap)
+    if mode == "avg":
+        out /= np.maximum(pool_counts(kmap), 1)[:, None]
+    return out.astype(feats.dtype, copy=False)
+
+
+def pool_backward(grad_out, feats, kmap, mode):
+    """Gradient of :func:`pool_forward` with respect to ``feats``, dtype of ``grad_out``."""
+    if mode == "max":
+        _, argmax = pool_max(feats, kmap)
+        return scatter_rows_by_index(grad_out, argmax, kmap.n_in).astype(grad_out.dtype,
+                                                                        copy=False)
+    scaled = grad_out
+    if mode == "avg":
+        scaled = grad_out.astype(accumulate_dtype(grad_out.dtype)) / np.maximum(
+            pool_counts(kmap), 1)[:, None]
+    return pool_sum(scaled, kmap.reverse()).astype(grad_out.dtype, copy=False)
+
+
 def scatter_rows_by_index(grad_out, argmax, n_in):
     """``grad_in[argmax[r, c], c] += grad_out[r, c]`` (deterministic, via bincount)."""
     channels = grad_out.shape[1]
@@ -435,7 +478,9 @@ def scatter_rows_by_index(grad_out, argmax, n_in):
 
 
 def segment_reduce(feats, segment_ids, n_segments, mode):
-    """Reduce rows into ``n_segments`` groups (sum / mean / max); (n_segments, C)."""
+    """Reduce rows into ``n_segments`` groups (sum / mean / max); (n_segments, C).
+
+    Returned in the accumulation dtype."""
     dtype = accumulate_dtype(feats.dtype)
     channels = feats.shape[1]
     if n_segments == 0:
