@@ -105,6 +105,9 @@ def check_feats(feats, n_rows: int, name: str = "feats"):
 
 def check_finite(array, name: str) -> None:
     """Raise ValueError if ``array`` holds NaN or Inf (opt-in check)."""
-    if array.size and not bool(np.isfinite(array).all()):
-        n_bad = int((~np.isfinite(array)).sum())
+    from ._arrays import array_module
+
+    xp = array_module(array)
+    if array.size and not bool(xp.isfinite(array).all()):
+        n_bad = int((~xp.isfinite(array)).sum())
         raise ValueError(f"{name} contains {n_bad} NaN or Inf values")

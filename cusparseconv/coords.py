@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._arrays import array_module
+
 BATCH_BITS = {1: 15, 2: 15, 3: 15, 4: 11}
 AXIS_BITS = {1: 32, 2: 24, 3: 16, 4: 13}
 
@@ -109,7 +111,7 @@ def unpack(keys: np.ndarray, ndim: int) -> np.ndarray:
     bits = AXIS_BITS[ndim]
     mask = (1 << bits) - 1
     bias = 1 << (bits - 1)
-    coords = np.empty((keys.shape[0], 1 + ndim), dtype=np.int32)
+    coords = array_module(keys).empty((keys.shape[0], 1 + ndim), dtype=np.int32)
     coords[:, 0] = keys >> (bits * ndim)
     for axis, shift in enumerate(_field_shifts(ndim)):
         coords[:, 1 + axis] = ((keys >> shift) & mask) - bias
@@ -141,20 +143,21 @@ class SortedKeys:
     __slots__ = ("keys", "order", "is_identity")
 
     def __init__(self, coords: np.ndarray, name: str = "coords"):
+        xp = array_module(coords)
         keys = pack(coords, name)
-        if keys.shape[0] < 2 or bool(np.all(keys[1:] > keys[:-1])):
+        if keys.shape[0] < 2 or bool(xp.all(keys[1:] > keys[:-1])):
             self.keys = keys
-            self.order = np.arange(keys.shape[0], dtype=np.int64)
+            self.order = xp.arange(keys.shape[0], dtype=np.int64)
             self.is_identity = True
             return
-        order = np.argsort(keys, kind="stable")
+        order = xp.argsort(keys, kind="stable") if xp is np else xp.argsort(keys)
         sorted_keys = keys[order]
-        duplicate = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
+        duplicate = xp.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
         if duplicate.size:
             row = int(order[duplicate[0] + 1])
             first = int(order[duplicate[0]])
             raise ValueError(
-                f"{name} must hold unique rows, got {duplicate.size} duplicate(s), e.g. "
+                f"{name} must hold unique rows, got {int(duplicate.size)} duplicate(s), e.g. "
                 f"rows {first} and {row} are both {coords[row].tolist()}; merge duplicate "
                 f"points first (cusparseconv.voxelize does)"
             )
@@ -167,17 +170,18 @@ class SortedKeys:
         """Wrap keys already sorted and unique (rows in key order)."""
         self = cls.__new__(cls)
         self.keys = keys
-        self.order = np.arange(keys.shape[0], dtype=np.int64)
+        self.order = array_module(keys).arange(keys.shape[0], dtype=np.int64)
         self.is_identity = True
         return self
 
     def rank_of(self, query_keys: np.ndarray) -> np.ndarray:
         """Row index of each query key in the set, -1 where absent. (M,) int64."""
+        xp = array_module(query_keys)
         n = self.keys.shape[0]
         if n == 0:
-            return np.full(query_keys.shape[0], -1, dtype=np.int64)
-        pos = np.searchsorted(self.keys, query_keys)
-        np.minimum(pos, n - 1, out=pos)
+            return xp.full(query_keys.shape[0], -1, dtype=np.int64)
+        pos = xp.searchsorted(self.keys, query_keys)
+        xp.minimum(pos, n - 1, out=pos)
         found = self.keys[pos] == query_keys
         rows = self.order[pos]
         rows[~found] = -1
@@ -188,10 +192,11 @@ def unique_sorted_keys(keys: np.ndarray) -> np.ndarray:
     """Sorted unique int64 keys (a run-aware stable sort, then adjacent difference)."""
     if keys.shape[0] == 0:
         return keys
-    keys = np.sort(keys, kind="stable")
-    keep = np.empty(keys.shape[0], dtype=bool)
+    xp = array_module(keys)
+    keys = xp.sort(keys, kind="stable") if xp is np else xp.sort(keys)
+    keep = xp.empty(keys.shape[0], dtype=bool)
     keep[0] = True
-    np.not_equal(keys[1:], keys[:-1], out=keep[1:])
+    xp.not_equal(keys[1:], keys[:-1], out=keep[1:])
     return keys[keep]
 
 
@@ -209,7 +214,8 @@ def downsample(coords: np.ndarray, stride: tuple[int, ...]) -> tuple[np.ndarray,
     keys : ndarray of int64, shape (M,), their packed keys (ascending).
     """
     ndim = coords.shape[1] - 1
-    spatial = np.floor_divide(coords[:, 1:].astype(np.int64), np.asarray(stride, np.int64))
+    xp = array_module(coords)
+    spatial = xp.floor_divide(coords[:, 1:].astype(np.int64), xp.asarray(stride, np.int64))
     keys = unique_sorted_keys(pack_parts(coords[:, 0], spatial))
     return unpack(keys, ndim), keys
 
@@ -238,12 +244,13 @@ def expand(coords: np.ndarray, offsets: np.ndarray, scale: tuple[int, ...],
         When an expanded coordinate leaves the packable range.
     """
     ndim = coords.shape[1] - 1
+    xp = array_module(coords)
     if coords.shape[0] == 0:
-        return np.empty((0, 1 + ndim), dtype=np.int32), np.empty(0, dtype=np.int64)
-    base = coords[:, 1:].astype(np.int64) * np.asarray(scale, np.int64)
+        return xp.empty((0, 1 + ndim), dtype=np.int32), xp.empty(0, dtype=np.int64)
+    base = coords[:, 1:].astype(np.int64) * xp.asarray(scale, np.int64)
     low, high = coordinate_range(ndim)
-    lo = base.min(axis=0) + offsets.min(axis=0)
-    hi = base.max(axis=0) + offsets.max(axis=0)
+    lo = np.asarray(base.min(axis=0).tolist()) + offsets.min(axis=0)
+    hi = np.asarray(base.max(axis=0).tolist()) + offsets.max(axis=0)
     if (lo < low).any() or (hi >= high).any():
         raise ValueError(
             f"{name}: the generated output coordinates span [{lo.min()}, {hi.max()}], "
@@ -254,6 +261,6 @@ def expand(coords: np.ndarray, offsets: np.ndarray, scale: tuple[int, ...],
     # Sorting the base first makes every offset's block an ascending run, which
     # the stable (run-aware) sort merges cheaply.
     base_keys.sort()
-    deltas = offset_deltas(offsets)
+    deltas = xp.asarray(offset_deltas(offsets))
     keys = unique_sorted_keys((base_keys[None, :] + deltas[:, None]).reshape(-1))
     return unpack(keys, ndim), keys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._arrays import array_module
 from ._checks import check_feats, per_axis
 from .backends import backend_for
 from .conv import output_coordinates
@@ -135,10 +136,11 @@ def global_pool(x: SparseTensor, mode: str = "mean") -> SparseTensor:
         raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
     _check_mode(mode, GLOBAL_MODES)
     coords = x.coords
-    batches, segment = np.unique(coords[:, 0], return_inverse=True)
+    xp = array_module(coords)
+    batches, segment = xp.unique(coords[:, 0], return_inverse=True)
     backend = backend_for(x.feats)
     feats = backend.segment_reduce(x.feats, segment.reshape(-1), batches.shape[0], mode)
-    out_coords = np.zeros((batches.shape[0], coords.shape[1]), dtype=np.int32)
+    out_coords = xp.zeros((batches.shape[0], coords.shape[1]), dtype=np.int32)
     out_coords[:, 0] = batches
     out_id = x.cache.register(out_coords)
     return SparseTensor._from_set(x.cache, out_id, feats.astype(x.feats.dtype, copy=False),
@@ -146,28 +148,29 @@ def global_pool(x: SparseTensor, mode: str = "mean") -> SparseTensor:
 
 
 def global_pool_backward(grad_out, x: SparseTensor, mode: str = "mean"):
-    """Gradient of :func:`global_pool` with respect to ``x.feats``; (N, C)."""
+    """Gradient of :func:`global_pool` with respect to ``x.feats``; (N, C).
+
+    For ``max`` the gradient of each (item, channel) goes to the first row (in
+    row order) that holds the maximum.
+    """
     _check_mode(mode, GLOBAL_MODES)
     coords, feats = x.coords, x.feats
-    batches, segment = np.unique(coords[:, 0], return_inverse=True)
+    xp = array_module(coords)
+    batches, segment = xp.unique(coords[:, 0], return_inverse=True)
     segment = segment.reshape(-1)
-    grad_out = check_feats(grad_out, batches.shape[0], "grad_out")
+    n_items = batches.shape[0]
+    grad_out = check_feats(grad_out, n_items, "grad_out")
     if mode == "sum":
-        return grad_out[segment].astype(grad_out.dtype, copy=False)
+        return grad_out[segment]
     if mode == "mean":
-        counts = np.bincount(segment, minlength=batches.shape[0])
+        counts = xp.bincount(segment, minlength=n_items)
         return (grad_out[segment] / counts[segment, None]).astype(grad_out.dtype, copy=False)
-    # max: the gradient goes to the first row (in row order) holding the item's maximum
-    backend = backend_for(feats)
-    maxima = backend.segment_reduce(feats, segment, batches.shape[0], "max")
-    n_rows = feats.shape[0]
-    order = np.argsort(segment, kind="stable")
-    starts = np.searchsorted(segment[order], np.arange(batches.shape[0]))
-    holds_max = feats[order] == maxima[segment[order]].astype(feats.dtype)
-    candidate = np.where(holds_max, order[:, None], n_rows)
-    first = np.minimum.reduceat(candidate, starts, axis=0)        # (B, C) row indices
-    grad = np.zeros(feats.shape, dtype=grad_out.dtype)
-    grad[first, np.arange(feats.shape[1])] = grad_out
+    maxima = backend_for(feats).segment_reduce(feats, segment, n_items, "max")
+    rows, channels = xp.nonzero(feats == maxima[segment].astype(feats.dtype))
+    first = xp.full(maxima.shape, feats.shape[0], dtype=np.int64)
+    xp.minimum.at(first, (segment[rows], channels), rows)
+    grad = xp.zeros(feats.shape, dtype=grad_out.dtype)
+    grad[first, xp.arange(feats.shape[1])[None, :]] = grad_out
     return grad
 
 
@@ -180,7 +183,8 @@ def upsample_parents(fine_coords, coarse_coords, stride) -> np.ndarray:
     """
     ndim = fine_coords.shape[1] - 1
     stride = per_axis(stride, ndim, "stride")
-    spatial = np.floor_divide(fine_coords[:, 1:].astype(np.int64), np.asarray(stride))
+    xp = array_module(fine_coords)
+    spatial = xp.floor_divide(fine_coords[:, 1:].astype(np.int64), xp.asarray(stride))
     return SortedKeys(coarse_coords, "coarse_coords").rank_of(
         pack_parts(fine_coords[:, 0], spatial))
 

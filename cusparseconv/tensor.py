@@ -148,9 +148,10 @@ class SparseTensor:
                  check_finite: bool = False):
         original = coords
         coords = check_coords(coords, "coords")
-        if coords is original:  # own a read-only copy: the cache relies on it not changing
+        if coords is original:  # own a copy: the cache relies on it not changing
             coords = coords.copy()
-        coords.flags.writeable = False
+        if isinstance(coords, np.ndarray):
+            coords.flags.writeable = False
         feats = check_feats(feats, coords.shape[0], "feats")
         if check_finite:
             _assert_finite(feats, "feats")

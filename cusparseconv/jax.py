@@ -1,0 +1,240 @@
+"""JAX adapter: differentiable sparse convolution and pooling, eager and under ``jit``.
+
+Import it explicitly (``import cusparseconv.jax as csj``); the core never
+imports JAX.
+
+Coordinates and kernel maps have data-dependent shapes, so they stay outside
+JAX's tracing: ``coords`` must be a concrete array (NumPy, or a concrete JAX
+array) when the function is called or traced, and the kernel map is built
+then, once, through the coordinate cache. Features, weights and biases are
+ordinary (traced) JAX values. Inside ``jax.jit`` close over the coordinates::
+
+    step = jax.jit(lambda feats, weight: loss(sparse_conv(coords_np, feats, weight)[1]))
+
+The products run as host callbacks (``jax.pure_callback``) into the core's
+NumPy functions; the backward pass (``jax.custom_vjp``) calls the core's
+``conv_input_grad`` / ``conv_weight_grad`` / ``conv_bias_grad`` and
+``pool_backward`` / ``global_pool_backward``.
+
+Where it runs: on the CPU, tested. On a GPU, the same host callbacks work
+(JAX copies the operands to the host and the results back) but the features
+leave the device; a device-resident route (DLPack into the CuPy backend on
+JAX's stream, or an XLA FFI custom call) is not written, and nothing here has
+been run on a GPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+from ._checks import check_coords
+from .conv import (conv_bias_grad, conv_forward, conv_input_grad, conv_weight_grad,
+                   layer_kernel_map, weight_layout)
+from .pool import global_pool as _core_global_pool
+from .pool import global_pool_backward, pool_backward, pool_forward
+from .tensor import CoordinateCache
+from .tensor import SparseTensor as _CoreTensor
+
+__all__ = ["sparse_conv", "sparse_pool", "global_pool", "conv_features", "pool_features"]
+
+
+def _callback(function, result_shapes, *args):
+    """``jax.pure_callback`` on NumPy operands; vmapped calls run one by one."""
+    def host(*arrays):
+        return function(*[None if a is None else np.asarray(a) for a in arrays])
+
+    return jax.pure_callback(host, result_shapes, *args, vmap_method="sequential")
+
+
+def _concrete_coords(coords, name="coords"):
+    if isinstance(coords, jax.core.Tracer):
+        raise TypeError(
+            f"{name} must be concrete (a NumPy array closed over by the jitted function), "
+            f"got a traced value: coordinates decide the shapes of the outputs, so they "
+            f"cannot be jit arguments")
+    return check_coords(np.asarray(coords), name)
+
+
+def _core_tensor(coords, cache: CoordinateCache | None) -> _CoreTensor:
+    """A core tensor on ``coords`` (stride 1, no features) in ``cache``.
+
+    Arrays already in the cache (the coordinates an earlier call returned)
+    map to their existing set, so chained calls reuse kernel maps and
+    a transposed convolution finds the finer set it restores.
+    """
+    coords = _concrete_coords(coords)
+    cache = cache if cache is not None else CoordinateCache()
+    set_id = cache._by_array.get(id(coords))
+    if set_id is None or cache.coords(set_id) is not coords:
+        coords = coords.copy()                 # the cache relies on its arrays not changing
+        coords.flags.writeable = False
+        set_id = cache.register(coords)
+    empty = np.empty((coords.shape[0], 0), dtype=np.float32)
+    return _CoreTensor._from_set(cache, set_id, empty, (1,) * (coords.shape[1] - 1))
+
+
+def _check_dtypes(feats, **others):
+    for name, value in others.items():
+        if value is not None and value.dtype != feats.dtype:
+            raise TypeError(f"{name} has dtype {value.dtype} but feats {feats.dtype}; "
+                            f"cast one of them")
+
+
+# --------------------------------------------------------------------------
+# Differentiable products over a fixed kernel map
+# --------------------------------------------------------------------------
+
+def conv_features(feats, weight, kmap, groups: int = 1, bias=None):
+    """``conv_forward(feats, weight, kmap, groups, bias)`` as a differentiable JAX op.
+
+    Parameters
+    ----------
+    feats : jax.Array, shape (kmap.n_in, C_in)
+    weight : jax.Array, (K, C_in, C_out), (K, G, C_in/G, C_out/G) or (K, C)
+    kmap : cusparseconv.KernelMap
+        Built outside the traced code (e.g. :func:`cusparseconv.layer_kernel_map`).
+    groups : int
+    bias : jax.Array, shape (C_out,), optional
+
+    Returns
+    -------
+    jax.Array, shape (kmap.n_out, C_out), the dtype of ``feats``
+    """
+    feats, weight = jnp.asarray(feats), jnp.asarray(weight)
+    bias = None if bias is None else jnp.asarray(bias)
+    _check_dtypes(feats, weight=weight, bias=bias)
+    if feats.ndim != 2 or feats.shape[0] != kmap.n_in:
+        raise ValueError(f"feats must have shape (n_in, C_in) = ({kmap.n_in}, C_in), "
+                         f"got {feats.shape}")
+    _, c_out = weight_layout(weight.shape, kmap.kernel_volume, feats.shape[1], groups)
+    out_shape = jax.ShapeDtypeStruct((kmap.n_out, c_out), feats.dtype)
+    weight_shape = tuple(weight.shape)
+
+    @jax.custom_vjp
+    def product(feats, weight, bias):
+        return _callback(lambda f, w, b: conv_forward(f, w, kmap, groups, b),
+                         out_shape, feats, weight, bias)
+
+    def forward(feats, weight, bias):
+        return product(feats, weight, bias), (feats, weight)
+
+    def backward(saved, grad_out):
+        feats, weight = saved
+        shapes = (jax.ShapeDtypeStruct(feats.shape, feats.dtype),
+                  jax.ShapeDtypeStruct(weight.shape, feats.dtype),
+                  None if bias is None else jax.ShapeDtypeStruct(bias.shape, feats.dtype))
+
+        def host(f, w, g):
+            return (conv_input_grad(g, w, kmap, groups),
+                    conv_weight_grad(f, g, kmap, groups, weight_shape),
+                    None if bias is None else conv_bias_grad(g))
+
+        return _callback(host, shapes, feats, weight, grad_out)
+
+    product.defvjp(forward, backward)
+    return product(feats, weight, bias)
+
+
+def pool_features(feats, kmap, mode: str = "max"):
+    """``pool_forward(feats, kmap, mode)`` as a differentiable JAX op; (n_out, C)."""
+    feats = jnp.asarray(feats)
+    if feats.ndim != 2 or feats.shape[0] != kmap.n_in:
+        raise ValueError(f"feats must have shape (n_in, C) = ({kmap.n_in}, C), "
+                         f"got {feats.shape}")
+    out_shape = jax.ShapeDtypeStruct((kmap.n_out, feats.shape[1]), feats.dtype)
+
+    @jax.custom_vjp
+    def reduce(feats):
+        return _callback(lambda f: pool_forward(f, kmap, mode), out_shape, feats)
+
+    def forward(feats):
+        return reduce(feats), feats
+
+    def backward(feats, grad_out):
+        grad = _callback(lambda g, f: pool_backward(g, f, kmap, mode),
+                         jax.ShapeDtypeStruct(feats.shape, feats.dtype), grad_out, feats)
+        return (grad,)
+
+    reduce.defvjp(forward, backward)
+    return reduce(feats)
+
+
+# --------------------------------------------------------------------------
+# Functional API on coordinates and features
+# --------------------------------------------------------------------------
+
+def sparse_conv(coords, feats, weight, kernel_size=3, stride=1, dilation=1,
+                transposed: bool = False, generative: bool = False, groups: int = 1,
+                bias=None, offsets=None, out_coords=None, *,
+                cache: CoordinateCache | None = None):
+    """Differentiable sparse convolution (:func:`cusparseconv.sparse_conv`) for JAX.
+
+    Parameters
+    ----------
+    coords : ndarray of int, shape (N, 1 + D)
+        Concrete (not traced).
+    feats : jax.Array, shape (N, C_in)
+    weight : jax.Array, (K, C_in, C_out); grouped (K, G, C_in/G, C_out/G); depthwise (K, C)
+    kernel_size, stride, dilation, transposed, generative, groups, bias, offsets, out_coords
+        As in :func:`cusparseconv.sparse_conv` (``out_coords`` concrete).
+    cache : cusparseconv.CoordinateCache, optional
+        Share coordinate sets and kernel maps between calls. Pass the
+        coordinates an earlier call returned to stay on the same set (a
+        transposed convolution then restores the set a strided one came from).
+
+    Returns
+    -------
+    out_coords : ndarray of int32, shape (M, 1 + D) (read-only, concrete)
+    out_feats : jax.Array, shape (M, C_out)
+    """
+    x = _core_tensor(coords, cache)
+    if out_coords is not None:
+        out_coords = _concrete_coords(out_coords, "out_coords")
+    kmap, out_id, _ = layer_kernel_map(x, kernel_size, stride, dilation, transposed,
+                                       generative, offsets, out_coords)
+    return x.cache.coords(out_id), conv_features(feats, weight, kmap, groups, bias)
+
+
+def sparse_pool(coords, feats, kernel_size=2, stride=None, mode: str = "max", dilation=1,
+                offsets=None, *, cache: CoordinateCache | None = None):
+    """Differentiable :func:`cusparseconv.sparse_pool` for JAX; returns
+    ``(out_coords, out_feats)``. ``stride`` defaults to ``kernel_size`` (1 with
+    explicit ``offsets``)."""
+    x = _core_tensor(coords, cache)
+    if stride is None:
+        stride = kernel_size if offsets is None else 1
+    kmap, out_id, _ = layer_kernel_map(x, kernel_size, stride, dilation, offsets=offsets)
+    return x.cache.coords(out_id), pool_features(feats, kmap, mode)
+
+
+def global_pool(coords, feats, mode: str = "mean"):
+    """Differentiable :func:`cusparseconv.global_pool` for JAX: one row
+    (b, 0, ..., 0) per batch item; returns ``(out_coords, out_feats)``."""
+    x = _core_tensor(coords, None)
+    feats = jnp.asarray(feats)
+    if feats.ndim != 2 or feats.shape[0] != len(x):
+        raise ValueError(f"feats must have shape (N, C) = ({len(x)}, C), got {feats.shape}")
+    pooled_coords = _core_global_pool(x, mode).coords
+    out_shape = jax.ShapeDtypeStruct((pooled_coords.shape[0], feats.shape[1]), feats.dtype)
+
+    def with_feats(f):
+        return _CoreTensor._from_set(x.cache, x._coord_id, f, x.stride)
+
+    @jax.custom_vjp
+    def reduce(feats):
+        return _callback(lambda f: _core_global_pool(with_feats(f), mode).feats,
+                         out_shape, feats)
+
+    def forward(feats):
+        return reduce(feats), feats
+
+    def backward(feats, grad_out):
+        grad = _callback(lambda g, f: global_pool_backward(g, with_feats(f), mode),
+                         jax.ShapeDtypeStruct(feats.shape, feats.dtype), grad_out, feats)
+        return (grad,)
+
+    reduce.defvjp(forward, backward)
+    return pooled_coords, reduce(feats)

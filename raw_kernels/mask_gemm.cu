@@ -1,0 +1,193 @@
+// Mask-based fused GEMM: one block per tile of output rows walks the pair mask.
+//
+// The block ORs the pair-mask words of its rows, then for every offset active
+// in the tile gathers the input rows through the neighbour table (zero where a
+// row lacks the offset), multiplies with W[k] and accumulates in registers.
+// Every output row is written once: no atomics, deterministic, bias fused.
+// Run on the reverse table with W transposed it gives the input gradient.
+//
+// mask_gemm:      SIMT, float32 / float64 (and 16-bit inputs with float accumulation)
+// mask_gemm_wmma: tensor cores (WMMA 16x16x16) for __half / __nv_bfloat16, float accumulation
+//
+// csc-instantiate: mask_gemm<float>
+// csc-instantiate: mask_gemm<double>
+// csc-instantiate: mask_gemm<__half>
+// csc-instantiate: mask_gemm<__nv_bfloat16>
+// csc-instantiate: mask_gemm_wmma<__half>
+// csc-instantiate: mask_gemm_wmma<__nv_bfloat16>
+#include "csc_common.cuh"
+#include "csc_convert.cuh"
+
+#define CSC_MASK_TILE 64
+#define CSC_MASK_TILE_K 16
+#define CSC_MASK_THREADS 256
+#define CSC_MAX_MASK_WORDS 16  // |K| <= 512
+
+template <typename T>
+__global__ void __launch_bounds__(CSC_MASK_THREADS)
+mask_gemm(const T* __restrict__ feats, const T* __restrict__ weight,
+          const int* __restrict__ neighbour, const unsigned int* __restrict__ mask,
+          int n_words, long long n_rows, int kernel_volume, int groups, int group_in,
+          int group_out, const T* __restrict__ bias, int has_bias, T* __restrict__ out) {
+    typedef typename csc_acc<T>::type ACC;
+    __shared__ ACC a_tile[CSC_MASK_TILE_K][CSC_MASK_TILE];
+    __shared__ ACC w_tile[CSC_MASK_TILE_K][CSC_MASK_TILE];
+    __shared__ unsigned int tile_mask[CSC_MAX_MASK_WORDS];
+    __shared__ int rows[CSC_MASK_TILE];
+    const long long r0 = (long long)blockIdx.x * CSC_MASK_TILE;
+    const int n0 = blockIdx.y * CSC_MASK_TILE;
+    const int group = blockIdx.z;
+    const int c_in = groups * group_in, c_out = groups * group_out;
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+
+    if (threadIdx.x < CSC_MAX_MASK_WORDS) tile_mask[threadIdx.x] = 0u;
+    __syncthreads();
+    for (int index = threadIdx.x; index < CSC_MASK_TILE * n_words; index += CSC_MASK_THREADS) {
+        int m = index / n_words, word = index % n_words;
+        if (r0 + m < n_rows) atomicOr(&tile_mask[word], mask[(r0 + m) * n_words + word]);
+    }
+    __syncthreads();
+
+    ACC acc[4][4];
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) acc[i][j] = (ACC)0;
+
+    for (int word = 0; word < n_words; ++word) {
+        unsigned int bits = tile_mask[word];  // uniform across the block
+        while (bits) {
+            const int k = word * 32 + __ffs(bits) - 1;
+            bits &= bits - 1;
+            if (threadIdx.x < CSC_MASK_TILE) {
+                long long row = r0 + threadIdx.x;
+                rows[threadIdx.x] = row < n_rows ? neighbour[row * kernel_volume + k] : -1;
+            }
+            __syncthreads();
+            const T* w_k = weight + ((long long)k * groups + group) * group_in * group_out;
+            for (int c0 = 0; c0 < group_in; c0 += CSC_MASK_TILE_K) {
+                for (int index = threadIdx.x; index < CSC_MASK_TILE * CSC_MASK_TILE_K;
+                     index += CSC_MASK_THREADS) {
+                    int m = index / CSC_MASK_TILE_K, kk = index % CSC_MASK_TILE_K;
+                    int source = rows[m];
+                    ACC value = (ACC)0;
+                    if (source >= 0 && c0 + kk < group_in)
+                        value = csc_load(feats[(long long)source * c_in + group * group_in + c0 + kk]);
+                    a_tile[kk][m] = value;
+                }
+                for (int index = threadIdx.x; index < CSC_MASK_TILE_K * CSC_MASK_TILE;
+                     index += CSC_MASK_THREADS) {
+                    int kk = index / CSC_MASK_TILE, n = index % CSC_MASK_TILE;
+                    ACC value = (ACC)0;
+                    if (c0 + kk < group_in && n0 + n < group_out)
+                        value = csc_load(w_k[(long long)(c0 + kk) * group_out + n0 + n]);
+                    w_tile[kk][n] = value;
+                }
+                __syncthreads();
+                for (int kk = 0; kk < CSC_MASK_TILE_K; ++kk) {
+                    ACC a[4], w[4];
+                    for (int i = 0; i < 4; ++i) a[i] = a_tile[kk][ty + 16 * i];
+                    for (int j = 0; j < 4; ++j) w[j] = w_tile[kk][tx + 16 * j];
+                    for (int i = 0; i < 4; ++i)
+                        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * w[j];
+                }
+                __syncthreads();
+            }
+        }
+    }
+    for (int i = 0; i < 4; ++i) {
+        long long row = r0 + ty + 16 * i;
+        if (row >= n_rows) continue;
+        for (int j = 0; j < 4; ++j) {
+            int n = n0 + tx + 16 * j;
+            if (n >= group_out) continue;
+            ACC value = acc[i][j];
+            if (has_bias) value += csc_load(bias[group * group_out + n]);
+            out[row * c_out + group * group_out + n] = csc_store<T>(value);
+        }
+    }
+}
+
+// Tensor-core variant: 4 warps, a 32-row x 32-channel output tile, each warp
+// owning one 16 x 16 accumulator; the input channels advance 16 at a time.
+#define CSC_WMMA_TILE 32
+#define CSC_WMMA_K 16
+#define CSC_WMMA_THREADS 128
+
+template <typename T>
+__global__ void __launch_bounds__(CSC_WMMA_THREADS)
+mask_gemm_wmma(const T* __restrict__ feats, const T* __restrict__ weight,
+               const int* __restrict__ neighbour, const unsigned int* __restrict__ mask,
+               int n_words, long long n_rows, int kernel_volume, int groups, int group_in,
+               int group_out, const T* __restrict__ bias, int has_bias, T* __restrict__ out) {
+    using namespace nvcuda;
+    __shared__ __align__(32) T a_tile[CSC_WMMA_TILE * CSC_WMMA_K];   // row-major, ld 16
+    __shared__ __align__(32) T w_tile[CSC_WMMA_K * CSC_WMMA_TILE];   // row-major, ld 32
+    __shared__ __align__(32) float c_tile[CSC_WMMA_TILE * CSC_WMMA_TILE];
+    __shared__ unsigned int tile_mask[CSC_MAX_MASK_WORDS];
+    __shared__ int rows[CSC_WMMA_TILE];
+    const long long r0 = (long long)blockIdx.x * CSC_WMMA_TILE;
+    const int n0 = blockIdx.y * CSC_WMMA_TILE;
+    const int group = blockIdx.z;
+    const int c_in = groups * group_in, c_out = groups * group_out;
+    const int warp = threadIdx.x / 32;
+    const int warp_row = warp / 2, warp_col = warp % 2;
+    const T zero = csc_store<T>(0.0f);
+
+    if (threadIdx.x < CSC_MAX_MASK_WORDS) tile_mask[threadIdx.x] = 0u;
+    __syncthreads();
+    for (int index = threadIdx.x; index < CSC_WMMA_TILE * n_words; index += CSC_WMMA_THREADS) {
+        int m = index / n_words, word = index % n_words;
+        if (r0 + m < n_rows) atomicOr(&tile_mask[word], mask[(r0 + m) * n_words + word]);
+    }
+    __syncthreads();
+
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a_frag;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b_frag;
+
+    for (int word = 0; word < n_words; ++word) {
+        unsigned int bits = tile_mask[word];
+        while (bits) {
+            const int k = word * 32 + __ffs(bits) - 1;
+            bits &= bits - 1;
+            if (threadIdx.x < CSC_WMMA_TILE) {
+                long long row = r0 + threadIdx.x;
+                rows[threadIdx.x] = row < n_rows ? neighbour[row * kernel_volume + k] : -1;
+            }
+            __syncthreads();
+            const T* w_k = weight + ((long long)k * groups + group) * group_in * group_out;
+            for (int c0 = 0; c0 < group_in; c0 += CSC_WMMA_K) {
+                for (int index = threadIdx.x; index < CSC_WMMA_TILE * CSC_WMMA_K;
+                     index += CSC_WMMA_THREADS) {
+                    int m = index / CSC_WMMA_K, kk = index % CSC_WMMA_K;
+                    int source = rows[m];
+                    a_tile[index] = (source >= 0 && c0 + kk < group_in)
+                        ? feats[(long long)source * c_in + group * group_in + c0 + kk] : zero;
+                }
+                for (int index = threadIdx.x; index < CSC_WMMA_K * CSC_WMMA_TILE;
+                     index += CSC_WMMA_THREADS) {
+                    int kk = index / CSC_WMMA_TILE, n = index % CSC_WMMA_TILE;
+                    w_tile[index] = (c0 + kk < group_in && n0 + n < group_out)
+                        ? w_k[(long long)(c0 + kk) * group_out + n0 + n] : zero;
+                }
+                __syncthreads();
+                wmma::load_matrix_sync(a_frag, a_tile + warp_row * 16 * CSC_WMMA_K, CSC_WMMA_K);
+                wmma::load_matrix_sync(b_frag, w_tile + warp_col * 16, CSC_WMMA_TILE);
+                wmma::mma_sync(acc, a_frag, b_frag, acc);
+                __syncthreads();
+            }
+        }
+    }
+    wmma::store_matrix_sync(c_tile + warp_row * 16 * CSC_WMMA_TILE + warp_col * 16, acc,
+                            CSC_WMMA_TILE, wmma::mem_row_major);
+    __syncthreads();
+    for (int index = threadIdx.x; index < CSC_WMMA_TILE * CSC_WMMA_TILE;
+         index += CSC_WMMA_THREADS) {
+        int m = index / CSC_WMMA_TILE, n = index % CSC_WMMA_TILE;
+        long long row = r0 + m;
+        if (row >= n_rows || n0 + n >= group_out) continue;
+        float value = c_tile[index];
+        if (has_bias) value += csc_load(bias[group * group_out + n0 + n]);
+        out[row * c_out + group * group_out + n0 + n] = csc_store<T>(value);
+    }
+}
