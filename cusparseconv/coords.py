@@ -140,7 +140,7 @@ class SortedKeys:
         True when the rows were already sorted (``order`` is ``arange(N)``).
     """
 
-    __slots__ = ("keys", "order", "is_identity")
+    __slots__ = ("keys", "order", "is_identity", "_hash_tables")
 
     def __init__(self, coords: np.ndarray, name: str = "coords"):
         xp = array_module(coords)

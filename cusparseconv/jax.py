@@ -25,6 +25,8 @@ been run on a GPU.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 import jax
@@ -41,12 +43,17 @@ from .tensor import SparseTensor as _CoreTensor
 __all__ = ["sparse_conv", "sparse_pool", "global_pool", "conv_features", "pool_features"]
 
 
+# vmapped callbacks run one by one (the keyword is absent before jax 0.4.34)
+_VMAP = ({"vmap_method": "sequential"}
+         if "vmap_method" in inspect.signature(jax.pure_callback).parameters else {})
+
+
 def _callback(function, result_shapes, *args):
-    """``jax.pure_callback`` on NumPy operands; vmapped calls run one by one."""
+    """``jax.pure_callback`` on NumPy operands."""
     def host(*arrays):
         return function(*[None if a is None else np.asarray(a) for a in arrays])
 
-    return jax.pure_callback(host, result_shapes, *args, vmap_method="sequential")
+    return jax.pure_callback(host, result_shapes, *args, **_VMAP)
 
 
 def _concrete_coords(coords, name="coords"):

@@ -140,9 +140,7 @@ def global_pool(x: SparseTensor, mode: str = "mean") -> SparseTensor:
     batches, segment = xp.unique(coords[:, 0], return_inverse=True)
     backend = backend_for(x.feats)
     feats = backend.segment_reduce(x.feats, segment.reshape(-1), batches.shape[0], mode)
-    out_coords = xp.zeros((batches.shape[0], coords.shape[1]), dtype=np.int32)
-    out_coords[:, 0] = batches
-    out_id = x.cache.register(out_coords)
+    out_id = x.cache.batch_rows(x._coord_id, batches)
     return SparseTensor._from_set(x.cache, out_id, feats.astype(x.feats.dtype, copy=False),
                                   x.stride)
 

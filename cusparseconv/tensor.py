@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._arrays import array_module
 from ._checks import check_coords, check_feats, check_finite, per_axis
 from .coords import SortedKeys, downsample, expand
 
@@ -27,6 +28,7 @@ class CoordinateCache:
         self._coarser: dict[tuple, int] = {}     # (fine id, stride) -> coarse id
         self._finer: dict[tuple, int] = {}       # (coarse id, stride) -> fine id
         self._expanded: dict[tuple, int] = {}    # (id, offsets, scale) -> id
+        self._per_item: dict[int, int] = {}      # id -> id of its (b, 0, ..., 0) rows
         self._kernel_maps: dict[tuple, object] = {}
 
     # ---------------------------------------------------------------- sets
@@ -38,10 +40,13 @@ class CoordinateCache:
             return known
         if keys is None:
             keys = SortedKeys(coords, name)  # checks range and duplicates
+        if isinstance(coords, np.ndarray) and coords.flags.writeable:
+            coords = coords.view()
+            coords.flags.writeable = False  # the cache relies on sets never changing
         self._coords.append(coords)
         self._keys.append(keys)
         set_id = len(self._coords) - 1
-        self._by_array[id(coords)] = set_id
+        self._by_array[id(self._coords[set_id])] = set_id
         return set_id
 
     def coords(self, set_id: int) -> np.ndarray:
@@ -76,6 +81,18 @@ class CoordinateCache:
             expanded = self.register(coords, SortedKeys.from_sorted_unique(keys))
             self._expanded[cache_key] = expanded
         return expanded
+
+    def batch_rows(self, set_id: int, batches) -> int:
+        """Id of the set ``(b, 0, ..., 0)`` for the batch indices present (global pooling)."""
+        known = self._per_item.get(set_id)
+        if known is None:
+            coords = self._coords[set_id]
+            xp = array_module(coords)
+            rows = xp.zeros((batches.shape[0], coords.shape[1]), dtype=np.int32)
+            rows[:, 0] = batches
+            known = self.register(rows)
+            self._per_item[set_id] = known
+        return known
 
     # ---------------------------------------------------------- kernel maps
     def kernel_map(self, in_id: int, out_id: int, offsets: np.ndarray,

@@ -108,6 +108,13 @@ def to_array(tensor: torch.Tensor):
         try:
             return cupy.from_dlpack(tensor)
         except (TypeError, ValueError, BufferError) as error:
+            if tensor.dtype == torch.bfloat16:  # a CuPy without bfloat16 DLPack: raw bits
+                import ml_dtypes
+
+                try:
+                    return cupy.from_dlpack(tensor.view(torch.int16)).view(ml_dtypes.bfloat16)
+                except (TypeError, ValueError) as retry_error:
+                    error = retry_error
             raise TypeError(f"cannot hand a CUDA tensor of dtype {tensor.dtype} to CuPy "
                             f"through DLPack: {error}") from error
     raise TypeError(f"tensors must live on the CPU or a CUDA device, got {tensor.device}")
@@ -128,6 +135,8 @@ def from_array(array) -> torch.Tensor:
                 return torch.from_numpy(array)
         return torch.from_numpy(array)
     if type(array).__module__.split(".")[0] == "cupy":
+        if array.dtype.name == "bfloat16":
+            return torch.from_dlpack(array.view(np.int16)).view(torch.bfloat16)
         return torch.from_dlpack(array)
     raise TypeError(f"expected a NumPy or CuPy array, got {type(array).__name__}")
 
@@ -183,7 +192,7 @@ def _device_scope(device: torch.device):
         yield
 
 
-def _host_array(value, name):
+def _host_array(value):
     """Kernel offsets and similar geometry: always a NumPy array."""
     if value is None:
         return None
@@ -205,7 +214,7 @@ def _coords_array(coords, device: torch.device):
                 raise ValueError(f"coords are on {coords.device} but feats on the CPU; move "
                                  f"one of them (cusparseconv never copies between devices)")
             return coords.detach().numpy()
-        return _host_array(coords, "coords")
+        return _host_array(coords)
     cupy = _cupy()
     if isinstance(coords, torch.Tensor):
         if coords.device != device:
@@ -491,7 +500,7 @@ def conv(x: SparseTensor, weight: torch.Tensor, kernel_size=3, stride=1, dilatio
     with _device_scope(x.device):
         kmap, out_id, out_stride = layer_kernel_map(
             x._core(), kernel_size, stride, dilation, transposed, generative,
-            _host_array(offsets, "offsets"), _out_coords_arg(out_coords, x))
+            _host_array(offsets), _out_coords_arg(out_coords, x))
     feats, weight, bias = _autocast(x.feats, weight, bias)
     _check_operand(weight, "weight", feats)
     _check_operand(bias, "bias", feats)
@@ -511,7 +520,7 @@ def pool(x: SparseTensor, kernel_size=2, stride=None, mode: str = "max", dilatio
         stride = kernel_size if offsets is None else 1
     with _device_scope(x.device):
         kmap, out_id, out_stride = layer_kernel_map(
-            x._core(), kernel_size, stride, dilation, offsets=_host_array(offsets, "offsets"))
+            x._core(), kernel_size, stride, dilation, offsets=_host_array(offsets))
     out = _SparsePoolFunction.apply(x.feats, kmap, mode)
     return SparseTensor._from_set(x.cache, out_id, out, out_stride)
 
@@ -619,7 +628,7 @@ class SparseConv(nn.Module):
                  dtype=None):
         super().__init__()
         if offsets is not None:
-            offsets = np.ascontiguousarray(_host_array(offsets, "offsets"), dtype=np.int32)
+            offsets = np.ascontiguousarray(_host_array(offsets), dtype=np.int32)
             kernel_volume = offsets.shape[0]
         else:
             kernel_volume = kernel_offsets(kernel_size, dilation, ndim).shape[0]
@@ -730,7 +739,7 @@ class SparsePool(nn.Module):
         super().__init__()
         self.kernel_size, self.stride, self.mode = kernel_size, stride, mode
         self.dilation, self.ndim = dilation, ndim
-        self.offsets = None if offsets is None else _host_array(offsets, "offsets")
+        self.offsets = None if offsets is None else _host_array(offsets)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         if self.ndim is not None and x.ndim != self.ndim:

@@ -14,9 +14,10 @@
 //     runs until it blocks on a barrier, then the next one runs, in a
 //     forward / reverse / shuffled order, so a missing barrier is exposed
 //     deterministically);
-//   * __shared__ variables are statics in one ELF section, and the dynamic
-//     shared buffer is per launch: both are filled with 0xff bytes at the
-//     start of every block (launches are serialised by the caller);
+//   * __shared__ variables are function-local statics (found by the loader in
+//     the symbol table), and the dynamic shared buffer is per launch: both are
+//     filled with 0xff bytes at the start of every block (launches are
+//     serialised by the caller);
 //   * a thread that returns early is dropped from every barrier (as exited
 //     threads are on the GPU);
 //   * warp intrinsics exchange values through per-warp slots and a per-warp
@@ -40,6 +41,7 @@
 #include <ctime>
 #include <exception>
 #include <mutex>
+#include <new>
 #include <random>
 #include <string>
 #include <tuple>
@@ -72,7 +74,9 @@
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-#define __shared__ static __attribute__((section("csc_shared"), aligned(16)))
+// Static shared variables become function-local statics; the loader finds them in
+// the symbol table and the runtime fills them with 0xff at the start of each block.
+#define __shared__ static __attribute__((aligned(16)))
 
 // ---------------------------------------------------------------------------
 // index types
@@ -985,9 +989,6 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, TD>& d,
 // ---------------------------------------------------------------------------
 // the runtime: grid launch, thread pool, fibers
 // ---------------------------------------------------------------------------
-extern "C" char __start_csc_shared[] __attribute__((weak, visibility("hidden")));
-extern "C" char __stop_csc_shared[] __attribute__((weak, visibility("hidden")));
-
 namespace csc_emu {
 
 inline void vrecord_error(const char* fmt, va_list ap) {
@@ -1031,16 +1032,15 @@ struct Launch {
     size_t dyn_bytes = 0;
     int schedule = 0;                       // cooperative: 0 forward, 1 reverse, 2 shuffled
     uint64_t seed = 0;
+    const unsigned long long* shared_ranges = nullptr;  // (address, bytes) pairs
+    unsigned long long n_shared_ranges = 0;
 };
 inline Launch L;
 inline std::vector<unsigned char> dyn_storage;
 
 inline unsigned char* dynamic_shared() { return L.dyn; }
 
-inline std::vector<Warp*>& warp_storage() {
-    static std::vector<Warp*> v;
-    return v;
-}
+inline std::vector<Warp*> warp_pool;  // grows, never shrinks
 
 // Prepare block k of the run order (called while no kernel thread runs).
 inline void setup_block(unsigned long long k) {
@@ -1059,8 +1059,9 @@ inline void setup_block(unsigned long long k) {
         wp.n_sub = 0;
     }
     if (L.dyn_bytes) std::memset(L.dyn, 0xff, L.dyn_bytes);
-    if (__start_csc_shared && __stop_csc_shared > __start_csc_shared)
-        std::memset(__start_csc_shared, 0xff, size_t(__stop_csc_shared - __start_csc_shared));
+    for (unsigned long long i = 0; i < L.n_shared_ranges; ++i)  // static __shared__ variables
+        std::memset(reinterpret_cast<void*>(L.shared_ranges[2 * i]), 0xff,
+                    size_t(L.shared_ranges[2 * i + 1]));
     ctl.alive.store(int(L.nthreads), std::memory_order_relaxed);
     ctl.blocked.store(0, std::memory_order_relaxed);
 }
@@ -1096,14 +1097,22 @@ inline void run_thread(ThreadState& ts) {
 }
 
 // ----- mode 0: a pool of OS threads ------------------------------------------
+// Worker i runs CUDA thread i of every block of a launch. Idle workers exit
+// after kIdleMs without a launch (each compiled module has its own pool), and
+// are started again on demand.
+constexpr long kIdleMs = 2000;
+
 struct Worker {
     pthread_t handle;
-    unsigned index;
+    unsigned index = 0;
     std::atomic<uint32_t> go{0};
+    uint32_t seen = 0;
+    bool running = false;  // guarded by Pool::mu
     ThreadState ts;
 };
 
 struct Pool {
+    std::mutex mu;
     std::vector<Worker*> workers;
     std::atomic<uint32_t> done{0};
     std::atomic<unsigned> finished{0};
@@ -1111,6 +1120,7 @@ struct Pool {
     // the end-of-block barrier (pool level, no abort/deadlock handling)
     std::atomic<uint32_t> bgen{0};
     std::atomic<unsigned> barrived{0};
+    bool atfork_registered = false;
 };
 inline Pool pool;
 
@@ -1141,23 +1151,47 @@ inline void worker_blocks(Worker& wk) {
 
 inline void* worker_main(void* arg) {
     Worker& wk = *static_cast<Worker*>(arg);
-    uint32_t seen = 0;
     for (;;) {
-        pool_wait(wk.go, seen);
-        seen = wk.go.load(std::memory_order_acquire);
+        while (wk.go.load(std::memory_order_acquire) == wk.seen) {
+            long r = futex_wait(&wk.go, wk.seen, kIdleMs);
+            if (r != 0 && errno == ETIMEDOUT) {
+                std::lock_guard<std::mutex> lk(pool.mu);
+                if (wk.go.load(std::memory_order_acquire) == wk.seen) {
+                    wk.running = false;  // retire; a later launch starts a new thread
+                    return nullptr;
+                }
+            }
+        }
+        wk.seen = wk.go.load(std::memory_order_acquire);
         worker_blocks(wk);
         if (pool.finished.fetch_add(1, std::memory_order_acq_rel) + 1 == pool.active) {
             pool.done.fetch_add(1, std::memory_order_acq_rel);
             futex_wake_all(&pool.done);
         }
     }
-    return nullptr;
 }
 
-inline bool pool_grow(unsigned n) {
+inline void pool_after_fork_in_child() {
+    // the workers do not exist in a forked child: forget them (leaking the structs)
+    new (&pool.mu) std::mutex();
+    pool.workers.clear();
+}
+
+// Start workers [0, n) that are not running; called with pool.mu held.
+inline bool pool_start(unsigned n) {
+    if (!pool.atfork_registered) {
+        pthread_atfork(nullptr, nullptr, pool_after_fork_in_child);
+        pool.atfork_registered = true;
+    }
     while (pool.workers.size() < n) {
         Worker* wk = new Worker();
         wk->index = unsigned(pool.workers.size());
+        pool.workers.push_back(wk);
+    }
+    for (unsigned i = 0; i < n; ++i) {
+        Worker* wk = pool.workers[i];
+        if (wk->running) continue;
+        wk->seen = wk->go.load(std::memory_order_acquire);
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setstacksize(&attr, 1 << 20);
@@ -1165,18 +1199,17 @@ inline bool pool_grow(unsigned n) {
         int rc = pthread_create(&wk->handle, &attr, worker_main, wk);
         pthread_attr_destroy(&attr);
         if (rc != 0) {
-            delete wk;
-            record_error("cannot start emulator worker thread %zu (error %d)",
-                         pool.workers.size(), rc);
+            record_error("cannot start emulator worker thread %u (error %d)", i, rc);
             return false;
         }
-        pool.workers.push_back(wk);
+        wk->running = true;
     }
     return true;
 }
 
 inline void run_threads_mode() {
-    if (!pool_grow(L.nthreads)) return;
+    std::unique_lock<std::mutex> lk(pool.mu);
+    if (!pool_start(L.nthreads)) return;
     pool.active = L.nthreads;
     pool.finished.store(0);
     pool.barrived.store(0);
@@ -1187,6 +1220,7 @@ inline void run_threads_mode() {
         wk.go.fetch_add(1, std::memory_order_acq_rel);
         futex_wake_all(&wk.go);
     }
+    lk.unlock();
     pool_wait(pool.done, d0);
 }
 
@@ -1300,6 +1334,8 @@ struct LaunchConfig {
     int mode;
     int schedule;
     unsigned long long seed;
+    const unsigned long long* shared_ranges;  // static __shared__ variables: (address, bytes)
+    unsigned long long n_shared_ranges;
 };
 
 inline int run_grid(void (*thunk)(void*), void* closure, const LaunchConfig& cfg, char* err,
@@ -1316,6 +1352,8 @@ inline int run_grid(void (*thunk)(void*), void* closure, const LaunchConfig& cfg
     L.nblocks = (unsigned long long)cfg.grid[0] * cfg.grid[1] * cfg.grid[2];
     L.schedule = cfg.schedule;
     L.seed = cfg.seed;
+    L.shared_ranges = cfg.shared_ranges;
+    L.n_shared_ranges = cfg.n_shared_ranges;
     if (L.nblocks == 0 || L.nthreads == 0) return 0;
     L.order.resize(L.nblocks);
     for (unsigned long long i = 0; i < L.nblocks; ++i) L.order[i] = i;
@@ -1327,7 +1365,7 @@ inline int run_grid(void (*thunk)(void*), void* closure, const LaunchConfig& cfg
     uintptr_t base = reinterpret_cast<uintptr_t>(dyn_storage.data()) + kRedzone;
     base = (base + 127) & ~uintptr_t(127);
     L.dyn = cfg.shared_bytes ? reinterpret_cast<unsigned char*>(base) : nullptr;
-    auto& ws = warp_storage();
+    auto& ws = warp_pool;
     while (ws.size() < L.nwarps) ws.push_back(new Warp());
     blk.warps.assign(ws.begin(), ws.begin() + L.nwarps);
     blk.nthreads = L.nthreads;
