@@ -19,6 +19,7 @@
 // csc-instantiate: wgrad_splitk<__nv_bfloat16>
 #include "csc_common.cuh"
 #include "csc_convert.cuh"
+#include "csc_tile.cuh"
 
 #define CSC_TILE 64      // BM = BN (pairs x output channels)
 #define CSC_TILE_K 16    // BK (input channels per stage)
@@ -56,8 +57,7 @@ implicit_gemm(const T* __restrict__ feats, const T* __restrict__ weight,
     const T* w_k = weight + ((long long)k * groups + group) * group_in * group_out;
 
     ACC acc[4][4];
-    for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = (ACC)0;
+    csc_tile_zero(acc);
 
     for (int c0 = 0; c0 < group_in; c0 += CSC_TILE_K) {
         for (int index = threadIdx.x; index < CSC_TILE * CSC_TILE_K; index += CSC_THREADS) {
@@ -76,13 +76,7 @@ implicit_gemm(const T* __restrict__ feats, const T* __restrict__ weight,
             w_tile[kk][n] = value;
         }
         __syncthreads();
-        for (int kk = 0; kk < CSC_TILE_K; ++kk) {
-            ACC a[4], w[4];
-            for (int i = 0; i < 4; ++i) a[i] = a_tile[kk][ty + 16 * i];
-            for (int j = 0; j < 4; ++j) w[j] = w_tile[kk][tx + 16 * j];
-            for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * w[j];
-        }
+        csc_tile_multiply(a_tile, w_tile, acc, tx, ty);
         __syncthreads();
     }
     for (int i = 0; i < 4; ++i) {
@@ -122,8 +116,7 @@ wgrad_splitk(const T* __restrict__ feats, const T* __restrict__ grad_out,
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 
     ACC acc[4][4];
-    for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = (ACC)0;
+    csc_tile_zero(acc);
 
     for (long long p0 = first; p0 < last; p0 += CSC_TILE_K) {
         for (int index = threadIdx.x; index < CSC_TILE_K * CSC_TILE; index += CSC_THREADS) {
@@ -139,13 +132,7 @@ wgrad_splitk(const T* __restrict__ feats, const T* __restrict__ grad_out,
             d_tile[pp][i] = d;
         }
         __syncthreads();
-        for (int pp = 0; pp < CSC_TILE_K; ++pp) {
-            ACC a[4], d[4];
-            for (int i = 0; i < 4; ++i) a[i] = a_tile[pp][ty + 16 * i];
-            for (int j = 0; j < 4; ++j) d[j] = d_tile[pp][tx + 16 * j];
-            for (int i = 0; i < 4; ++i)
-                for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * d[j];
-        }
+        csc_tile_multiply(a_tile, d_tile, acc, tx, ty);
         __syncthreads();
     }
     ACC* dw = grad_weight + ((long long)k * groups + group) * group_in * group_out;

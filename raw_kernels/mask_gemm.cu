@@ -17,6 +17,7 @@
 // csc-instantiate: mask_gemm_wmma<__nv_bfloat16>
 #include "csc_common.cuh"
 #include "csc_convert.cuh"
+#include "csc_tile.cuh"
 
 #define CSC_MASK_TILE 64
 #define CSC_MASK_TILE_K 16
@@ -49,8 +50,7 @@ mask_gemm(const T* __restrict__ feats, const T* __restrict__ weight,
     __syncthreads();
 
     ACC acc[4][4];
-    for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] = (ACC)0;
+    csc_tile_zero(acc);
 
     for (int word = 0; word < n_words; ++word) {
         unsigned int bits = tile_mask[word];  // uniform across the block
@@ -82,13 +82,7 @@ mask_gemm(const T* __restrict__ feats, const T* __restrict__ weight,
                     w_tile[kk][n] = value;
                 }
                 __syncthreads();
-                for (int kk = 0; kk < CSC_MASK_TILE_K; ++kk) {
-                    ACC a[4], w[4];
-                    for (int i = 0; i < 4; ++i) a[i] = a_tile[kk][ty + 16 * i];
-                    for (int j = 0; j < 4; ++j) w[j] = w_tile[kk][tx + 16 * j];
-                    for (int i = 0; i < 4; ++i)
-                        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * w[j];
-                }
+                csc_tile_multiply(a_tile, w_tile, acc, tx, ty);
                 __syncthreads();
             }
         }
