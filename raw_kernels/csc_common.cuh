@@ -55,13 +55,9 @@ __device__ __forceinline__ unsigned csc_lane_id() { return csc_thread_rank() & 3
 __device__ __forceinline__ unsigned csc_warp_id() { return csc_thread_rank() >> 5; }
 
 // Device-side assertion: a failed CSC_ASSERT stops the launch with an error on
-// both sides (the emulator reports the block, thread, file and line).
-#if defined(CSC_EMULATION)
-#  define CSC_ASSERT(cond) assert(cond)
-#else
-#  define CSC_ASSERT(cond)                                                     \
-     do { if (!(cond)) { __trap(); } } while (0)
-#endif
+// both sides (NVRTC's built-in assert prints file and line on the device; the
+// emulator raises EmulatorLaunchError naming the block, thread, file and line).
+#define CSC_ASSERT(cond) assert(cond)
 
 // Wrappers for anything that would be inline PTX go below, each with a
 // plain-C++ meaning under CSC_EMULATION. None is needed yet: the kernels use

@@ -19,7 +19,6 @@ Run it by hand with ``python -m cusparseconv._emulate.nvrtc_check``.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import sys
 from dataclasses import dataclass, field
