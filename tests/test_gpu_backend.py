@@ -47,6 +47,19 @@ def device(request):
     return Device(request.param)
 
 
+@pytest.fixture(autouse=True)
+def cooperative_emulation(monkeypatch, request):
+    """Most emulated launches run cooperatively (fibers, deterministic, fast) in a
+    thread order that changes from test to test; test_threads_mode_sample keeps the
+    OS-thread mode, where the threads of a block truly interleave."""
+    import os
+    if "CUSPARSECONV_EMULATOR_MODE" not in os.environ:
+        monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE", "cooperative")
+        orders = ("forward", "reverse", "shuffle")
+        monkeypatch.setenv("CUSPARSECONV_EMULATOR_SCHEDULE",
+                           orders[sum(map(ord, request.node.name)) % 3])
+
+
 def random_coords(rng, n, ndim=3, span=7, batches=2):
     coords = rng.integers(-span, span, size=(n, 1 + ndim))
     coords[:, 0] = rng.integers(0, batches, size=n)
@@ -334,3 +347,24 @@ def test_tuner_measures_remembers_and_respects_determinism(tmp_path, monkeypatch
     assert tuning.forced_algorithm("input_grad", None) is None
     with pytest.raises(ValueError, match="algorithm"):
         tuning.forced_algorithm("forward", "cudnn")
+
+
+@pytest.mark.parametrize("algorithm", ["explicit", "implicit", "mask"])
+def test_threads_mode_sample(monkeypatch, algorithm):
+    """A sample of every product kernel with OS threads per block (real interleaving)."""
+    monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE", "threads")
+    device = Device("cuda-emulated")
+    rng = np.random.default_rng(21)
+    coords = random_coords(rng, 80)
+    offsets = csc.kernel_offsets(3)
+    feats = rng.standard_normal((len(coords), 6)).astype(np.float32)
+    weight = rng.standard_normal((27, 6, 5)).astype(np.float32)
+    expected_map = cpu_kmap(coords, coords, offsets, (1, 1, 1), False)
+    kmap = device.kmap(coords, coords, offsets, (1, 1, 1), False, same_set=True)
+    got = device.backend.conv_forward(feats, weight, kmap, "standard", 5, algorithm=algorithm)
+    assert_close(got, cpu.conv_forward(feats, weight, expected_map, "standard", 5), np.float32)
+    wgrad = "splitk" if algorithm == "implicit" else "explicit"
+    got_w = device.backend.conv_weight_grad(feats, got, kmap, "standard", (27, 6, 5),
+                                            algorithm=wgrad)
+    assert_close(got_w, cpu.conv_weight_grad(feats, got, expected_map, "standard", (27, 6, 5)),
+                 np.float32)

@@ -60,36 +60,40 @@ class Launcher:
         self.xp = xp
         self.emulated = emulated
         self.max_blocks = 3 if emulated else 65535
-        self._kernels = {}
+        self._modules = {}
         self._lock = threading.Lock()
 
     def kernel(self, filename: str, name: str):
-        """The compiled kernel ``name`` (a name expression) of ``raw_kernels/filename``."""
-        key = (filename, name, self._device_id())
-        kernel = self._kernels.get(key)
-        if kernel is None:
+        """The compiled kernel ``name`` (a name expression) of ``raw_kernels/filename``.
+
+        The first request compiles the whole file with every instantiation it
+        declares (``// csc-instantiate:`` lines), once per device.
+        """
+        module = self._modules.get((filename, self._device_id()))
+        if module is None:
             with self._lock:
-                kernel = self._kernels.get(key)
-                if kernel is None:
-                    kernel = self._compile(filename, name)
-                    self._kernels[key] = kernel
-        return kernel
+                module = self._modules.get((filename, self._device_id()))
+                if module is None:
+                    module = self._compile(filename)
+                    self._modules[(filename, self._device_id())] = module
+        return module.get_function(name)
 
     def _device_id(self):
         return None if self.emulated else self.xp.cuda.runtime.getDevice()
 
-    def _compile(self, filename, name):
+    def _compile(self, filename):
+        from .._emulate.nvrtc_check import cuda_include_dirs, parse_instantiations
+
         source = kernel_source(filename)
+        names = tuple(parse_instantiations(source))
         if self.emulated:
             from .._emulate import EmulatedModule
 
-            module = EmulatedModule(source, options=NVRTC_OPTIONS, name_expressions=(name,),
-                                    include_dirs=(kernel_dir(),))
-        else:
-            module = self.xp.RawModule(code=source,
-                                       options=NVRTC_OPTIONS + ("-I" + kernel_dir(),),
-                                       name_expressions=(name,))
-        return module.get_function(name)
+            return EmulatedModule(source, options=NVRTC_OPTIONS, name_expressions=names,
+                                  include_dirs=(kernel_dir(),))
+        includes = tuple("-I" + path for path in (kernel_dir(), *cuda_include_dirs()))
+        return self.xp.RawModule(code=source, options=NVRTC_OPTIONS + includes,
+                                 name_expressions=names)
 
     def launch_1d(self, filename: str, name: str, n_items: int, args, threads: int = 256):
         """Launch a grid-stride kernel over ``n_items`` work items."""
