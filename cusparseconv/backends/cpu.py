@@ -55,10 +55,12 @@ def _symmetric_half(offsets: np.ndarray):
 
 
 def _search_fast(fine_keys: np.ndarray, base_keys: np.ndarray, offsets: np.ndarray,
-                 wanted: list[int]) -> dict:
+                 wanted: list[int], same_keys: bool = False) -> dict:
     """Positions of ``base_keys + delta_k`` in ``fine_keys`` for the wanted offsets.
 
     Both key arrays are sorted and every query field is known to be in range.
+    With ``same_keys`` (base_keys is fine_keys), the offsets (0, ..., 0, dz) step
+    from each row's own position instead of searching.
 
     Returns
     -------
@@ -71,10 +73,13 @@ def _search_fast(fine_keys: np.ndarray, base_keys: np.ndarray, offsets: np.ndarr
     for k in wanted:
         groups.setdefault(tuple(offsets[k, :-1].tolist()), []).append(k)
     found = {}
-    for members in groups.values():
-        members.sort(key=lambda k: int(offsets[k, -1]))
+
+    def search_group(members):
+        members = sorted(members, key=lambda k: int(offsets[k, -1]))
         position = None
         previous_last = 0
+        if same_keys and not offsets[members[0], :-1].any() and offsets[members[0], -1] >= 0:
+            position = np.arange(base_keys.shape[0], dtype=np.intp)  # each row finds itself
         for k in members:
             query = base_keys + deltas[k]
             gap = int(offsets[k, -1]) - previous_last
@@ -87,10 +92,13 @@ def _search_fast(fine_keys: np.ndarray, base_keys: np.ndarray, offsets: np.ndarr
                     position += padded[position] < query
             previous_last = int(offsets[k, -1])
             hit = padded[position] == query
-            if n_fine and query.shape[0] and bool(np.any(position == n_fine)):
+            if query.shape[0] and position[-1] == n_fine:  # positions are non-decreasing
                 hit &= position < n_fine
             coarse_rank = np.flatnonzero(hit)
-            found[k] = (position[coarse_rank], coarse_rank)
+            found[k] = (position[coarse_rank], coarse_rank)  # distinct keys per group
+
+    # Groups are independent: they run on the worker threads (NumPy releases the GIL).
+    parallel_for(search_group, list(groups.values()))
     return found
 
 
@@ -149,7 +157,8 @@ def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same
         reach_high = spatial.max(axis=0) + offsets.max(axis=0)
         if (reach_low >= low).all() and (reach_high < high).all():
             base_keys = coarse.keys if unit_stride else pack_parts(sorted_coords[:, 0], spatial)
-            found = _search_fast(fine.keys, base_keys, offsets, wanted)
+            found = _search_fast(fine.keys, base_keys, offsets, wanted,
+                                 same_keys=unit_stride and fine is coarse)
         else:
             found = _search_checked(fine.keys, sorted_coords[:, 0], spatial, offsets, wanted)
 
@@ -185,7 +194,7 @@ def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same
         in_rows, out_rows, out_sorted = coarse_all, fine_all, fine.is_identity
     else:
         in_rows, out_rows, out_sorted = fine_all, coarse_all, coarse.is_identity
-    if not out_sorted or mirrored:
+    if not out_sorted:  # rows in key order give pairs already sorted by output row
         from ..kmap import _sort_within_offsets
         out_rows, in_rows = _sort_within_offsets(out_rows, in_rows, pair_offsets)
     return KernelMap(in_rows, out_rows, pair_offsets, in_coords.shape[0],
