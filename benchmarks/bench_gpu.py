@@ -1,0 +1,294 @@
+"""GPU benchmark: every algorithm of every product against a same-flop dense GEMM.
+
+For each workload (a synthetic room surface from ``scenes.py`` and, when its
+data is installed, the Motorcycle scan), dtype and channel count C -> C it
+reports, after checking every algorithm's output against the CPU backend:
+
+* the kernel-map build time (hash table, both neighbour tables, pair tables);
+* per product (forward, input gradient, weight gradient) and algorithm: the
+  median time over CUDA-event-timed runs after warm-up, achieved TFLOP/s
+  (2 * pairs * C_in * C_out) and GB/s (gathered rows read, weights read,
+  output written once);
+* the time of a dense cuBLAS GEMM of the same flop count, (pairs x C_in) @
+  (C_in x C_out), measured in the same run: ``ours / dense`` is our distance
+  to the hardware;
+* ``torch.nn.functional.conv3d`` (cuDNN) on the densified grid where the grid
+  fits in memory and a CUDA build of PyTorch is importable;
+* the CuPy memory pool's footprint after each product (a peak-memory proxy).
+
+``--emulate`` runs the same code on tiny inputs under the host emulation of
+the kernels (NumPy arrays, perf_counter timings): a smoke test that CI runs so
+that this script cannot rot; its numbers mean nothing.
+
+Usage::
+
+    python benchmarks/bench_gpu.py                      # on a GPU machine
+    python benchmarks/bench_gpu.py --emulate --out /tmp/x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cusparseconv as csc  # noqa: E402
+from cusparseconv import tuning  # noqa: E402
+from cusparseconv.backends import cpu, get_backend  # noqa: E402
+
+PRODUCTS = ("forward", "input_grad", "weight_grad")
+
+
+class Device:
+    """Array module, backend and timer of a real device or of the emulation."""
+
+    def __init__(self, emulate: bool):
+        self.emulated = emulate
+        self.backend = get_backend("cuda-emulated" if emulate else "cuda")
+        self.xp = self.backend.xp
+        if emulate:
+            self.name = "host-emulation"
+        else:
+            import cupy
+
+            props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())
+            self.name = props["name"].decode() if isinstance(props["name"], bytes) else str(
+                props["name"])
+
+    def put(self, array):
+        return array if self.emulated else self.xp.asarray(array)
+
+    def get(self, array):
+        return array if self.emulated else self.xp.asnumpy(array)
+
+    def time_ms(self, function, repeats: int, warmup: int = 1) -> float:
+        """Median wall time of ``function`` in ms (CUDA events on a device)."""
+        for _ in range(warmup):
+            function()
+        times = []
+        if self.emulated:
+            for _ in range(repeats):
+                start = time.perf_counter()
+                function()
+                times.append((time.perf_counter() - start) * 1e3)
+            return statistics.median(times)
+        import cupy
+
+        for _ in range(repeats):
+            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record()
+            function()
+            stop.record()
+            stop.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, stop))
+        return statistics.median(times)
+
+    def pool_bytes(self) -> int:
+        if self.emulated:
+            return 0
+        import cupy
+
+        return int(cupy.get_default_memory_pool().total_bytes())
+
+
+def workloads(args):
+    from scenes import surface_scene
+
+    if args.emulate:
+        rng = np.random.default_rng(0)
+        coords = np.unique(rng.integers(0, 9, size=(300, 4)), axis=0).astype(np.int32)
+        coords[:, 0] = 0
+        yield "tiny-random", np.unique(coords, axis=0)
+        return
+    for n in args.voxels:
+        yield f"surface-{n // 1000}k", surface_scene(n)
+    try:
+        from cusparseconv.io import load_motorcycle
+
+        points, _ = load_motorcycle(with_colors=False)
+        yield "motorcycle-5mm", csc.voxelize(points, 0.005)[0]
+    except (ImportError, OSError) as error:
+        print(f"motorcycle scan skipped: {error}")
+
+
+def check_close(got, expected, dtype, what):
+    tolerance = 1e-4 if np.dtype(dtype) == np.float32 else 2e-2
+    expected = np.asarray(expected, np.float64)
+    error = np.abs(np.asarray(got, np.float64) - expected).max(initial=0.0)
+    scale = max(1.0, np.abs(expected).max(initial=0.0))
+    if error > tolerance * scale:
+        raise AssertionError(f"{what}: max error {error:.3g} exceeds {tolerance * scale:.3g}")
+    return float(error / scale)
+
+
+def dense_gemm_ms(device, n_pairs, c_in, c_out, dtype, repeats):
+    xp = device.xp
+    a = xp.ones((max(n_pairs, 1), c_in), dtype=dtype)
+    b = xp.ones((c_in, c_out), dtype=dtype)
+    return device.time_ms(lambda: xp.matmul(a, b), repeats)
+
+
+def cudnn_ms(coords, channels, dtype, repeats, max_elements=2**31):
+    """torch conv3d on the densified grid (None when not possible)."""
+    try:
+        import torch
+    except ImportError:
+        return None, "torch not installed"
+    if not torch.cuda.is_available():
+        return None, "torch has no CUDA"
+    extent = coords[:, 1:].max(axis=0) - coords[:, 1:].min(axis=0) + 1
+    if int(np.prod(extent)) * channels > max_elements // 4:
+        return None, f"grid {tuple(int(e) for e in extent)} too large"
+    torch_dtype = {"float32": torch.float32, "float16": torch.float16}[np.dtype(dtype).name]
+    grid = torch.zeros((1, channels, *[int(e) for e in extent]), dtype=torch_dtype,
+                       device="cuda")
+    weight = torch.ones((channels, channels, 3, 3, 3), dtype=torch_dtype, device="cuda")
+    for _ in range(2):
+        torch.nn.functional.conv3d(grid, weight, padding=1)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.nn.functional.conv3d(grid, weight, padding=1)
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return statistics.median(times), None
+
+
+def run(args):
+    device = Device(args.emulate)
+    tuning.set_autotune(False)  # every algorithm is timed explicitly here
+    offsets = csc.kernel_offsets(3)
+    records = []
+    for name, coords in workloads(args):
+        coords_dev = device.put(coords)
+
+        def build():  # a fresh SortedKeys each time: the hash table is rebuilt too
+            return device.backend.build_kernel_map(
+                coords_dev, coords_dev, offsets, (1, 1, 1), False, same_set=True,
+                in_keys=csc.coords.SortedKeys(coords_dev))
+
+        kmap = build()
+        map_ms = device.time_ms(build, args.repeats)
+        reference_map = cpu.build_kernel_map(coords, coords, offsets, (1, 1, 1), False,
+                                             same_set=True)
+        n_pairs = kmap.n_pairs
+        print(f"{name}: {len(coords):,} voxels, {n_pairs:,} pairs, map {map_ms:.3f} ms")
+        for dtype_name in args.dtypes:
+            dtype = np.dtype(dtype_name)
+            for channels in args.channels:
+                rng = np.random.default_rng(channels)
+                feats = rng.standard_normal((len(coords), channels)).astype(dtype)
+                weight = (rng.standard_normal((27, channels, channels)) /
+                          np.sqrt(27 * channels)).astype(dtype)
+                grad_out = rng.standard_normal((len(coords), channels)).astype(dtype)
+                feats_d, weight_d, grad_d = map(device.put, (feats, weight, grad_out))
+                expected = {
+                    "forward": cpu.conv_forward(feats, weight, reference_map, "standard",
+                                                channels),
+                    "input_grad": cpu.conv_input_grad(grad_out, weight, reference_map,
+                                                      "standard", channels),
+                    "weight_grad": cpu.conv_weight_grad(feats, grad_out, reference_map,
+                                                        "standard", weight.shape),
+                }
+                calls = {
+                    "forward": lambda a: device.backend.conv_forward(
+                        feats_d, weight_d, kmap, "standard", channels, algorithm=a),
+                    "input_grad": lambda a: device.backend.conv_input_grad(
+                        grad_d, weight_d, kmap, "standard", channels, algorithm=a),
+                    "weight_grad": lambda a: device.backend.conv_weight_grad(
+                        feats_d, grad_d, kmap, "standard", weight.shape, algorithm=a),
+                }
+                flops = 2.0 * n_pairs * channels * channels
+                dense = dense_gemm_ms(device, n_pairs, channels, channels, dtype, args.repeats)
+                cudnn, cudnn_note = (None, "emulation") if args.emulate else cudnn_ms(
+                    coords, channels, dtype, args.repeats)
+                for product in PRODUCTS:
+                    for algorithm in tuning.ALGORITHMS[product]:
+                        result = calls[product](algorithm)
+                        error = check_close(device.get(result), expected[product], dtype,
+                                            f"{name} {dtype_name} C={channels} {product} "
+                                            f"{algorithm}")
+                        ms = device.time_ms(lambda: calls[product](algorithm), args.repeats)
+                        moved = (n_pairs * channels + 27 * channels * channels
+                                 + len(coords) * channels) * dtype.itemsize
+                        record = dict(workload=name, voxels=len(coords), pairs=n_pairs,
+                                      dtype=dtype_name, channels=channels, product=product,
+                                      algorithm=algorithm, ms=ms, map_ms=map_ms,
+                                      tflops=flops / ms / 1e9, gbps=moved / ms / 1e6,
+                                      dense_gemm_ms=dense, ratio_to_dense=ms / dense,
+                                      cudnn_ms=cudnn, cudnn_note=cudnn_note,
+                                      max_relative_error=error,
+                                      pool_bytes=device.pool_bytes())
+                        records.append(record)
+                        print(f"  {dtype_name} C={channels:<4} {product:<11} {algorithm:<16}"
+                              f"{ms:9.3f} ms {record['tflops']:7.2f} TFLOP/s "
+                              f"x{record['ratio_to_dense']:.2f} dense")
+    return device, records
+
+
+def write(device, records, path, chart):
+    meta = dict(device=device.name, date=datetime.date.today().isoformat(),
+                host=platform.node(), cusparseconv=csc.__version__)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(dict(meta=meta, records=records), handle, indent=1)
+    print(f"wrote {path}")
+    if not chart:
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart")
+        return
+    labels = [f"{r['workload']} {r['dtype']} C{r['channels']} {r['product']} {r['algorithm']}"
+              for r in records]
+    figure, axis = plt.subplots(figsize=(10, max(3, 0.22 * len(records))))
+    axis.barh(range(len(records)), [r["ratio_to_dense"] for r in records])
+    axis.set_yticks(range(len(records)), labels, fontsize=6)
+    axis.axvline(1.0, color="k", linewidth=0.8)
+    axis.set_xlabel("time / same-flop dense cuBLAS GEMM (lower is better)")
+    axis.set_title(f"cusparseconv on {device.name}, {meta['date']}")
+    figure.tight_layout()
+    png = os.path.splitext(path)[0] + ".png"
+    figure.savefig(png, dpi=120)
+    print(f"wrote {png}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--voxels", type=int, nargs="+", default=[200_000])
+    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float16"])
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--emulate", action="store_true",
+                        help="tiny inputs under host emulation (smoke test)")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/"
+                                                     "<date>-<device>.json)")
+    parser.add_argument("--no-chart", action="store_true")
+    args = parser.parse_args(argv)
+    if args.emulate:
+        args.channels, args.repeats = [c for c in args.channels if c <= 32] or [8], 1
+    device, records = run(args)
+    path = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "results",
+        f"{datetime.date.today().isoformat()}-{device.name.replace(' ', '_')}.json")
+    write(device, records, path, chart=not args.no_chart)
+
+
+if __name__ == "__main__":
+    main()
