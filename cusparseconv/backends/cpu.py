@@ -231,6 +231,16 @@ def _in_monotone(kmap: KernelMap) -> np.ndarray:
     return flags
 
 
+def _one_pair_per_output(kmap: KernelMap) -> bool:
+    """Does every output row have exactly one pair over all offsets (cached)?"""
+    flag = getattr(kmap, "_one_pair_per_output", None)
+    if flag is None:
+        flag = kmap.n_pairs == kmap.n_out and bool(
+            np.all(np.bincount(kmap.out_rows, minlength=kmap.n_out) == 1))
+        kmap._one_pair_per_output = flag
+    return flag
+
+
 def gather_apply_scatter(src: np.ndarray, kmap: KernelMap, apply, n_channels: int,
                          dtype: np.dtype) -> np.ndarray:
     """``out[out_rows] += apply(k, src[in_rows])`` over every offset k.
@@ -255,11 +265,23 @@ def gather_apply_scatter(src: np.ndarray, kmap: KernelMap, apply, n_channels: in
     out = np.empty((n_out, n_channels), dtype=dtype)
     bounds, cuts = kmap.chunk_cuts(_block_rows(n_channels))
     in_monotone = _in_monotone(kmap)
+    # Every output row paired exactly once (e.g. a transposed 2x2x2 stride-2 map):
+    # products are assigned, not added, and need no zeroed accumulator.
+    assign = _one_pair_per_output(kmap)
     in_rows_all, out_rows_all = kmap.in_rows, kmap.out_rows
     active = [k for k in range(kmap.kernel_volume) if kmap.pair_offsets[k + 1] > kmap.pair_offsets[k]]
 
     def run_block(block: int) -> None:
         first, last = bounds[block], bounds[block + 1]
+        if assign:
+            acc = out[first:last]
+            for k in active:
+                start, stop = cuts[k, block], cuts[k, block + 1]
+                if start == stop:
+                    continue
+                in_rows = in_rows_all[start:stop]
+                acc[out_rows_all[start:stop] - first] = apply(k, src.take(in_rows, axis=0))
+            return
         acc = np.zeros((last - first, n_channels), dtype=dtype)
         for k in active:
             start, stop = cuts[k, block], cuts[k, block + 1]
