@@ -18,10 +18,6 @@
 // csc-instantiate: finish_rows<double>
 // csc-instantiate: finish_rows<__half>
 // csc-instantiate: finish_rows<__nv_bfloat16>
-// csc-instantiate: convert_to_acc<float>
-// csc-instantiate: convert_to_acc<double>
-// csc-instantiate: convert_to_acc<__half>
-// csc-instantiate: convert_to_acc<__nv_bfloat16>
 #include "csc_common.cuh"
 #include "csc_convert.cuh"
 
@@ -95,10 +91,4 @@ __global__ void finish_rows(const typename csc_acc<T>::type* __restrict__ acc, l
         if (has_bias) value += csc_load(bias[index % channels]);
         out[index] = csc_store<T>(value);
     }
-}
-
-template <typename T>
-__global__ void convert_to_acc(const T* __restrict__ src, long long n,
-                               typename csc_acc<T>::type* __restrict__ out) {
-    CSC_GRID_LOOP(index, n) { out[index] = csc_load(src[index]); }
 }

@@ -108,6 +108,21 @@ def test_kernel_maps_match_the_cpu(device, index):
     assert np.array_equal(device.get(neighbour), expected_neighbour)
 
 
+@pytest.mark.parametrize("ndim", [1, 2, 4])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_kernel_maps_in_other_dimensions(device, ndim, transposed):
+    rng = np.random.default_rng(ndim)
+    fine = random_coords(rng, 120, ndim=ndim, span=6)
+    coarse, _ = csc.coords.downsample(fine, (2,) * ndim)
+    offsets = csc.kernel_offsets(3, 1, ndim)
+    in_c, out_c = (coarse, fine) if transposed else (fine, coarse)
+    expected = cpu_kmap(in_c, out_c, offsets, (2,) * ndim, transposed)
+    got = device.kmap(in_c, out_c, offsets, (2,) * ndim, transposed)
+    assert np.array_equal(got.pair_offsets, expected.pair_offsets)
+    assert np.array_equal(device.get(got.in_rows), expected.in_rows)
+    assert np.array_equal(device.get(got.out_rows), expected.out_rows)
+
+
 def test_hash_lookup_and_duplicates(device):
     rng = np.random.default_rng(3)
     coords = random_coords(rng, 300)
