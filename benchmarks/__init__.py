@@ -1,0 +1,1 @@
+"""Benchmarks of cusparseconv against its peers (``python -m benchmarks.run``)."""
