@@ -145,3 +145,16 @@ def test_chunk_cuts_partition_the_pairs():
         for i in range(len(bounds) - 1):
             rows = kmap.out_rows[cuts[k, i]:cuts[k, i + 1]]
             assert np.all((rows >= bounds[i]) & (rows < bounds[i + 1]))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_unit_stride_between_sets_searches_from_the_smaller_one(transposed, shuffle):
+    # generative-style geometry: the output set is several times the input set
+    rng = np.random.default_rng(17)
+    small = random_coords(rng, 60, 3, low=-4, high=4, shuffle=shuffle)
+    large = random_coords(rng, 400, 3, low=-6, high=6, shuffle=shuffle)
+    offsets = csc.kernel_offsets((3, 2, 3))                 # asymmetric kernel
+    for in_coords, out_coords in [(small, large), (large, small)]:
+        kmap = csc.build_kernel_map(in_coords, out_coords, offsets, 1, transposed)
+        check_map(kmap, in_coords, out_coords, offsets, 1, transposed)

@@ -147,6 +147,14 @@ def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same
         wanted, mirrored, zero = symmetric
 
     found = {}
+    fine_coords = in_coords if not transposed else out_coords
+    if (unit_stride and not same_set and 0 < fine.keys.shape[0] < n_coarse
+            and _in_range_after(fine_coords, -offsets)):
+        # Stride 1 between different sets (e.g. generative outputs): search from the
+        # smaller set with the negated kernel, then swap the roles back.
+        reverse = _search_fast(coarse.keys, fine.keys, -offsets, wanted)
+        found = {k: (hits[1], hits[0]) for k, hits in reverse.items()}
+        wanted = []
     if n_coarse and fine.keys.shape[0] and wanted:
         sorted_coords = coarse_coords if coarse.is_identity else coarse_coords[coarse.order]
         spatial = sorted_coords[:, 1:].astype(np.int64)
@@ -199,6 +207,14 @@ def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same
         out_rows, in_rows = _sort_within_offsets(out_rows, in_rows, pair_offsets)
     return KernelMap(in_rows, out_rows, pair_offsets, in_coords.shape[0],
                      out_coords.shape[0], offsets, stride, transposed)
+
+
+def _in_range_after(coords: np.ndarray, offsets: np.ndarray) -> bool:
+    """Do all ``coords + offsets`` stay inside the packable range (bounding-box test)?"""
+    low, high = coordinate_range(coords.shape[1] - 1)
+    spatial = coords[:, 1:]
+    return bool((spatial.min(axis=0).astype(np.int64) + offsets.min(axis=0) >= low).all()
+                and (spatial.max(axis=0).astype(np.int64) + offsets.max(axis=0) < high).all())
 
 
 def _rows(keys: SortedKeys, rank: np.ndarray) -> np.ndarray:
