@@ -68,13 +68,7 @@ implicit_gemm(const T* __restrict__ feats, const T* __restrict__ weight,
                                        group * group_in + c0 + kk]);
             a_tile[kk][m] = value;
         }
-        for (int index = threadIdx.x; index < CSC_TILE_K * CSC_TILE; index += CSC_THREADS) {
-            int kk = index / CSC_TILE, n = index % CSC_TILE;
-            ACC value = (ACC)0;
-            if (c0 + kk < group_in && n0 + n < group_out)
-                value = csc_load(w_k[(long long)(c0 + kk) * group_out + n0 + n]);
-            w_tile[kk][n] = value;
-        }
+        csc_load_weight_tile(w_tile, w_k, c0, n0, group_in, group_out);
         __syncthreads();
         csc_tile_multiply(a_tile, w_tile, acc, tx, ty);
         __syncthreads();

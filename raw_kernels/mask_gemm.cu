@@ -41,13 +41,7 @@ mask_gemm(const T* __restrict__ feats, const T* __restrict__ weight,
     const int c_in = groups * group_in, c_out = groups * group_out;
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 
-    if (threadIdx.x < CSC_MAX_MASK_WORDS) tile_mask[threadIdx.x] = 0u;
-    __syncthreads();
-    for (int index = threadIdx.x; index < CSC_MASK_TILE * n_words; index += CSC_MASK_THREADS) {
-        int m = index / n_words, word = index % n_words;
-        if (r0 + m < n_rows) atomicOr(&tile_mask[word], mask[(r0 + m) * n_words + word]);
-    }
-    __syncthreads();
+    csc_tile_mask_union(tile_mask, mask, r0, n_rows, n_words, CSC_MASK_TILE);
 
     ACC acc[4][4];
     csc_tile_zero(acc);
@@ -73,14 +67,7 @@ mask_gemm(const T* __restrict__ feats, const T* __restrict__ weight,
                         value = csc_load(feats[(long long)source * c_in + group * group_in + c0 + kk]);
                     a_tile[kk][m] = value;
                 }
-                for (int index = threadIdx.x; index < CSC_MASK_TILE_K * CSC_MASK_TILE;
-                     index += CSC_MASK_THREADS) {
-                    int kk = index / CSC_MASK_TILE, n = index % CSC_MASK_TILE;
-                    ACC value = (ACC)0;
-                    if (c0 + kk < group_in && n0 + n < group_out)
-                        value = csc_load(w_k[(long long)(c0 + kk) * group_out + n0 + n]);
-                    w_tile[kk][n] = value;
-                }
+                csc_load_weight_tile(w_tile, w_k, c0, n0, group_in, group_out);
                 __syncthreads();
                 csc_tile_multiply(a_tile, w_tile, acc, tx, ty);
                 __syncthreads();
@@ -126,13 +113,7 @@ mask_gemm_wmma(const T* __restrict__ feats, const T* __restrict__ weight,
     const int warp_row = warp / 2, warp_col = warp % 2;
     const T zero = csc_store<T>(0.0f);
 
-    if (threadIdx.x < CSC_MAX_MASK_WORDS) tile_mask[threadIdx.x] = 0u;
-    __syncthreads();
-    for (int index = threadIdx.x; index < CSC_WMMA_TILE * n_words; index += CSC_WMMA_THREADS) {
-        int m = index / n_words, word = index % n_words;
-        if (r0 + m < n_rows) atomicOr(&tile_mask[word], mask[(r0 + m) * n_words + word]);
-    }
-    __syncthreads();
+    csc_tile_mask_union(tile_mask, mask, r0, n_rows, n_words, CSC_WMMA_TILE);
 
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
     wmma::fill_fragment(acc, 0.0f);
