@@ -92,3 +92,47 @@ def test_results_identical_at_any_thread_count(scene, dtype):
 def test_set_num_threads_validates():
     with pytest.raises(ValueError, match="positive"):
         csc.set_num_threads(0)
+
+
+@pytest.fixture(scope="module")
+def blob():
+    """A filled ellipsoid of ~4,500 voxels: almost every 3x3x3 slot holds a pair."""
+    grid = np.stack(np.meshgrid(*[np.arange(-12, 12)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    inside = grid[(grid ** 2 / np.array([144, 144, 64])).sum(axis=1) < 1]
+    coords = np.concatenate([np.zeros((len(inside), 1), np.int64), inside], axis=1)
+    return coords.astype(np.int32)[np.random.default_rng(3).permutation(len(inside))]
+
+
+@pytest.mark.parametrize("algorithm", [None, "dense", "blocked"])
+def test_dense_algorithm_matches_the_oracle(blob, algorithm):
+    rng = np.random.default_rng(4)
+    offsets = csc.kernel_offsets(3)
+    kmap = csc.build_kernel_map(blob, blob, offsets)
+    assert kmap.n_pairs > 0.6 * kmap.n_out * 27 and kmap.n_out > 1024   # auto -> dense
+    feats = rng.normal(size=(len(blob), 6))
+    weight = rng.normal(size=(27, 6, 4))
+    out = csc.conv_forward(feats, weight, kmap, algorithm=algorithm)
+    expected = dict_conv(blob, blob, feats, weight, offsets, (1, 1, 1), False)
+    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
+    grad_out = rng.normal(size=out.shape)
+    grad_in = csc.conv_input_grad(grad_out, weight, kmap, algorithm=algorithm)
+    np.testing.assert_allclose(np.sum(feats * grad_in), np.sum(out * grad_out), rtol=1e-10)
+
+
+def test_dense_algorithm_is_thread_invariant_and_standard_only(blob):
+    rng = np.random.default_rng(5)
+    feats = rng.normal(size=(len(blob), 32)).astype(np.float32)
+    weight = rng.normal(size=(27, 32, 32)).astype(np.float32)
+    kmap = csc.build_kernel_map(blob, blob, csc.kernel_offsets(3))
+    before = csc.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            csc.set_num_threads(threads)
+            results.append(csc.conv_forward(feats, weight, kmap, algorithm="dense"))
+    finally:
+        csc.set_num_threads(before)
+    assert np.array_equal(results[0], results[1])
+    with pytest.raises(ValueError, match="dense"):
+        csc.conv_forward(feats, rng.normal(size=(27, 2, 16, 16)), kmap, groups=2,
+                         algorithm="dense")

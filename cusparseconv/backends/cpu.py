@@ -354,7 +354,51 @@ def _apply_for(weight: np.ndarray, layout: str, transpose: bool):
     return _matmul_standard(weight)
 
 
-ALGORITHMS = {"forward": ("blocked",), "input_grad": ("blocked",), "weight_grad": ("blocked",)}
+ALGORITHMS = {"forward": ("blocked", "dense"), "input_grad": ("blocked", "dense"),
+              "weight_grad": ("blocked",)}
+#: Fraction of (row, offset) slots holding a pair above which the dense
+#: algorithm (one gather of every offset's rows, one GEMM per block) wins.
+DENSE_THRESHOLD = 0.6
+
+
+def _choose(kmap, layout, algorithm) -> str:
+    if algorithm not in (None, "auto"):
+        if algorithm == "dense" and layout != "standard":
+            raise ValueError(f"algorithm 'dense' supports the standard weight layout only, "
+                             f"got a {layout} weight")
+        return algorithm
+    slots = kmap.n_out * kmap.kernel_volume
+    dense = layout == "standard" and slots and kmap.n_pairs >= DENSE_THRESHOLD * slots
+    return "dense" if dense else "blocked"
+
+
+def dense_product(src, kmap, weight, n_channels, dtype):
+    """``out = [src[nbr[:, 0]], ..., src[nbr[:, K-1]]] @ W.reshape(K * C_in, C_out)``.
+
+    Gathers every offset's input row of a block of output rows through the
+    neighbour table (zero where a pair is missing) and multiplies once: no
+    scatter at all, at the price of the missing slots' work. Chosen when most
+    (row, offset) slots hold a pair (dense volumes, 2x2x2 downsampling).
+    """
+    neighbour = kmap.pair_mask()[1]
+    n_out, kernel_volume = neighbour.shape
+    out = np.empty((n_out, n_channels), dtype=dtype)
+    if n_out == 0:
+        return out
+    flat_weight = weight.reshape(kernel_volume * src.shape[1], n_channels)
+    rows = int(min(8192, max(256, (1 << 19) // (kernel_volume * src.shape[1]))))
+
+    def run_block(block: int) -> None:
+        first, last = block * rows, min(n_out, (block + 1) * rows)
+        index = neighbour[first:last]
+        gathered = src.take(index, axis=0, mode="wrap")  # -1 reads the last row...
+        missing = index < 0
+        if missing.any():
+            gathered[missing] = 0                          # ...and is zeroed here
+        np.matmul(gathered.reshape(last - first, -1), flat_weight, out=out[first:last])
+
+    parallel_for(run_block, range(-(-n_out // rows)))
+    return out
 
 
 def _check_algorithm(algorithm, product):
@@ -369,7 +413,10 @@ def conv_forward(feats, weight, kmap, layout, c_out, bias=None, algorithm=None):
     dtype = accumulate_dtype(feats.dtype)
     src = np.ascontiguousarray(feats, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
-    out = gather_apply_scatter(src, kmap, _apply_for(weight, layout, False), c_out, dtype)
+    if _choose(kmap, layout, algorithm) == "dense":
+        out = dense_product(src, kmap, weight, c_out, dtype)
+    else:
+        out = gather_apply_scatter(src, kmap, _apply_for(weight, layout, False), c_out, dtype)
     if bias is not None:
         out += bias.astype(dtype)
     return out.astype(feats.dtype, copy=False)
@@ -381,8 +428,12 @@ def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None):
     dtype = accumulate_dtype(grad_out.dtype)
     src = np.ascontiguousarray(grad_out, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
-    out = gather_apply_scatter(src, kmap.reverse(), _apply_for(weight, layout, True), c_in,
-                               dtype)
+    reverse = kmap.reverse()
+    if _choose(reverse, layout, algorithm) == "dense":
+        out = dense_product(src, reverse, np.ascontiguousarray(weight.transpose(0, 2, 1)),
+                            c_in, dtype)
+    else:
+        out = gather_apply_scatter(src, reverse, _apply_for(weight, layout, True), c_in, dtype)
     return out.astype(grad_out.dtype, copy=False)
 
 
