@@ -97,8 +97,9 @@ def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None, alg
     groups : int
     bias : ndarray, shape (C_out,), optional
     algorithm : str, optional
-        Force an implementation (see the README's algorithm table); by default
-        the backend chooses.
+        Force an implementation; None or "auto" lets the backend choose. CPU:
+        "blocked" or "dense"; GPU: "explicit", "explicit_sorted", "implicit",
+        "mask" (README, GPU backend).
 
     Returns
     -------
@@ -130,6 +131,7 @@ def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1, algorith
     kmap : KernelMap
     groups : int
     algorithm : str, optional
+        As for :func:`conv_forward` (run on the reverse table).
 
     Returns
     -------
@@ -173,6 +175,7 @@ def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_s
         Shape of the weight; by default (K, C_in, C_out) for groups == 1,
         (K, C) when groups == C_in == C_out, else (K, G, C_in/G, C_out/G).
     algorithm : str, optional
+        CPU: "blocked"; GPU: "explicit" or "splitk"; None lets the backend choose.
 
     Returns
     -------
