@@ -171,3 +171,47 @@ RTOL = {np.float64: 1e-10, np.float32: 1e-4, np.float16: 2e-2}
 def rtol_for(dtype):
     """The comparison tolerance of the suite for a feature dtype."""
     return RTOL[np.dtype(dtype).type]
+
+
+def kmap_case(rng, case, geometry, ndim=3):
+    """(in_coords, out_coords, offsets, stride, transposed) of one regime.
+
+    ``geometry[ndim]`` is (number of points, low, high) of the random coordinates.
+    """
+    import oracle
+
+    n, low, high = geometry[ndim]
+    coords = random_coords(rng, n, ndim, 2, low, high)
+    offsets = oracle.kernel_offsets_oracle(3, 1, ndim)
+    if case == "submanifold":
+        return coords, coords, offsets, 1, False
+    if case == "strided":
+        offsets = oracle.kernel_offsets_oracle(2, 1, ndim)
+        return coords, oracle.downsample_coords_oracle(coords, 2), offsets, 2, False
+    if case == "strided_per_axis":
+        stride = tuple([2, 1, 3, 1][:ndim])
+        return coords, oracle.downsample_coords_oracle(coords, stride), offsets, stride, False
+    if case == "generative":
+        return coords, oracle.generative_coords_oracle(coords, offsets), offsets, 1, False
+    if case == "generative_strided":
+        return (coords, oracle.generative_coords_oracle(coords, offsets, 2), offsets, 2,
+                False)
+    if case == "transposed":
+        return coords, coords, offsets, 1, True
+    if case == "transposed_strided":
+        return oracle.downsample_coords_oracle(coords, 2), coords, offsets, 2, True
+    if case == "transposed_generative":
+        out = oracle.transposed_generative_coords_oracle(coords, offsets, 2)
+        return coords, out, offsets, 2, True
+    if case == "explicit":
+        return coords, random_coords(rng, n, ndim, 2, low, high), offsets, 1, False
+    if case == "dilated":
+        offsets = oracle.kernel_offsets_oracle(3, tuple([1, 2, 1, 2][:ndim]), ndim)
+        return coords, coords, offsets, 1, False
+    if case == "even":
+        offsets = oracle.kernel_offsets_oracle(tuple([2, 3, 4, 2][:ndim]), 1, ndim)
+        return coords, coords, offsets, 1, False
+    if case == "arbitrary":
+        offsets = np.unique(rng.integers(-2, 3, size=(7, ndim)), axis=0).astype(np.int32)
+        return coords, oracle.downsample_coords_oracle(coords, 2), offsets, 2, False
+    raise ValueError(case)

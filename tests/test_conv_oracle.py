@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import oracle
+from conftest import kmap_case as shared_kmap_case
 from conftest import (
     assert_close,
     assert_same_rows,
@@ -530,32 +531,7 @@ KMAP_CASES = ["submanifold", "strided", "strided_per_axis", "generative", "trans
 
 
 def kmap_case(rng, case, ndim=3):
-    """(in_coords, out_coords, offsets, stride, transposed) for a kernel map."""
-    n, low, high = GEOMETRY[ndim]
-    coords = random_coords(rng, n, ndim, 2, low, high)
-    offsets = oracle.kernel_offsets_oracle(3, 1, ndim)
-    if case == "submanifold":
-        return coords, coords, offsets, 1, False
-    if case == "strided":
-        offsets = oracle.kernel_offsets_oracle(2, 1, ndim)
-        return coords, oracle.downsample_coords_oracle(coords, 2), offsets, 2, False
-    if case == "strided_per_axis":
-        stride = tuple([2, 1, 3, 1][:ndim])
-        return coords, oracle.downsample_coords_oracle(coords, stride), offsets, stride, False
-    if case == "generative":
-        return coords, oracle.generative_coords_oracle(coords, offsets), offsets, 1, False
-    if case == "transposed":
-        return coords, coords, offsets, 1, True
-    if case == "transposed_strided":
-        coarse = oracle.downsample_coords_oracle(coords, 2)
-        return coarse, coords, offsets, 2, True
-    if case == "transposed_generative":
-        out = oracle.transposed_generative_coords_oracle(coords, offsets, 2)
-        return coords, out, offsets, 2, True
-    if case == "explicit":
-        out = random_coords(rng, n, ndim, 2, low, high)
-        return coords, out, offsets, 1, False
-    raise ValueError(case)
+    return shared_kmap_case(rng, case, GEOMETRY, ndim)
 
 
 def library_pairs(kmap):
