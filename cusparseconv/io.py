@@ -179,9 +179,10 @@ def _gunzip(path, data: bytes, limit: int) -> bytes:
         raise FileFormatError(path, "not a gzip file (no 1f 8b magic)")
     recorded = int.from_bytes(data[-4:], "little")  # size mod 2**32 of the last member
     if recorded > bound:
-        raise FileFormatError(path, f"the gzip stream records {recorded:,} decompressed "
-                                    f"bytes, more than its {len(data):,} compressed bytes can "
-                                    f"hold or max_bytes = {limit:,} allows")
+        raise FileFormatError(path, f"the gzip trailer records {recorded:,} decompressed "
+                                    f"bytes, more than {len(data):,} compressed bytes can "
+                                    f"hold or max_bytes = {limit:,} allows (a truncated or "
+                                    f"corrupt file, or a decompression bomb)")
     out = bytearray()
     pending = data
     while pending:

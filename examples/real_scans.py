@@ -313,11 +313,12 @@ def read_vti(path, max_bytes: int = DEFAULT_MAX_BYTES):
     order = {"LittleEndian": "<", "BigEndian": ">"}.get(root.get("byte_order", "LittleEndian"))
     header_type = root.get("header_type", "UInt32")
     compressor = root.get("compressor") or ""
-    if order is None or header_type not in ("UInt32", "UInt64") or \
-            compressor not in ("", "vtkZLibDataCompressor"):
-        raise FileFormatError(path, f"unsupported byte_order {root.get('byte_order')!r}, "
-                                    f"header_type {header_type!r} or compressor "
-                                    f"{compressor!r} (zlib only)")
+    if order is None or header_type not in ("UInt32", "UInt64"):
+        raise FileFormatError(path, f"unsupported byte_order {root.get('byte_order')!r} or "
+                                    f"header_type {header_type!r}")
+    if compressor not in ("", "vtkZLibDataCompressor"):
+        raise FileFormatError(path, f"compressor {compressor!r} is not supported (only "
+                                    f"vtkZLibDataCompressor)")
     header_dtype = np.dtype(order + _VTK_DTYPES[header_type])
     image = root.find("ImageData")
     extent = _ints(path, image.get("WholeExtent", "") if image is not None else "", 6,
