@@ -43,7 +43,8 @@ def test_dense_matches_hand_scatter_and_is_differentiable(channels_last, ndim, r
     low = coords[:, 1:].min(axis=0)
     spatial = coords[:, 1:].max(axis=0) - low + 1
     assert origin.dtype == torch.int64 and origin.tolist() == low.tolist()
-    expected = dense_by_hand(coords, feats.detach().numpy(), low, spatial, x.batch_size, channels_last)
+    expected = dense_by_hand(coords, feats.detach().numpy(), low, spatial, x.batch_size,
+                             channels_last)
     assert dense.shape == expected.shape and np.array_equal(dense.detach().numpy(), expected)
     # the gradient of a weighted sum is the weight read back at each row's site
     weight = torch.from_numpy(rng.standard_normal(dense.shape))
@@ -95,22 +96,6 @@ def test_dense_mask_round_trip_keeps_all_zero_rows(rng):
     order = np.lexsort(coords.T[::-1])
     assert np.array_equal(again.coords, coords[order])
     assert np.array_equal(again.feats, zeroed.numpy()[order])
-
-
-def test_core_to_dense_mask_matches_rows(rng):
-    coords = random_coords(rng, 40, 3, n_batch=2, low=-4, high=4)
-    feats = rng.standard_normal((40, 2))
-    feats[:10] = 0
-    x = csc.SparseTensor(coords, feats)
-    dense, origin, mask = csc.to_dense(x, return_mask=True)
-    expected = np.zeros(mask.shape, dtype=bool)
-    for b, *site in coords.tolist():
-        expected[(b,) + tuple(int(v - o) for v, o in zip(site, origin))] = True
-    assert np.array_equal(mask, expected)
-    again = csc.from_dense(dense, origin=origin, mask=mask)
-    assert len(again) == 40 and len(csc.from_dense(dense, origin=origin)) == 30
-    with pytest.raises(TypeError, match="return_mask must be a bool"):
-        csc.to_dense(x, return_mask="yes")
 
 
 def test_batch_size_detach_requires_grad(rng):

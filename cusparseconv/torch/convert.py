@@ -61,15 +61,16 @@ def to_array(tensor: torch.Tensor):
         try:
             return cupy.from_dlpack(tensor)
         except (TypeError, ValueError, BufferError) as error:
-            if tensor.dtype == torch.bfloat16:  # a CuPy without bfloat16 DLPack: raw bits
-                import ml_dtypes
+            failure = error
+        if tensor.dtype == torch.bfloat16:  # a CuPy without bfloat16 DLPack: raw bits
+            import ml_dtypes
 
-                try:
-                    return cupy.from_dlpack(tensor.view(torch.int16)).view(ml_dtypes.bfloat16)
-                except (TypeError, ValueError) as retry_error:
-                    error = retry_error
-            raise TypeError(f"cannot hand a CUDA tensor of dtype {tensor.dtype} to CuPy "
-                            f"through DLPack: {error}") from error
+            try:
+                return cupy.from_dlpack(tensor.view(torch.int16)).view(ml_dtypes.bfloat16)
+            except (TypeError, ValueError) as error:
+                failure = error
+        raise TypeError(f"cannot hand a CUDA tensor of dtype {tensor.dtype} to CuPy "
+                        f"through DLPack: {failure}") from failure
     raise TypeError(f"tensors must live on the CPU or a CUDA device, got {tensor.device}")
 
 
