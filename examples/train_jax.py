@@ -26,18 +26,18 @@ import jax.numpy as jnp
 
 import cusparseconv as csc
 import cusparseconv.jax as csj
-from cusparseconv import io
+import real_scans  # examples/real_scans.py
 
 WIDTHS = (16, 32, 64, 128)
 
 
 def load_voxels(factor, data_dir=None):
     try:
-        coords, labels = io.load_frog_tissues(data_dir)
+        coords, labels = real_scans.load_frog_tissues(data_dir)
     except FileNotFoundError:
         print("frog_tissues.vti not found: running benchmarks/fetch_data.sh pyvista")
-        io.fetch_data("pyvista", data_dir=data_dir)
-        coords, labels = io.load_frog_tissues(data_dir)
+        real_scans.fetch_data("pyvista", data_dir=data_dir)
+        coords, labels = real_scans.load_frog_tissues(data_dir)
     voxels, voxel_labels, _ = csc.voxelize(coords.astype(np.float64), float(factor),
                                            feats=labels, reduce="mode")
     return voxels, voxel_labels.reshape(-1)

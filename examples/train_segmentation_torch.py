@@ -2,7 +2,7 @@
 
 Data: pyvista's ``frog_tissues.vti``, a 136 x 470 x 500 label volume with 29
 tissue classes (about 1.15M labelled voxels), read from the pyvista wheel by
-``cusparseconv.io.load_frog_tissues`` (``bash benchmarks/fetch_data.sh
+``real_scans.load_frog_tissues`` of ``examples/real_scans.py`` (``bash benchmarks/fetch_data.sh
 pyvista`` installs it; this script runs that when the file is absent).
 
 Task: the labelled voxels, downsampled 2x (about 144k voxels), are the sparse
@@ -28,17 +28,17 @@ import torch
 
 import cusparseconv as csc
 import cusparseconv.torch as cst
-from cusparseconv import io
+import real_scans  # examples/real_scans.py
 
 
 def load_voxels(factor, data_dir=None):
     """Labelled voxels of the frog, downsampled ``factor`` times (label: the mode)."""
     try:
-        coords, labels = io.load_frog_tissues(data_dir)
+        coords, labels = real_scans.load_frog_tissues(data_dir)
     except FileNotFoundError:
         print("frog_tissues.vti not found: running benchmarks/fetch_data.sh pyvista")
-        io.fetch_data("pyvista", data_dir=data_dir)
-        coords, labels = io.load_frog_tissues(data_dir)
+        real_scans.fetch_data("pyvista", data_dir=data_dir)
+        coords, labels = real_scans.load_frog_tissues(data_dir)
     voxels, voxel_labels, _ = csc.voxelize(coords.astype(np.float64), float(factor),
                                            feats=labels, reduce="mode")
     return voxels, voxel_labels.reshape(-1), len(coords)

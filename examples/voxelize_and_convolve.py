@@ -9,6 +9,9 @@ cache, and a skip connection. Forward and backward run through
 ``cusparseconv.conv_forward`` / ``conv_input_grad`` / ``conv_weight_grad``.
 
 Run:  python examples/voxelize_and_convolve.py [--voxel-size 0.01] [--steps 5]
+      python examples/voxelize_and_convolve.py --points scan.laz --voxel-size 0.1
+      (any point file with per-point colour that cusparseconv.io.read_points reads:
+      LAS/LAZ, PLY, PCD, NPY/NPZ)
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import time
 import numpy as np
 
 import cusparseconv as csc
-from cusparseconv.io import load_motorcycle
+from cusparseconv.io import read_points
+from real_scans import load_motorcycle  # examples/real_scans.py
 
 
 class Conv:
@@ -59,14 +63,31 @@ def relu(x):
     return x.replace_feats(np.maximum(x.feats, 0))
 
 
-def main():
+def coloured_points(path):
+    """xyz relative to the cloud's minimum (float64) and RGB in [0, 1] (float32) of a
+    point file; its colour attribute is scaled by the maximum of its integer type."""
+    cloud = read_points(path)
+    if "colour" not in cloud.attributes:
+        raise SystemExit(f"{path}: no per-point colour (red/green/blue or rgb); this example "
+                         f"learns to predict colour from geometry")
+    colour = cloud.attributes["colour"]
+    scale = np.iinfo(colour.dtype).max if colour.dtype.kind in "iu" else 1.0
+    points = cloud.xyz - np.nanmin(cloud.xyz, axis=0)   # LiDAR tiles sit far from 0
+    keep = np.isfinite(points).all(axis=1)
+    return points[keep], (colour[keep] / scale).astype(np.float32)
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--voxel-size", type=float, default=0.01, help="metres (default 0.01)")
+    parser.add_argument("--voxel-size", type=float, default=0.01,
+                        help="in the file's units: metres (default 0.01)")
     parser.add_argument("--steps", type=int, default=20, help="training steps (default 20)")
     parser.add_argument("--lr", type=float, default=0.1)
-    args = parser.parse_args()
+    parser.add_argument("--points", default=None,
+                        help="a point file with colours instead of the Motorcycle scan")
+    args = parser.parse_args(argv)
 
-    points, colors = load_motorcycle()
+    points, colors = (coloured_points(args.points) if args.points else load_motorcycle())
     start = time.perf_counter()
     coords, voxel_colors, point_to_voxel = csc.voxelize(points, args.voxel_size, feats=colors,
                                                         reduce="mean")

@@ -441,3 +441,38 @@ def test_property_round_trip(data, channels_last):
     np.testing.assert_array_equal(y.feats[perm], feats)
     np.testing.assert_array_equal(
         gather_from_dense(dense, coords, origin, channels_last=channels_last), feats)
+
+
+# ---------------------------------------------------------------------------
+# occupancy mask: a lossless round trip with all-zero rows
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_to_dense_mask_gives_every_row_back(rng, channels_last):
+    coords = random_coords(rng, 40, 3, n_batch=2, low=-4, high=4)
+    feats = rng.standard_normal((40, 2))
+    feats[:10] = 0                                  # rows a ReLU zeroed
+    x = SparseTensor(coords, feats)
+    dense, origin, mask = to_dense(x, channels_last=channels_last, return_mask=True)
+    expected = np.zeros(mask.shape, dtype=bool)
+    for b, *site in coords.tolist():
+        expected[(b,) + tuple(int(v - o) for v, o in zip(site, origin))] = True
+    assert mask.dtype == np.bool_ and np.array_equal(mask, expected)
+    lossy = from_dense(dense, channels_last=channels_last, origin=origin)
+    again = from_dense(dense, channels_last=channels_last, origin=origin, mask=mask)
+    assert len(lossy) == 30 and len(again) == 40
+    order = np.lexsort(coords.T[::-1])
+    assert np.array_equal(again.coords, coords[order])
+    assert np.array_equal(again.feats, feats[order])
+    with pytest.raises(TypeError, match="return_mask must be a bool"):
+        to_dense(x, return_mask="yes")
+
+
+def test_to_dense_mask_counts_against_the_size_limit(monkeypatch):
+    coords = np.array([[0, 0, 0, 0], [0, 9, 9, 9]], dtype=np.int32)
+    feats = np.ones((2, 1))
+    monkeypatch.setattr(dense_module, "MAX_DENSE_ELEMENTS", 1500)
+    assert to_dense(SparseTensor(coords, feats))[0].size == 1000
+    with pytest.raises(ValueError, match=r"2 channels \(mask included\)"):
+        to_dense(SparseTensor(coords, feats), return_mask=True)

@@ -8,13 +8,16 @@ skip only when the registry cannot be reached.
 import importlib.util
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
 
-from cusparseconv import io
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+if EXAMPLES not in sys.path:  # the examples import their neighbour real_scans.py
+    sys.path.insert(0, EXAMPLES)
+import real_scans  # noqa: E402
 
 
 def _example(name):
@@ -27,12 +30,12 @@ def _example(name):
 
 @pytest.fixture(scope="module")
 def data_dir():
-    if not os.path.exists(os.path.join(io.default_data_dir(), "pyvista", "frog_tissues.vti")):
+    if not os.path.exists(os.path.join(real_scans.default_data_dir(), "pyvista", "frog_tissues.vti")):
         try:
-            io.fetch_data("pyvista")
+            real_scans.fetch_data("pyvista")
         except (RuntimeError, FileNotFoundError) as exc:
             pytest.skip(f"could not fetch the pyvista wheel (registry unreachable?): {exc}")
-    return io.default_data_dir()
+    return real_scans.default_data_dir()
 
 
 def test_train_segmentation_torch_quick(data_dir, tmp_path):

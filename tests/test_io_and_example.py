@@ -1,4 +1,5 @@
-"""The real-scan loader and the main example, end to end."""
+"""The Motorcycle loader and the main example, end to end (on the Motorcycle scan and
+on a point file through cusparseconv.io.read_points)."""
 
 import os
 import subprocess
@@ -9,10 +10,12 @@ import pytest
 
 import cusparseconv as csc
 
-pytest.importorskip("skimage", reason="scikit-image (test extra) ships the Motorcycle scan")
-from cusparseconv.io import load_motorcycle  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+if EXAMPLES not in sys.path:
+    sys.path.insert(0, EXAMPLES)
+pytest.importorskip("skimage", reason="scikit-image (test extra) ships the Motorcycle scan")
+from real_scans import load_motorcycle  # noqa: E402  (examples/real_scans.py)
 
 
 def test_motorcycle_back_projection():
@@ -47,3 +50,30 @@ def test_main_example_runs_and_learns():
               if line.startswith("step")]
     assert len(losses) >= 2 and losses[-1] < losses[0]
     assert "up T2x2x2/2" in result.stdout
+
+
+def test_main_example_on_a_point_file(tmp_path):
+    """--points: a coloured PLY written by plyfile, read by cusparseconv.io.read_points;
+    coordinates far from the origin, as in a LiDAR tile."""
+    pytest.importorskip("plyfile")
+    from point_files import ply_bytes
+
+    rng = np.random.default_rng(7)
+    direction = rng.normal(size=(6000, 3))
+    points = direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    table = np.empty(len(points), dtype=[("x", "f8"), ("y", "f8"), ("z", "f8"),
+                                         ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    for column, axis in enumerate("xyz"):
+        table[axis] = points[:, column] + 5e5
+    for column, channel in enumerate(("red", "green", "blue")):
+        table[channel] = ((points[:, column] + 1) * 127.5).astype(np.uint8)
+    path = tmp_path / "sphere.ply"
+    ply_bytes(path, table)
+    result = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "voxelize_and_convolve.py"), "--points",
+         str(path), "--voxel-size", "0.1", "--steps", "6"],
+        capture_output=True, text=True, timeout=300, check=True)
+    assert "6,000 points ->" in result.stdout
+    losses = [float(line.split()[-1]) for line in result.stdout.splitlines()
+              if line.startswith("step")]
+    assert len(losses) >= 2 and losses[-1] < losses[0]

@@ -69,12 +69,46 @@ def test_non_contiguous_feats_and_weight(rng):
     assert_close(out.detach(), ref, 1e-10)
 
 
-def test_coords_are_a_readonly_view_of_the_cache(rng):
+def test_coords_are_a_private_copy_of_the_cache(rng):
     coords, feats = make_input(rng)
-    x = cst.SparseTensor(torch.from_numpy(coords), feats)
+    source = torch.from_numpy(coords.copy())
+    x = cst.SparseTensor(source, feats)
+    source[0, 1:] = 99                                # the argument was copied
     assert x.coords.dtype == torch.int32 and np.array_equal(x.coords.numpy(), coords)
     assert not x.cache.coords(x._coord_id).flags.writeable
-    assert x.coords.data_ptr() == x.cache.coords(x._coord_id).__array_interface__["data"][0]
+    assert x.coords.data_ptr() != x.cache.coords(x._coord_id).__array_interface__["data"][0]
+    assert x.coords is x.coords                       # one copy per tensor, not per access
+
+
+@pytest.mark.parametrize("write", ["index", "view", "fill"])
+def test_in_place_coordinate_write_is_refused_before_any_conv(write, rng):
+    """Issue 14 item 2: a write into x.coords must never leave a conv computing on the
+    old geometry while x reports the new one."""
+    coords, feats = make_input(rng, channels=2)
+    x = cst.SparseTensor(coords, feats)
+    weight = rand(rng, 27, 2, 3)
+    before = cst.conv(x, weight).feats.detach().clone()
+    c = x.coords
+    if write == "index":
+        c[1, 1:] = torch.tensor([7, 7, 7], dtype=torch.int32)
+    elif write == "view":
+        c.view(-1)[5] += 3
+    else:
+        c[:, 1].fill_(0)
+    assert np.array_equal(x.cache.coords(x._coord_id), coords)   # the geometry is intact
+    for operation in (lambda: cst.conv(x, weight), lambda: cst.pool(x),
+                      lambda: cst.pool_global(x), lambda: x.dense(),
+                      lambda: x.replace_feats(x.feats * 2).dense()):
+        with pytest.raises(ValueError, match="modified in place.*new SparseTensor"):
+            operation()
+    # a new tensor from the edited coordinates is the way: it computes on them
+    edited = c.numpy()
+    if len(np.unique(edited, axis=0)) == len(edited):
+        y = cst.conv(cst.SparseTensor(c, feats), weight)
+        ref = oracle.conv_oracle(edited, feats.numpy(), weight.numpy(),
+                                 oracle.kernel_offsets_oracle(3), 1, edited)
+        assert_close(y.feats.detach(), ref, 1e-10)
+        assert not torch.equal(y.feats.detach(), before)
 
 
 # --------------------------------------------------------------------------

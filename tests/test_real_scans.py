@@ -1,67 +1,31 @@
-"""Readers of cusparseconv.io on files written here, and the real sources.
+"""The real-scan loaders of ``examples/real_scans.py`` and their two own readers.
 
-The format readers (VTK XML ImageData, PLY, PCD with LZF, Potree 1.4) are
-checked on small files this module writes itself, in every encoding they
-accept.  The real sources are read when ``benchmarks/fetch_data.sh`` has
-installed them; the pyvista wheel (2.7 MB) is fetched here when absent, so
-that one real source is always exercised (the test skips only when the
-registry cannot be reached).
+The readers (VTK XML ImageData, Potree 1.4) are checked on small files this
+module writes itself, in every encoding they accept (their malformed inputs:
+``tests/test_io_malformed.py``). The real sources are read when
+``benchmarks/fetch_data.sh`` has installed them; the pyvista wheel (2.7 MB)
+is fetched here when absent, so that one real source is always exercised
+(the test skips only when the registry cannot be reached).
 """
 
 import base64
-import gzip
 import json
 import os
 import struct
+import sys
 import zlib
 
 import numpy as np
 import pytest
 
-from cusparseconv import io
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+if EXAMPLES not in sys.path:
+    sys.path.insert(0, EXAMPLES)
+import real_scans as io  # noqa: E402  (examples/real_scans.py)
 
 # --------------------------------------------------------------------------- #
 # helpers: independent writers
 # --------------------------------------------------------------------------- #
-
-
-def lzf_compress(data: bytes) -> bytes:
-    """A brute-force LZF encoder (longest match in the 8 KiB window)."""
-    out = bytearray()
-    literal = bytearray()
-
-    def flush():
-        while literal:
-            chunk = literal[:32]
-            out.append(len(chunk) - 1)
-            out.extend(chunk)
-            del literal[:32]
-
-    i = 0
-    while i < len(data):
-        best_len, best_dist = 0, 0
-        for ref in range(max(0, i - 8192), i):
-            length = 0
-            while (i + length < len(data) and length < 264
-                   and data[ref + length] == data[i + length]):
-                length += 1
-            if length > best_len:
-                best_len, best_dist = length, i - ref
-        if best_len >= 3:
-            flush()
-            stored, offset = best_len - 2, best_dist - 1
-            if stored < 7:
-                out.append((stored << 5) | (offset >> 8))
-            else:
-                out.append((7 << 5) | (offset >> 8))
-                out.append(stored - 7)
-            out.append(offset & 0xFF)
-            i += best_len
-        else:
-            literal.append(data[i])
-            i += 1
-    flush()
-    return bytes(out)
 
 
 def write_vti(path, labels, fmt, compressed, header="UInt32", encoding="raw", block=40):
@@ -128,111 +92,6 @@ def test_read_vti_every_encoding(tmp_path, fmt, compressed, header, encoding):
     assert np.array_equal(image["point_data"]["labels"], labels)
     assert image["extent"] == [0, 6, 0, 4, 0, 2]
     assert image["origin"] == [1.0, 2.0, 3.0] and image["spacing"] == [1.0, 1.0, 1.5]
-
-
-def test_lzf_handcrafted_streams():
-    # literal "abc", then a back-reference of length 5 at distance 3 (overlapping)
-    stream = bytes([2]) + b"abc" + bytes([(3 << 5) | 0, 2])
-    assert io.lzf_decompress(stream, 8) == b"abcabcab"
-    # run of one byte: distance 1, long length (7 + 10 + 2 = 19)
-    stream = bytes([0]) + b"z" + bytes([(7 << 5) | 0, 10, 0])
-    assert io.lzf_decompress(stream, 20) == b"z" * 20
-    with pytest.raises(ValueError, match="expected"):
-        io.lzf_decompress(stream, 21)
-    with pytest.raises(ValueError, match="back-reference"):
-        io.lzf_decompress(bytes([(1 << 5) | 0, 5]), 3)
-
-
-def test_lzf_round_trip_with_independent_encoder():
-    rng = np.random.default_rng(1)
-    words = [rng.bytes(int(n)) for n in rng.integers(1, 12, size=40)]
-    data = b"".join(words[int(i)] for i in rng.integers(0, 40, size=200)) + bytes(300)
-    compressed = lzf_compress(data)
-    assert len(compressed) < len(data)
-    assert io.lzf_decompress(compressed, len(data)) == data
-
-
-def _pcd_header(n, mode, fields="x y z label", size="4 4 4 2", types="F F F U",
-                count="1 1 1 1"):
-    return (f"# .PCD v0.7\nVERSION 0.7\nFIELDS {fields}\nSIZE {size}\nTYPE {types}\n"
-            f"COUNT {count}\nWIDTH {n}\nHEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS {n}\n"
-            f"DATA {mode}\n").encode()
-
-
-@pytest.mark.parametrize("mode", ["ascii", "binary", "binary_compressed"])
-def test_read_pcd(tmp_path, mode):
-    rng = np.random.default_rng(2)
-    n = 50
-    xyz = rng.integers(-20, 20, size=(n, 3)).astype(np.float32) / 4
-    label = rng.integers(0, 3, size=n).astype(np.uint16)
-    if mode == "ascii":
-        body = "".join(f"{a} {b} {c} {d}\n" for (a, b, c), d in zip(xyz, label)).encode()
-    elif mode == "binary":
-        record = np.dtype([("xyz", "<f4", 3), ("label", "<u2")])
-        table = np.empty(n, record)
-        table["xyz"], table["label"] = xyz, label
-        body = table.tobytes()
-    else:
-        raw = b"".join(xyz[:, i].tobytes() for i in range(3)) + label.astype("<u2").tobytes()
-        packed = lzf_compress(raw)
-        body = struct.pack("<II", len(packed), len(raw)) + packed
-    path = tmp_path / "cloud.pcd"
-    path.write_bytes(_pcd_header(n, mode) + body)
-    fields = io.read_pcd(path)
-    assert np.array_equal(np.stack([fields["x"], fields["y"], fields["z"]], axis=1), xyz)
-    assert np.array_equal(fields["label"], label) and fields["label"].dtype == np.uint16
-
-
-def _ply(fmt, vertices, faces=True):
-    n = len(vertices)
-    header = (f"ply\nformat {fmt} 1.0\ncomment test\nelement vertex {n}\nproperty float x\n"
-              f"property float y\nproperty float z\nproperty uchar red\nproperty int label\n")
-    if faces:
-        header += "element face 2\nproperty list uchar int vertex_indices\n"
-    header += "end_header\n"
-    if fmt == "ascii":
-        body = "".join(f"{v['x']} {v['y']} {v['z']} {v['red']} {v['label']}\n" for v in vertices)
-        if faces:
-            body += "3 0 1 2\n3 1 2 3\n"
-        return header.encode() + body.encode()
-    order = "<" if fmt == "binary_little_endian" else ">"
-    dtype = np.dtype([("x", order + "f4"), ("y", order + "f4"), ("z", order + "f4"),
-                      ("red", "u1"), ("label", order + "i4")])
-    body = vertices.astype(dtype).tobytes()
-    if faces:  # a list element after the vertices is never read
-        body += bytes([3]) + np.array([0, 1, 2], order + "i4").tobytes()
-        body += bytes([3]) + np.array([1, 2, 3], order + "i4").tobytes()
-    return header.encode() + body
-
-
-@pytest.mark.parametrize("fmt", ["ascii", "binary_little_endian", "binary_big_endian"])
-@pytest.mark.parametrize("gz", [False, True])
-def test_read_ply(tmp_path, fmt, gz):
-    rng = np.random.default_rng(3)
-    vertices = np.empty(6, dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"),
-                                  ("label", "i4")])
-    for name in "xyz":
-        vertices[name] = rng.integers(-8, 8, size=6) / 2
-    vertices["red"] = rng.integers(0, 256, size=6)
-    vertices["label"] = rng.integers(-1, 3, size=6)
-    data = _ply(fmt, vertices, faces=(fmt != "binary_big_endian"))
-    path = tmp_path / ("cloud.ply.gz" if gz else "cloud.ply")
-    path.write_bytes(gzip.compress(data) if gz else data)
-    read = io.read_ply(path)
-    assert read.dtype.names == ("x", "y", "z", "red", "label")
-    for name in read.dtype.names:
-        assert np.array_equal(read[name], vertices[name]), name
-
-
-def test_read_ply_errors(tmp_path):
-    path = tmp_path / "bad.ply"
-    path.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement face 1\n"
-                     b"property list uchar int vertex_indices\nelement vertex 1\n"
-                     b"property float x\nend_header\n" + bytes(20))
-    with pytest.raises(ValueError, match="list properties"):
-        io.read_ply(path)
-    with pytest.raises(ValueError, match="no element 'edge'"):
-        io.read_ply(path, element="edge")
 
 
 def test_read_potree(tmp_path):
