@@ -1,0 +1,296 @@
+"""Tensor-core products and re-parallelised reductions of the GPU backend (sm_80+).
+
+Python side of ``raw_kernels/tc_gemm.cu`` (forward / input gradient as an
+implicit GEMM on ``mma.sync``), ``raw_kernels/tc_wgrad.cu`` (weight gradient,
+split over pairs with a deterministic reduction), ``depthwise_wgrad_split`` in
+``raw_kernels/depthwise.cu`` and ``segment_reduce_split`` in
+``raw_kernels/pooling.cu``. Every function takes a launcher
+(:mod:`cusparseconv.backends._launch`: CuPy on a device, the host emulator
+otherwise) and the arrays, and returns the result; nothing is cached here
+(the row order of :func:`row_order_by_mask` is per-map state the caller keeps).
+
+Data types: float16 and bfloat16 run ``mma.sync.m16n8k16`` with fp32
+accumulation; float32 runs ``mma.sync.m16n8k8`` on TF32 operands (inputs
+rounded to 10 mantissa bits) and is refused unless ``allow_tf32=True``.
+float64 and grouped convolutions are not handled by these kernels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "TileShape", "VARIANTS", "SCALAR_VARIANT", "MAX_KERNEL_VOLUME",
+    "supports", "vectorizable", "variants_for", "default_variant",
+    "row_order_by_mask", "tile_offset_steps",
+    "implicit_gemm", "weight_grad", "wgrad_chunking",
+    "depthwise_weight_grad", "segment_reduce",
+]
+
+GEMM_SOURCE = "tc_gemm.cu"
+WGRAD_SOURCE = "tc_wgrad.cu"
+THREADS = 128
+MAX_KERNEL_VOLUME = 32 * 16       # pair-mask words the GEMM kernel holds per tile
+_INT32_MAX = 2**31 - 1
+
+_CTYPES = {"float16": "__half", "bfloat16": "__nv_bfloat16", "float32": "float"}
+_ANY_CTYPES = {**_CTYPES, "float64": "double"}
+
+
+@dataclass(frozen=True)
+class TileShape:
+    """A compiled tile shape of ``tc_implicit_gemm``: rows x output channels, pipeline depth."""
+
+    rows: int
+    cols: int
+    stages: int
+    vectorized: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"m{self.rows}n{self.cols}s{self.stages}" + ("" if self.vectorized else "-scalar")
+
+    def kernel(self, ctype: str) -> str:
+        return (f"tc_implicit_gemm<{ctype}, {self.rows}, {self.cols}, {self.stages}, "
+                f"{int(self.vectorized)}>")
+
+
+#: The 16-byte-copy variants (channel counts that are multiples of 16 bytes).
+VARIANTS = {shape.name: shape for shape in (TileShape(128, 64, 3), TileShape(64, 64, 4),
+                                            TileShape(64, 32, 4))}
+#: The element-wise fallback (any channel count).
+SCALAR_VARIANT = TileShape(64, 64, 3, vectorized=False)
+
+
+def _dtype_name(dtype) -> str:
+    return np.dtype(dtype).name
+
+
+def supports(dtype, allow_tf32: bool = False) -> bool:
+    """Whether the tensor-core kernels handle `dtype` (float32 only with TF32 allowed)."""
+    name = _dtype_name(dtype)
+    return name in ("float16", "bfloat16") or (name == "float32" and bool(allow_tf32))
+
+
+def _check_dtype(dtype, allow_tf32, what):
+    name = _dtype_name(dtype)
+    if name not in _CTYPES:
+        raise TypeError(f"{what} must be float16, bfloat16 or float32 for the tensor-core "
+                        f"kernels, got {name}")
+    if name == "float32" and not allow_tf32:
+        raise ValueError(f"{what} is float32: the tensor-core kernels multiply it as TF32 "
+                         "(10-bit mantissa); pass allow_tf32=True to accept that, or use the "
+                         "SIMT kernels")
+    return _CTYPES[name]
+
+
+def _elements_per_16_bytes(dtype) -> int:
+    return 16 // np.dtype(dtype).itemsize
+
+
+def _address(array) -> int:
+    if isinstance(array, np.ndarray):
+        return array.ctypes.data
+    return int(array.data.ptr)
+
+
+def vectorizable(dtype, c_src: int, c_dst: int, *arrays) -> bool:
+    """True when every row moves as 16-byte chunks: both channel counts are multiples
+    of 16 bytes and every array starts on a 16-byte boundary."""
+    vec = _elements_per_16_bytes(dtype)
+    return (c_src % vec == 0 and c_dst % vec == 0
+            and all(_address(a) % 16 == 0 for a in arrays if a is not None and a.size))
+
+
+def variants_for(dtype, c_src: int, c_dst: int) -> list[str]:
+    """Names of the tile shapes worth trying for a (C_src, C_dst, dtype) product.
+
+    The autotuner chooses among them; a scalar-fallback product has one.
+    """
+    vec = _elements_per_16_bytes(dtype)
+    if c_src % vec or c_dst % vec:
+        return [SCALAR_VARIANT.name]
+    names = ["m64n32s4"] if c_dst <= 32 else []
+    return names + ["m128n64s3", "m64n64s4"] + ([] if c_dst <= 32 else ["m64n32s4"])
+
+
+def default_variant(n_rows: int, c_src: int, c_dst: int, dtype) -> str:
+    """The heuristic choice: narrow tiles for C_dst <= 32, tall tiles when the grid is
+    large enough to fill a GPU with them (about four blocks per SM of an H100)."""
+    candidates = variants_for(dtype, c_src, c_dst)
+    if candidates == [SCALAR_VARIANT.name]:
+        return candidates[0]
+    if c_dst <= 32:
+        return "m64n32s4"
+    blocks_128 = -(-n_rows // 128) * -(-c_dst // 64)
+    return "m128n64s3" if blocks_128 >= 4 * 132 else "m64n64s4"
+
+
+# ---------------------------------------------------------------------------
+# row order
+# ---------------------------------------------------------------------------
+
+def row_order_by_mask(launcher, mask):
+    """A permutation of the output rows that groups rows with the same pair mask.
+
+    A tile of the implicit GEMM runs over the union of its rows' active offsets;
+    sorting the rows by their mask (stable, so equal masks keep their input order
+    and their gathers stay local) makes neighbouring rows share offsets and
+    shrinks that union. Compute it once per kernel map and pass it as
+    ``row_order`` to every product on that map.
+
+    Parameters
+    ----------
+    launcher : Launcher
+    mask : array of uint32, shape (n_rows, n_words)
+        The pair mask (bit k % 32 of word k // 32: offset k active).
+
+    Returns
+    -------
+    array of int32, shape (n_rows,)
+        ``row_order[i]`` is the output row computed in position i.
+    """
+    xp = launcher.xp
+    if mask.ndim != 2 or np.dtype(mask.dtype) != np.uint32:
+        raise ValueError(f"mask must be a 2-D uint32 array, got {mask.dtype} {mask.shape}")
+    n_rows, n_words = mask.shape
+    if n_rows == 0:
+        return xp.zeros(0, dtype=np.int32)
+    if n_words <= 2:
+        key = mask[:, 0].astype(np.uint64)
+        if n_words == 2:
+            key = key | (mask[:, 1].astype(np.uint64) << np.uint64(32))
+        order = xp.argsort(key, kind="stable") if xp is np else xp.argsort(key)
+    else:  # lexicographic, word 0 most significant
+        order = xp.lexsort(xp.ascontiguousarray(mask.T[::-1]))
+    return xp.ascontiguousarray(order.astype(np.int32))
+
+
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def tile_offset_steps(mask, row_order=None, tile_rows: int = 128) -> int:
+    """Sum over tiles of ``tile_rows`` output rows of the number of offsets active in the
+    tile: the implicit GEMM's pipeline steps per channel chunk (a model of its work).
+
+    Host NumPy arrays (use ``launcher.to_host`` first).
+    """
+    mask = np.asarray(mask)
+    if row_order is not None:
+        mask = mask[np.asarray(row_order)]
+    n_rows, n_words = mask.shape
+    if n_rows == 0:
+        return 0
+    padded = np.zeros((-(-n_rows // tile_rows) * tile_rows, n_words), np.uint32)
+    padded[:n_rows] = mask
+    union = np.bitwise_or.reduce(padded.reshape(-1, tile_rows, n_words), axis=1)
+    return int(_POPCOUNT8[union.view(np.uint8)].sum())
+
+
+# ---------------------------------------------------------------------------
+# forward / input gradient
+# ---------------------------------------------------------------------------
+
+def _check_array(array, name, ndim, dtype=None):
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(array.shape)}")
+    if dtype is not None and np.dtype(array.dtype) != np.dtype(dtype):
+        raise TypeError(f"{name} must be {np.dtype(dtype).name}, got {np.dtype(array.dtype).name}")
+
+
+def implicit_gemm(launcher, src, weight, neighbour, mask, bias=None, row_order=None, *,
+                  variant: str | None = None, allow_tf32: bool = False):
+    """``out[r] = bias + sum_k src[neighbour[r, k]] @ weight[k]`` on the tensor cores.
+
+    The forward product of a kernel map (``neighbour``/``mask`` of the output-major
+    encoding); on the reverse table with ``weight`` transposed per offset it is the
+    input gradient. Every output row is written once: deterministic, no atomics.
+
+    Parameters
+    ----------
+    launcher : Launcher
+    src : array, shape (n_src, C_src), float16 / bfloat16 / float32 (TF32)
+    weight : array, shape (K, C_src, C_dst), same dtype as `src`
+    neighbour : array of int32, shape (n_rows, K)
+        Input row of each (output row, offset), -1 where there is no pair.
+    mask : array of uint32, shape (n_rows, ceil(K / 32))
+        Pair mask of the same map.
+    bias : array, shape (C_dst,), same dtype, optional
+    row_order : array of int32, shape (n_rows,), optional
+        Permutation of the output rows (:func:`row_order_by_mask`).
+    variant : str, optional
+        A tile shape of :data:`VARIANTS` (vectorizable products) or
+        ``SCALAR_VARIANT.name``; default :func:`default_variant`.
+    allow_tf32 : bool
+        Required for float32.
+
+    Returns
+    -------
+    array, shape (n_rows, C_dst), dtype of `src`
+    """
+    xp = launcher.xp
+    ctype = _check_dtype(src.dtype, allow_tf32, "src")
+    _check_array(src, "src", 2)
+    _check_array(weight, "weight", 3, src.dtype)
+    _check_array(neighbour, "neighbour", 2, np.int32)
+    _check_array(mask, "mask", 2, np.uint32)
+    n_rows, kernel_volume = neighbour.shape
+    c_src, c_dst = src.shape[1], weight.shape[2]
+    if weight.shape[:2] != (kernel_volume, c_src):
+        raise ValueError(f"weight must have shape (K={kernel_volume}, C_src={c_src}, C_dst), "
+                         f"got {tuple(weight.shape)}")
+    n_words = -(-kernel_volume // 32)
+    if mask.shape != (n_rows, n_words):
+        raise ValueError(f"mask must have shape {(n_rows, n_words)}, got {tuple(mask.shape)}")
+    if kernel_volume > MAX_KERNEL_VOLUME:
+        raise ValueError(f"the tensor-core GEMM handles up to {MAX_KERNEL_VOLUME} offsets, "
+                         f"got {kernel_volume}")
+    if max(n_rows, src.shape[0]) > _INT32_MAX:
+        raise ValueError("the tensor-core GEMM indexes rows with int32: at most 2**31 - 1 rows")
+    if bias is not None:
+        _check_array(bias, "bias", 1, src.dtype)
+        if bias.shape[0] != c_dst:
+            raise ValueError(f"bias must have shape ({c_dst},), got {tuple(bias.shape)}")
+    if row_order is not None:
+        _check_array(row_order, "row_order", 1, np.int32)
+        if row_order.shape[0] != n_rows:
+            raise ValueError(f"row_order must have shape ({n_rows},), "
+                             f"got {tuple(row_order.shape)}")
+    src, weight = xp.ascontiguousarray(src), xp.ascontiguousarray(weight)
+    neighbour, mask = xp.ascontiguousarray(neighbour), xp.ascontiguousarray(mask)
+    out = xp.empty((n_rows, c_dst), dtype=src.dtype)
+    if n_rows == 0 or c_dst == 0:
+        return out
+    if c_src == 0:
+        out[...] = 0 if bias is None else bias[None, :]
+        return out
+    vec = vectorizable(src.dtype, c_src, c_dst, src, weight, bias, out)
+    shape = _pick_shape(variant, vec, n_rows, c_src, c_dst, src.dtype)
+    dummy_rows = xp.zeros(1, dtype=np.int32)
+    args = (src, weight, neighbour, mask,
+            xp.ascontiguousarray(row_order) if row_order is not None else dummy_rows,
+            np.int32(row_order is not None), np.int32(n_words), np.int32(n_rows),
+            np.int32(kernel_volume), np.int32(c_src), np.int32(c_dst),
+            xp.ascontiguousarray(bias) if bias is not None else xp.zeros(1, dtype=src.dtype),
+            np.int32(bias is not None), out)
+    grid = (-(-n_rows // shape.rows), -(-c_dst // shape.cols), 1)
+    launcher.launch(GEMM_SOURCE, shape.kernel(ctype), grid, (THREADS,), args)
+    return out
+
+
+def _pick_shape(variant, vec, n_rows, c_src, c_dst, dtype) -> TileShape:
+    if variant is None:
+        return VARIANTS[default_variant(n_rows, c_src, c_dst, dtype)] if vec else SCALAR_VARIANT
+    if variant == SCALAR_VARIANT.name:
+        return SCALAR_VARIANT
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS) + [SCALAR_VARIANT.name]}, "
+                         f"got {variant!r}")
+    if not vec:
+        raise ValueError(f"variant {variant!r} copies 16-byte chunks: C_src={c_src} and "
+                         f"C_dst={c_dst} must be multiples of "
+                         f"{_elements_per_16_bytes(dtype)} and the arrays 16-byte aligned; "
+                         f"use {SCALAR_VARIANT.name!r}")
+    return VARIANTS[variant]
