@@ -294,3 +294,110 @@ def _pick_shape(variant, vec, n_rows, c_src, c_dst, dtype) -> TileShape:
                          f"{_elements_per_16_bytes(dtype)} and the arrays 16-byte aligned; "
                          f"use {SCALAR_VARIANT.name!r}")
     return VARIANTS[variant]
+
+
+# ---------------------------------------------------------------------------
+# weight gradient
+# ---------------------------------------------------------------------------
+
+#: Blocks the split aims for (about four per SM of an H100: 132 SMs).
+_TARGET_BLOCKS = 4 * 132
+
+
+def wgrad_chunking(pair_offsets, c_in: int, c_out: int, chunk_pairs: int | None = None):
+    """How the weight gradient splits each offset's pairs into chunks.
+
+    Depends only on the map's pair counts and the channel counts, so the
+    reduction order (and the result) is the same on every run.
+
+    Parameters
+    ----------
+    pair_offsets : ndarray of int64, shape (K + 1,), host
+        CSR boundaries of the pair table.
+    c_in, c_out : int
+    chunk_pairs : int, optional
+        Pairs per chunk (default: enough chunks for about 528 blocks, between
+        256 and 16384 pairs, a multiple of 256).
+
+    Returns
+    -------
+    chunk_pairs : int
+    chunk_begin, chunk_end : ndarray of int64, shape (n_chunks,)
+        Pair range of each chunk (chunks of offset k are consecutive).
+    chunk_start : ndarray of int64, shape (K + 1,)
+        Offset k owns chunks chunk_start[k] .. chunk_start[k + 1].
+    """
+    pair_offsets = np.asarray(pair_offsets, dtype=np.int64)
+    counts = np.diff(pair_offsets)
+    n_pairs = int(counts.sum())
+    if chunk_pairs is None:
+        tiles = -(-c_in // 64) * -(-c_out // 64)
+        wanted = -(-n_pairs * tiles // _TARGET_BLOCKS)
+        chunk_pairs = int(min(16384, max(256, -(-wanted // 256) * 256)))
+    chunk_pairs = int(chunk_pairs)
+    if chunk_pairs <= 0:
+        raise ValueError(f"chunk_pairs must be positive, got {chunk_pairs}")
+    per_offset = -(-counts // chunk_pairs)
+    chunk_start = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+    np.cumsum(per_offset, out=chunk_start[1:])
+    offset_of_chunk = np.repeat(np.arange(counts.shape[0]), per_offset)
+    index_in_offset = np.arange(int(chunk_start[-1])) - chunk_start[offset_of_chunk]
+    chunk_begin = pair_offsets[offset_of_chunk] + index_in_offset * chunk_pairs
+    chunk_end = np.minimum(chunk_begin + chunk_pairs, pair_offsets[offset_of_chunk + 1])
+    return chunk_pairs, chunk_begin.astype(np.int64), chunk_end.astype(np.int64), chunk_start
+
+
+def weight_grad(launcher, feats, grad_out, in_rows, out_rows, pair_offsets, *,
+                allow_tf32: bool = False, chunk_pairs: int | None = None):
+    """``grad_weight[k] = sum over offset k's pairs (i, o) of feats[i]^T grad_out[o]``.
+
+    Tensor cores with fp32 accumulation; each offset's pairs are split into
+    chunks (:func:`wgrad_chunking`) whose partial products are summed in a fixed
+    order by a second kernel: deterministic, no atomics.
+
+    Parameters
+    ----------
+    launcher : Launcher
+    feats : array, shape (n_in, C_in), float16 / bfloat16 / float32 (TF32)
+    grad_out : array, shape (n_out, C_out), same dtype
+    in_rows, out_rows : arrays of int32, shape (n_pairs,)
+        The pair table (CSR by offset).
+    pair_offsets : ndarray of int64, shape (K + 1,), host
+    allow_tf32 : bool
+        Required for float32.
+    chunk_pairs : int, optional
+        Pairs per chunk (see :func:`wgrad_chunking`).
+
+    Returns
+    -------
+    array, shape (K, C_in, C_out), dtype of `feats`
+    """
+    xp = launcher.xp
+    ctype = _check_dtype(feats.dtype, allow_tf32, "feats")
+    _check_array(feats, "feats", 2)
+    _check_array(grad_out, "grad_out", 2, feats.dtype)
+    _check_array(in_rows, "in_rows", 1, np.int32)
+    _check_array(out_rows, "out_rows", 1, np.int32)
+    pair_offsets = np.asarray(pair_offsets, dtype=np.int64)
+    kernel_volume = pair_offsets.shape[0] - 1
+    n_pairs = int(pair_offsets[-1]) if kernel_volume >= 0 else 0
+    if in_rows.shape[0] != n_pairs or out_rows.shape[0] != n_pairs:
+        raise ValueError(f"in_rows and out_rows must have pair_offsets[-1] = {n_pairs} entries, "
+                         f"got {in_rows.shape[0]} and {out_rows.shape[0]}")
+    c_in, c_out = feats.shape[1], grad_out.shape[1]
+    out = xp.zeros((kernel_volume, c_in, c_out), dtype=feats.dtype)
+    if n_pairs == 0 or c_in == 0 or c_out == 0:
+        return out
+    feats, grad_out = xp.ascontiguousarray(feats), xp.ascontiguousarray(grad_out)
+    chunk_pairs, begin, end, start = wgrad_chunking(pair_offsets, c_in, c_out, chunk_pairs)
+    partial = xp.empty((begin.shape[0], c_in, c_out), dtype=np.float32)
+    vec = vectorizable(feats.dtype, c_in, c_out, feats, grad_out)
+    grid = (begin.shape[0], -(-c_in // 64), -(-c_out // 64))
+    launcher.launch(WGRAD_SOURCE, f"tc_wgrad_partial<{ctype}, {int(vec)}>", grid, (THREADS,),
+                    (feats, grad_out, xp.ascontiguousarray(in_rows),
+                     xp.ascontiguousarray(out_rows), launcher.to_device(begin),
+                     launcher.to_device(end), np.int32(c_in), np.int32(c_out), partial))
+    launcher.launch_1d(WGRAD_SOURCE, f"tc_wgrad_reduce<{ctype}>", out.size,
+                       (partial, launcher.to_device(start), np.int32(kernel_volume),
+                        np.int64(c_in * c_out), out))
+    return out
