@@ -328,23 +328,36 @@ def wgrad_chunking(pair_offsets, c_in: int, c_out: int, chunk_pairs: int | None 
         Offset k owns chunks chunk_start[k] .. chunk_start[k + 1].
     """
     pair_offsets = np.asarray(pair_offsets, dtype=np.int64)
-    counts = np.diff(pair_offsets)
-    n_pairs = int(counts.sum())
+    n_pairs = int(pair_offsets[-1] - pair_offsets[0])
     if chunk_pairs is None:
-        tiles = -(-c_in // 64) * -(-c_out // 64)
-        wanted = -(-n_pairs * tiles // _TARGET_BLOCKS)
-        chunk_pairs = int(min(16384, max(256, -(-wanted // 256) * 256)))
+        chunk_pairs = _chunk_size(n_pairs * (-(-c_in // 64) * -(-c_out // 64)))
     chunk_pairs = int(chunk_pairs)
     if chunk_pairs <= 0:
         raise ValueError(f"chunk_pairs must be positive, got {chunk_pairs}")
-    per_offset = -(-counts // chunk_pairs)
+    return (chunk_pairs, *_split_ranges(pair_offsets, chunk_pairs))
+
+
+def _chunk_size(work: int) -> int:
+    """Items per chunk so that `work` (items x column blocks) makes about
+    _TARGET_BLOCKS blocks: a multiple of 256 in [256, 16384]."""
+    wanted = -(-int(work) // _TARGET_BLOCKS)
+    return int(min(16384, max(256, -(-wanted // 256) * 256)))
+
+
+def _split_ranges(boundaries, chunk: int):
+    """Cut each range [boundaries[r], boundaries[r + 1]) into chunks of at most `chunk`
+    items (none for an empty range): (chunk_begin, chunk_end, chunk_start), where
+    range r owns chunks chunk_start[r] .. chunk_start[r + 1]."""
+    boundaries = np.asarray(boundaries, dtype=np.int64)
+    counts = np.diff(boundaries)
+    per_range = -(-counts // chunk)
     chunk_start = np.zeros(counts.shape[0] + 1, dtype=np.int64)
-    np.cumsum(per_offset, out=chunk_start[1:])
-    offset_of_chunk = np.repeat(np.arange(counts.shape[0]), per_offset)
-    index_in_offset = np.arange(int(chunk_start[-1])) - chunk_start[offset_of_chunk]
-    chunk_begin = pair_offsets[offset_of_chunk] + index_in_offset * chunk_pairs
-    chunk_end = np.minimum(chunk_begin + chunk_pairs, pair_offsets[offset_of_chunk + 1])
-    return chunk_pairs, chunk_begin.astype(np.int64), chunk_end.astype(np.int64), chunk_start
+    np.cumsum(per_range, out=chunk_start[1:])
+    range_of_chunk = np.repeat(np.arange(counts.shape[0]), per_range)
+    index_in_range = np.arange(int(chunk_start[-1]), dtype=np.int64) - chunk_start[range_of_chunk]
+    chunk_begin = boundaries[range_of_chunk] + index_in_range * chunk
+    chunk_end = np.minimum(chunk_begin + chunk, boundaries[range_of_chunk + 1])
+    return chunk_begin.astype(np.int64), chunk_end.astype(np.int64), chunk_start
 
 
 def weight_grad(launcher, feats, grad_out, in_rows, out_rows, pair_offsets, *,
@@ -400,4 +413,143 @@ def weight_grad(launcher, feats, grad_out, in_rows, out_rows, pair_offsets, *,
     launcher.launch_1d(WGRAD_SOURCE, f"tc_wgrad_reduce<{ctype}>", out.size,
                        (partial, launcher.to_device(start), np.int32(kernel_volume),
                         np.int64(c_in * c_out), out))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# depthwise weight gradient, segment reduction (SIMT, split for parallelism)
+# ---------------------------------------------------------------------------
+
+def _any_ctype(dtype, what) -> str:
+    name = _dtype_name(dtype)
+    if name not in _ANY_CTYPES:
+        raise TypeError(f"{what} must be one of {tuple(_ANY_CTYPES)}, got {name}")
+    return _ANY_CTYPES[name]
+
+
+def _accumulate_dtype(dtype):
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def depthwise_weight_grad(launcher, feats, grad_out, in_rows, out_rows, pair_offsets, *,
+                          chunk_pairs: int | None = None):
+    """``grad_weight[k, c] = sum over offset k's pairs (i, o) of feats[i, c] * grad_out[o, c]``.
+
+    Each offset's pairs are split into chunks (one block each, per 32 channels),
+    whose sums a second kernel adds in chunk order: any number of blocks, no
+    atomics, bit-identical run to run (kernels ``depthwise_wgrad_split`` and
+    ``depthwise_wgrad_reduce`` of ``raw_kernels/depthwise.cu``).
+
+    Parameters
+    ----------
+    launcher : Launcher
+    feats : array, shape (n_in, C), float16 / bfloat16 / float32 / float64
+    grad_out : array, shape (n_out, C), same dtype
+    in_rows, out_rows : arrays of int32, shape (n_pairs,)
+    pair_offsets : ndarray of int64, shape (K + 1,), host
+    chunk_pairs : int, optional
+        Pairs per chunk (default: about 528 blocks in all, 256 to 16384 pairs).
+
+    Returns
+    -------
+    array, shape (K, C), dtype of `feats` (accumulated in float32, float64 for float64)
+    """
+    xp = launcher.xp
+    ctype = _any_ctype(feats.dtype, "feats")
+    _check_array(feats, "feats", 2)
+    _check_array(grad_out, "grad_out", 2, feats.dtype)
+    _check_array(in_rows, "in_rows", 1, np.int32)
+    _check_array(out_rows, "out_rows", 1, np.int32)
+    channels = feats.shape[1]
+    if grad_out.shape[1] != channels:
+        raise ValueError(f"grad_out must have {channels} channels like feats, "
+                         f"got {grad_out.shape[1]}")
+    pair_offsets = np.asarray(pair_offsets, dtype=np.int64)
+    kernel_volume = pair_offsets.shape[0] - 1
+    n_pairs = int(pair_offsets[-1])
+    if in_rows.shape[0] != n_pairs or out_rows.shape[0] != n_pairs:
+        raise ValueError(f"in_rows and out_rows must have pair_offsets[-1] = {n_pairs} entries, "
+                         f"got {in_rows.shape[0]} and {out_rows.shape[0]}")
+    out = xp.zeros((kernel_volume, channels), dtype=feats.dtype)
+    if n_pairs == 0 or channels == 0:
+        return out
+    col_blocks = -(-channels // 32)
+    chunk = int(chunk_pairs) if chunk_pairs is not None else _chunk_size(n_pairs * col_blocks)
+    if chunk <= 0:
+        raise ValueError(f"chunk_pairs must be positive, got {chunk}")
+    begin, end, start = _split_ranges(pair_offsets, chunk)
+    partial = xp.empty((begin.shape[0], channels), dtype=_accumulate_dtype(feats.dtype))
+    launcher.launch("depthwise.cu", f"depthwise_wgrad_split<{ctype}>",
+                    (begin.shape[0], col_blocks, 1), (256,),
+                    (xp.ascontiguousarray(feats), xp.ascontiguousarray(grad_out),
+                     xp.ascontiguousarray(in_rows), xp.ascontiguousarray(out_rows),
+                     launcher.to_device(begin), launcher.to_device(end), np.int32(channels),
+                     partial))
+    launcher.launch_1d("depthwise.cu", f"depthwise_wgrad_reduce<{ctype}>", out.size,
+                       (partial, launcher.to_device(start), np.int32(kernel_volume),
+                        np.int32(channels), out))
+    return out
+
+
+_SEGMENT_MODES = {"sum": 0, "mean": 1, "max": 2}
+
+
+def segment_reduce(launcher, feats, segment_ids, n_segments: int, mode: str, *,
+                   chunk_rows: int | None = None):
+    """Reduce the rows of `feats` by segment: sum, mean or max (global pooling).
+
+    The rows of each segment are split into chunks (one block each, per 32
+    channels) combined in chunk order by a second kernel, so a few long segments
+    still fill the GPU (kernels ``segment_reduce_split`` / ``segment_reduce_finish``
+    of ``raw_kernels/pooling.cu``). Max propagates NaN; an empty segment gives 0.
+
+    Parameters
+    ----------
+    launcher : Launcher
+    feats : array, shape (N, C), float16 / bfloat16 / float32 / float64
+    segment_ids : array of int, shape (N,), values in [0, n_segments)
+    n_segments : int
+    mode : {"sum", "mean", "max"}
+    chunk_rows : int, optional
+        Rows per chunk (default: about 528 blocks in all, 256 to 16384 rows).
+
+    Returns
+    -------
+    array, shape (n_segments, C), dtype of `feats` (accumulated in float32 / float64)
+    """
+    xp = launcher.xp
+    ctype = _any_ctype(feats.dtype, "feats")
+    _check_array(feats, "feats", 2)
+    if mode not in _SEGMENT_MODES:
+        raise ValueError(f"mode must be one of {sorted(_SEGMENT_MODES)}, got {mode!r}")
+    if segment_ids.ndim != 1 or segment_ids.shape[0] != feats.shape[0]:
+        raise ValueError(f"segment_ids must have shape ({feats.shape[0]},), "
+                         f"got {tuple(segment_ids.shape)}")
+    n_segments = int(n_segments)
+    channels = feats.shape[1]
+    out = xp.zeros((n_segments, channels), dtype=feats.dtype)
+    if n_segments == 0 or channels == 0 or feats.shape[0] == 0:
+        return out
+    order = xp.argsort(segment_ids, kind="stable") if xp is np else xp.argsort(segment_ids)
+    starts = xp.searchsorted(segment_ids[order], xp.arange(n_segments + 1))
+    starts_host = np.asarray(launcher.to_host(starts), dtype=np.int64)
+    if starts_host[0] != 0 or starts_host[-1] != feats.shape[0]:
+        raise ValueError(f"segment_ids must lie in [0, n_segments={n_segments})")
+    col_blocks = -(-channels // 32)
+    chunk = int(chunk_rows) if chunk_rows is not None else _chunk_size(
+        feats.shape[0] * col_blocks)
+    if chunk <= 0:
+        raise ValueError(f"chunk_rows must be positive, got {chunk}")
+    begin, end, start = _split_ranges(starts_host, chunk)
+    partial = xp.empty((max(begin.shape[0], 1), channels),
+                       dtype=_accumulate_dtype(feats.dtype))
+    launcher.launch("pooling.cu", f"segment_reduce_split<{ctype}>",
+                    (begin.shape[0], col_blocks, 1), (256,),
+                    (xp.ascontiguousarray(feats), xp.ascontiguousarray(order, dtype=np.int64),
+                     launcher.to_device(begin), launcher.to_device(end), np.int32(channels),
+                     np.int32(_SEGMENT_MODES[mode]), partial))
+    launcher.launch_1d("pooling.cu", f"segment_reduce_finish<{ctype}>", out.size,
+                       (partial, launcher.to_device(start),
+                        launcher.to_device(starts_host), np.int64(n_segments),
+                        np.int32(channels), np.int32(_SEGMENT_MODES[mode]), out))
     return out
