@@ -297,8 +297,8 @@ def test_weight_grad_matches_pair_oracle(launcher, dtype, c_in, c_out, chunk):
 
 def test_weight_grad_chunks_and_determinism(launcher):
     rng = np.random.default_rng(14)
-    kmap = submanifold_map(rng, 5000, kernel_size=5, extent=14)
-    assert kmap.kernel_volume == 125 and kmap.pair_counts().max() > 256
+    kmap = submanifold_map(rng, 1200, extent=9)
+    assert kmap.pair_counts().min() > 256
     feats = data(rng, (kmap.n_in, 8), FLOAT16)
     grad_out = data(rng, (kmap.n_out, 8), FLOAT16)
     args = (launcher, feats, grad_out, kmap.in_rows.astype(np.int32),
