@@ -17,6 +17,14 @@
 // csc-instantiate: segment_reduce<double>
 // csc-instantiate: segment_reduce<__half>
 // csc-instantiate: segment_reduce<__nv_bfloat16>
+// csc-instantiate: segment_reduce_split<float>
+// csc-instantiate: segment_reduce_split<double>
+// csc-instantiate: segment_reduce_split<__half>
+// csc-instantiate: segment_reduce_split<__nv_bfloat16>
+// csc-instantiate: segment_reduce_finish<float>
+// csc-instantiate: segment_reduce_finish<double>
+// csc-instantiate: segment_reduce_finish<__half>
+// csc-instantiate: segment_reduce_finish<__nv_bfloat16>
 #include "csc_common.cuh"
 #include "csc_convert.cuh"
 
@@ -99,6 +107,77 @@ __global__ void segment_reduce(const T* __restrict__ feats, const long long* __r
             else value += x;
         }
         if (mode == 1 && last > first) value /= (ACC)(last - first);
+        out[index] = csc_store<T>(value);
+    }
+}
+
+// segment_reduce with the rows of each segment split into chunks, so that a few
+// long segments (global pooling: one per batch item) still spread over many
+// blocks; superseded segment_reduce (one thread per whole segment). Launched by
+// backends/_tensor_core.py. Deterministic: fixed chunks, fixed combining order.
+//
+// Max propagates NaN (SPEC: a NaN among the inputs gives NaN).
+template <typename ACC>
+__device__ __forceinline__ ACC csc_max_nan(ACC best, ACC x) {
+    return (x != x || x > best) ? x : best;
+}
+
+// grid (n_chunks, ceil(C / 32)); block 256 = 32 channels x 8 row lanes. Chunk
+// `chunk` covers sorted positions [chunk_begin, chunk_end) (never empty, within one
+// segment); partial[chunk, c] = sum (mode 0, 1) or max (mode 2) of feats[order[i], c].
+template <typename T>
+__global__ void __launch_bounds__(256)
+segment_reduce_split(const T* __restrict__ feats, const long long* __restrict__ order,
+                     const long long* __restrict__ chunk_begin,
+                     const long long* __restrict__ chunk_end, int channels, int mode,
+                     typename csc_acc<T>::type* __restrict__ partial) {
+    typedef typename csc_acc<T>::type ACC;
+    __shared__ ACC lanes[8][32];
+    __shared__ int lane_used[8];
+    const long long chunk = blockIdx.x;
+    const int lane = threadIdx.x % 32, row_lane = threadIdx.x / 32;
+    const int c = blockIdx.y * 32 + lane;
+    const long long begin = chunk_begin[chunk], end = chunk_end[chunk];
+    ACC value = (ACC)0;
+    if (c < channels) {
+        for (long long i = begin + row_lane; i < end; i += 8) {
+            const ACC x = csc_load(feats[order[i] * channels + c]);
+            if (mode == 2) value = i == begin + row_lane ? x : csc_max_nan(value, x);
+            else value += x;
+        }
+    }
+    lanes[row_lane][lane] = value;
+    if (lane == 0) lane_used[row_lane] = begin + row_lane < end;
+    __syncthreads();
+    if (row_lane == 0 && c < channels) {
+        ACC total = lanes[0][lane];  // lane 0 always has a row: chunks are not empty
+        for (int i = 1; i < 8; ++i) {
+            if (mode == 2) total = lane_used[i] ? csc_max_nan(total, lanes[i][lane]) : total;
+            else total += lanes[i][lane];
+        }
+        partial[chunk * channels + c] = total;
+    }
+}
+
+// out[s, c] = the chunks [chunk_start[s], chunk_start[s + 1]) of segment s combined in
+// order (sum, mean = sum / rows of the segment, max); 0 for an empty segment.
+template <typename T>
+__global__ void segment_reduce_finish(const typename csc_acc<T>::type* __restrict__ partial,
+                                      const long long* __restrict__ chunk_start,
+                                      const long long* __restrict__ starts, long long n_segments,
+                                      int channels, int mode, T* __restrict__ out) {
+    typedef typename csc_acc<T>::type ACC;
+    CSC_GRID_LOOP(index, n_segments * channels) {
+        const long long segment = index / channels;
+        const int c = (int)(index - segment * channels);
+        const long long first = chunk_start[segment], last = chunk_start[segment + 1];
+        ACC value = first < last ? partial[first * channels + c] : (ACC)0;
+        for (long long chunk = first + 1; chunk < last; ++chunk) {
+            const ACC x = partial[chunk * channels + c];
+            value = mode == 2 ? csc_max_nan(value, x) : value + x;
+        }
+        const long long rows = starts[segment + 1] - starts[segment];
+        if (mode == 1 && rows > 0) value /= (ACC)rows;
         out[index] = csc_store<T>(value);
     }
 }

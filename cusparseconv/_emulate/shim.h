@@ -127,10 +127,20 @@ inline void record_error(const char* fmt, ...) __attribute__((format(printf, 1, 
 // per-thread state
 // ---------------------------------------------------------------------------
 struct Fiber;
+// One cp.async in flight: the bytes it will write, captured at issue time.
+struct PendingCopy {
+    unsigned char* dst;
+    unsigned long long group;  // index of the commit group it belongs to
+    int bytes;
+    unsigned char data[16];
+};
 struct ThreadState {
     uint3 tid;
     unsigned rank, warp, lane;
     Fiber* fiber;  // cooperative mode only
+    // cp.async state of this thread: copies not yet landed, groups committed so far
+    std::vector<PendingCopy> async_pending;
+    unsigned long long async_committed = 0;
 };
 inline thread_local ThreadState* cur = nullptr;
 
@@ -1078,6 +1088,9 @@ inline void set_thread(ThreadState& ts, unsigned rank) {
 // Run one kernel thread of the current block on the calling OS thread / fiber.
 inline void run_thread(ThreadState& ts) {
     cur = &ts;
+    // copies a previous block left in flight never land (nobody waited for them)
+    ts.async_pending.clear();
+    ts.async_committed = 0;
     try {
         if (!ctl.abort.load(std::memory_order_relaxed)) L.thunk(L.closure);
     } catch (KernelAbort&) {
@@ -1457,6 +1470,239 @@ inline int launch(void (*fn)(P...), void** args, const LaunchConfig& cfg, char* 
     return launch_impl(fn, args, cfg, err, errlen, std::index_sequence_for<P...>{});
 }
 
+}  // namespace csc_emu
+
+// ---------------------------------------------------------------------------
+// sm_80 instructions behind raw_kernels/csc_mma.cuh: mma.sync (m16n8k16 f16 /
+// bf16, m16n8k8 tf32, fp32 accumulation), ldmatrix (x1 / x2 / x4, .trans),
+// cp.async (4 / 8 / 16 bytes, zero fill, commit / wait groups), cvt.rna.tf32.
+//
+// The thread-to-element layouts are those of the PTX ISA ("Matrix Fragments
+// for mma.m16n8k16 with floating point type", "... mma.m16n8k8", "ldmatrix"),
+// written out below once; tests/test_emulator.py checks them element by
+// element against the ISA's tables written out independently.
+//
+// cp.async model: a copy reads its source when issued, fills its destination
+// with 0xff bytes at once (the contents are undefined until the wait) and
+// writes the data only when the issuing thread's cp.async.wait_group /
+// wait_all retires its group. So a missing wait reads NaN / -1, and a missing
+// barrier (another thread's copy, or a stage overwritten while still read)
+// shows up too, deterministically in cooperative mode. Copies still in flight
+// when a thread exits never land.
+// ---------------------------------------------------------------------------
+namespace csc_emu {
+namespace ptx {
+
+enum Kind { kHalf = 0, kBfloat16 = 1 };
+
+// ISA fragment layouts: (row, column) of element i held by `lane`.
+// m16n8k16, 16-bit A (16 x 16): a0..a7
+inline void a16_pos(int i, int lane, int& row, int& col) {
+    int g = lane >> 2, t = lane & 3;
+    row = g + 8 * ((i >> 1) & 1);
+    col = 2 * t + (i & 1) + 8 * (i >> 2);
+}
+// m16n8k16, 16-bit B (16 x 8): b0..b3
+inline void b16_pos(int i, int lane, int& row, int& col) {
+    int g = lane >> 2, t = lane & 3;
+    row = 2 * t + (i & 1) + 8 * (i >> 1);
+    col = g;
+}
+// m16n8k8, tf32 A (16 x 8): a0..a3
+inline void a_tf32_pos(int i, int lane, int& row, int& col) {
+    int g = lane >> 2, t = lane & 3;
+    row = g + 8 * (i & 1);
+    col = t + 4 * (i >> 1);
+}
+// m16n8k8, tf32 B (8 x 8): b0, b1
+inline void b_tf32_pos(int i, int lane, int& row, int& col) {
+    int g = lane >> 2, t = lane & 3;
+    row = t + 4 * i;
+    col = g;
+}
+// C / D (16 x 8) of both shapes: c0..c3
+inline void c_pos(int i, int lane, int& row, int& col) {
+    int g = lane >> 2, t = lane & 3;
+    row = g + 8 * (i >> 1);
+    col = 2 * t + (i & 1);
+}
+
+[[noreturn]] inline void fail(const char* what) {
+    record_error("%s (block (%u,%u,%u), thread (%u,%u,%u))", what, g.block_idx.x, g.block_idx.y,
+                 g.block_idx.z, cur->tid.x, cur->tid.y, cur->tid.z);
+    ctl.abort.store(1);
+    throw KernelAbort{};
+}
+
+inline void require_full_warp(const char* what) {
+    if (my_warp().alive.load() != 0xffffffffu) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "%s executed by a warp with fewer than 32 live lanes "
+                      "(.aligned warp instructions need the whole warp)", what);
+        fail(buf);
+    }
+}
+
+// True when [p, p + n) lies in the launch's shared memory (dynamic or static).
+inline bool in_shared(const void* p, size_t n) {
+    auto a = reinterpret_cast<uintptr_t>(p);
+    auto d = reinterpret_cast<uintptr_t>(L.dyn);
+    if (L.dyn && a >= d && a + n <= d + L.dyn_bytes) return true;
+    for (unsigned long long i = 0; i < L.n_shared_ranges; ++i) {
+        uintptr_t lo = uintptr_t(L.shared_ranges[2 * i]);
+        uintptr_t hi = lo + uintptr_t(L.shared_ranges[2 * i + 1]);
+        if (a >= lo && a + n <= hi) return true;
+    }
+    return false;
+}
+
+inline float b16_value(Kind kind, unsigned short bits) {
+    return kind == kHalf ? half_bits_to_float(bits) : bf16_bits_to_float(bits);
+}
+// The tensor cores read only the tf32 bits of a .tf32 operand: the low 13 are ignored.
+inline float tf32_value(unsigned bits) { return std::bit_cast<float>(bits & 0xffffe000u); }
+
+inline unsigned cvt_rna_tf32(float x) {
+    unsigned bits = std::bit_cast<unsigned>(x);
+    if ((bits & 0x7f800000u) == 0x7f800000u)  // inf stays, NaN becomes the canonical NaN
+        return (bits & 0x007fffffu) ? 0x7fffffffu : bits;
+    return (bits + 0x1000u) & 0xffffe000u;     // round the magnitude, ties away from zero
+}
+
+// Gather A (M x K) and B (K x 8) of the whole warp through its exchange buffer,
+// then each lane computes its four D elements: d += sum over k in increasing order.
+template <int K, class LoadA, class LoadB>
+inline void mma_exchange(float (&d)[4], int n_a, LoadA load_a, int n_b, LoadB load_b) {
+    Warp& w = my_warp();
+    int lane = int(cur->lane);
+    uint32_t g0 = w.main.bar.generation();
+    float* a = w.mma[g0 & 1];        // A at [row * K + col]
+    float* b = a + 256;              // B at [row * 8 + col]
+    for (int i = 0; i < n_a; ++i) {
+        int row, col;
+        float v = load_a(i, lane, row, col);
+        a[row * K + col] = v;
+    }
+    for (int i = 0; i < n_b; ++i) {
+        int row, col;
+        float v = load_b(i, lane, row, col);
+        b[row * 8 + col] = v;
+    }
+    w.main.bar.arrive_and_wait(g0);
+    for (int i = 0; i < 4; ++i) {
+        int row, col;
+        c_pos(i, lane, row, col);
+        float s = 0.f;
+        for (int k = 0; k < K; ++k) s += a[row * K + k] * b[k * 8 + col];
+        d[i] += s;
+    }
+}
+
+inline void mma_m16n8k16(Kind kind, float (&d)[4], const unsigned (&ra)[4],
+                         const unsigned (&rb)[2]) {
+    require_full_warp("mma.sync.m16n8k16");
+    mma_exchange<16>(
+        d, 8,
+        [&](int i, int lane, int& row, int& col) {
+            a16_pos(i, lane, row, col);
+            return b16_value(kind, (unsigned short)(ra[i >> 1] >> (16 * (i & 1))));
+        },
+        4,
+        [&](int i, int lane, int& row, int& col) {
+            b16_pos(i, lane, row, col);
+            return b16_value(kind, (unsigned short)(rb[i >> 1] >> (16 * (i & 1))));
+        });
+}
+
+inline void mma_m16n8k8_tf32(float (&d)[4], const unsigned (&ra)[4], const unsigned (&rb)[2]) {
+    require_full_warp("mma.sync.m16n8k8.tf32");
+    mma_exchange<8>(
+        d, 4,
+        [&](int i, int lane, int& row, int& col) {
+            a_tf32_pos(i, lane, row, col);
+            return tf32_value(ra[i]);
+        },
+        2,
+        [&](int i, int lane, int& row, int& col) {
+            b_tf32_pos(i, lane, row, col);
+            return tf32_value(rb[i]);
+        });
+}
+
+// ldmatrix.m8n8.x{num}[.trans].b16 with this lane's row address `row`.
+template <int NUM>
+inline void ldmatrix(int num, bool trans, unsigned (&r)[NUM], const void* row) {
+    static_assert(NUM == 1 || NUM == 2 || NUM == 4, "ldmatrix loads 1, 2 or 4 matrices");
+    if (num != NUM) fail("ldmatrix: register count and .num disagree");
+    require_full_warp("ldmatrix");
+    const int lane = int(cur->lane);
+    warp_exchange(0xffffffffu, uint64_t(reinterpret_cast<uintptr_t>(row)),
+                  [&](const uint64_t* addr, const uint32_t*, uint32_t) {
+        for (int j = 0; j < num; ++j) {
+            for (int r8 = 0; r8 < 8; ++r8) {  // every row address of matrix j is checked
+                const void* p = reinterpret_cast<const void*>(uintptr_t(addr[8 * j + r8]));
+                if (reinterpret_cast<uintptr_t>(p) % 16 != 0)
+                    fail("ldmatrix: a row address is not 16-byte aligned");
+                if (!in_shared(p, 16))
+                    fail("ldmatrix: a row address is outside the block's shared memory");
+            }
+            unsigned value = 0;
+            for (int h = 0; h < 2; ++h) {
+                int mrow = trans ? 2 * (lane & 3) + h : lane >> 2;
+                int mcol = trans ? lane >> 2 : 2 * (lane & 3) + h;
+                const unsigned char* p =
+                    reinterpret_cast<const unsigned char*>(uintptr_t(addr[8 * j + mrow]));
+                unsigned short bits;
+                std::memcpy(&bits, p + 2 * mcol, 2);
+                value |= unsigned(bits) << (16 * h);
+            }
+            r[j] = value;
+        }
+        return 0;
+    });
+}
+
+inline void cp_async(void* dst, const void* src, int cp_size, int src_size) {
+    if (cp_size != 4 && cp_size != 8 && cp_size != 16) fail("cp.async: cp-size must be 4, 8 or 16");
+    if (src_size < 0 || src_size > cp_size) fail("cp.async: src-size must be in [0, cp-size]");
+    if (reinterpret_cast<uintptr_t>(dst) % unsigned(cp_size) != 0)
+        fail("cp.async: the shared destination is not aligned to the copy size");
+    if (src_size > 0 && reinterpret_cast<uintptr_t>(src) % unsigned(cp_size) != 0)
+        fail("cp.async: the global source is not aligned to the copy size");
+    if (!in_shared(dst, size_t(cp_size)))
+        fail("cp.async: the destination is outside the block's shared memory");
+    PendingCopy pc;
+    pc.dst = static_cast<unsigned char*>(dst);
+    pc.group = cur->async_committed;
+    pc.bytes = cp_size;
+    std::memset(pc.data, 0, sizeof pc.data);
+    if (src_size > 0) std::memcpy(pc.data, src, size_t(src_size));
+    std::memset(dst, 0xff, size_t(cp_size));  // undefined until waited for
+    cur->async_pending.push_back(pc);
+}
+
+inline void cp_async_commit() { ++cur->async_committed; }
+
+// Land every copy of a group older than the `n` most recent committed groups.
+inline void cp_async_wait(int n) {
+    auto& pending = cur->async_pending;
+    const unsigned long long committed = cur->async_committed;
+    const unsigned long long limit = committed > (unsigned long long)n ? committed - n : 0;
+    size_t kept = 0;
+    for (size_t i = 0; i < pending.size(); ++i) {
+        if (pending[i].group < limit) std::memcpy(pending[i].dst, pending[i].data,
+                                                  size_t(pending[i].bytes));
+        else pending[kept++] = pending[i];
+    }
+    pending.resize(kept);
+}
+
+inline void cp_async_wait_all() {
+    cp_async_commit();
+    cp_async_wait(0);
+}
+
+}  // namespace ptx
 }  // namespace csc_emu
 
 #endif  // CSC_EMULATOR_SHIM
