@@ -168,6 +168,11 @@ class Launcher:
     emulated_free_bytes : int
         Free device memory reported under emulation (tests lower it to
         exercise the tuner's workspace budget).
+    tune_under_emulation : bool
+        Let the autotuner time candidates under emulation (off by default:
+        emulated timings mean nothing; tests switch it on).
+    emulated_capturing : bool
+        What `stream_capturing` reports under emulation (for tests).
     """
 
     def __init__(self, xp, emulated: bool, arch: int | None = None):
@@ -177,6 +182,8 @@ class Launcher:
         self.max_blocks = 3 if emulated else 65535
         self.host_reads = 0
         self.emulated_free_bytes = 16 << 30
+        self.tune_under_emulation = False
+        self.emulated_capturing = False
         self._modules = {}
         self._kernels = {}
         self._lock = threading.Lock()
@@ -216,7 +223,7 @@ class Launcher:
         """True while the current stream records a CUDA graph (no tuning then:
         timing and synchronising are not allowed inside a capture)."""
         if self.emulated:
-            return bool(getattr(self, "emulated_capturing", False))
+            return bool(self.emulated_capturing)
         stream = self.xp.cuda.get_current_stream()
         is_capturing = getattr(stream, "is_capturing", None)
         return bool(is_capturing()) if is_capturing is not None else False
