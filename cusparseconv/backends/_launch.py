@@ -16,9 +16,9 @@ limits of CUDA. Nothing is copied to make an argument fit.
 A source may declare the oldest architecture it compiles for with a line
 ``// csc-min-arch: sm_80``; on an older device asking for one of its kernels
 raises :class:`KernelUnavailableError` (the backend then falls back to another
-algorithm). The source handed to NVRTC starts with a hash of every header it
-includes, so CuPy's kernel cache (keyed by the source text and options) never
-serves a binary built from older headers.
+algorithm). The source handed to NVRTC carries a hash of every header it
+includes (last line), so CuPy's kernel cache (keyed by the source text and
+options) never serves a binary built from older headers.
 """
 
 from __future__ import annotations
@@ -115,16 +115,16 @@ def _local_headers(source: str, seen: dict) -> None:
 
 @lru_cache(maxsize=None)
 def nvrtc_source(filename: str) -> str:
-    """The text handed to NVRTC: the source behind one comment line holding the
-    SHA-256 of every ``raw_kernels`` header it includes (recursively), so that
-    editing a header changes CuPy's cache key."""
+    """The text handed to NVRTC: the source followed by one comment line holding
+    the SHA-256 of every ``raw_kernels`` header it includes (recursively), so
+    that editing a header changes CuPy's cache key (line numbers unchanged)."""
     source = kernel_source(filename)
     headers: dict = {}
     _local_headers(source, headers)
     digest = hashlib.sha256()
     for name in sorted(headers):
         digest.update(name.encode() + b"\0" + headers[name].encode() + b"\0")
-    return f"// csc-headers-sha256: {digest.hexdigest()}\n#line 1 \"{filename}\"\n{source}"
+    return f"{source.rstrip()}\n// csc-headers-sha256: {digest.hexdigest()}\n"
 
 
 class _CheckedKernel:
