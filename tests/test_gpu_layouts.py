@@ -93,6 +93,10 @@ REGIMES = {
     "generative": dict(generative=True),
     "transposed-generative": dict(kernel_size=2, stride=2, transposed=True, generative=True),
     "explicit": None, "grouped": dict(groups=2), "depthwise": dict(groups=4),
+    "per-axis": dict(kernel_size=(3, 2, 1), stride=(1, 2, 2)),
+    "offsets": dict(offsets=np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, 0, -1]],
+                                     dtype=np.int32)),
+    "even": dict(kernel_size=2),
 }
 
 
@@ -110,14 +114,14 @@ def test_every_regime_and_algorithm_with_scrambled_layouts(scrambling_backend):
                 kwargs = dict(out_coords=coords[::3].copy())
             if name == "transposed":
                 x = csc.sparse_conv(x, np.ones((8, 4, 4)), kernel_size=2, stride=2)
-            kernel_volume = 8 if kwargs.get("kernel_size") == 2 else 27
+            kmap = csc.layer_kernel_map(x, **{k: v for k, v in kwargs.items()
+                                              if k != "groups"})[0]
+            kernel_volume = kmap.kernel_volume
             groups = kwargs.get("groups", 1)
             shape = ((kernel_volume, 4) if groups == 4 else
                      (kernel_volume, 2, 2, 3) if groups == 2 else (kernel_volume, 4, 3))
             weight = np.asfortranarray(np.random.default_rng(7).standard_normal(shape))
             y = csc.sparse_conv(x, weight, **kwargs)
-            kmap = csc.layer_kernel_map(x, **{k: v for k, v in kwargs.items()
-                                              if k != "groups"})[0]
             grad = np.asfortranarray(np.ones_like(y.feats))
             results.append((y.coords, y.feats,
                             csc.conv_input_grad(grad, weight, kmap, groups=groups),
