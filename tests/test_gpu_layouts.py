@@ -244,3 +244,21 @@ def test_bf16_mask_falls_back_below_sm80_with_one_warning(cooperative, monkeypat
     assert len(messages) == 1 and "sm_80" in messages[0]
     # float16 tensor cores exist on sm_75: no fallback there
     launcher.kernel("mask_gemm.cu", "mask_gemm_wmma<__half>")
+
+
+def test_groups_beyond_grid_z_use_the_explicit_algorithms(cooperative):
+    """``groups`` maps to gridDim.z (at most 65535) in the fused kernels."""
+    backend = CudaBackend(Launcher(np, emulated=True))
+    coords = np.array([[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], dtype=np.int32)
+    offsets = np.array([[0, 0, 0], [1, 0, 0]], dtype=np.int32)
+    kmap = backend.build_kernel_map(coords, coords, offsets, (1, 1, 1), False, same_set=True)
+    reference = cpu.build_kernel_map(coords, coords, offsets, (1, 1, 1), False, same_set=True)
+    groups = 65536
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((3, groups)).astype(np.float32)
+    weight = rng.standard_normal((2, groups, 1, 1)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"65536 groups to gridDim.z, at most 65535"):
+        backend.conv_forward(feats, weight, kmap, "grouped", groups, algorithm="implicit")
+    got = backend.conv_forward(feats, weight, kmap, "grouped", groups)
+    np.testing.assert_allclose(got, cpu.conv_forward(feats, weight, reference, "grouped",
+                                                     groups), rtol=1e-5, atol=1e-6)
