@@ -39,8 +39,9 @@ def _tests(out, name):
     get = lambda key: int(suite.get(key, 0))  # noqa: E731
     failed = [case.get("name") for case in suite.iter("testcase")
               if case.find("failure") is not None or case.find("error") is not None]
-    text = (f"{get('tests')} tests: {get('tests') - get('failures') - get('errors') - get('skipped')}"
-            f" passed, {get('failures') + get('errors')} failed, {get('skipped')} skipped")
+    passed = get("tests") - get("failures") - get("errors") - get("skipped")
+    text = (f"{get('tests')} tests: {passed} passed, {get('failures') + get('errors')} failed, "
+            f"{get('skipped')} skipped")
     return text + (f" (first failures: {', '.join(failed[:3])})" if failed else "")
 
 

@@ -377,7 +377,8 @@ def compile_source(path: Path | str, arch: str, name_expressions=None, include_d
                 f"NVRTC failed on {path.name} for {arch} ({exc}) with options {opts} and "
                 f"name expressions {list(name_expressions)}:\n{log}") from None
         log = nvrtc.getProgramLog(prog)
-        if werror and re.search(r"\bwarning\b", log, re.I):  # belt and braces: -Werror should catch them
+        # belt and braces: -Werror should already have turned warnings into errors
+        if werror and re.search(r"\bwarning\b", log, re.I):
             raise NvrtcCompileError(f"NVRTC warnings on {path.name} for {arch}:\n{log}")
         cubin = nvrtc.getCUBIN(prog)
         lowered = {expr: nvrtc.getLoweredName(prog, expr) for expr in name_expressions}
