@@ -165,3 +165,18 @@ def test_toolkit_headers_must_match_the_nvrtc_version(tmp_path, monkeypatch):
     monkeypatch.setattr(nvrtc_check, "nvrtc_library", lambda: (library, (13, 0)))
     report = nvrtc_check.cuda_headers.__wrapped__()
     assert any("crt/mma.h not found" in p for p in report.problems)
+
+
+def test_pip_nvrtc_without_header_wheels_takes_only_a_matching_toolkit(tmp_path, monkeypatch):
+    wheel_lib = tmp_path / "site" / "nvidia" / "cu13" / "lib" / "libnvrtc.so.13"
+    wheel_lib.parent.mkdir(parents=True)
+    wheel_lib.write_bytes(b"")
+    _fake_toolkit(tmp_path / "toolkit", 13050)
+    monkeypatch.setenv("CUDA_PATH", str(tmp_path / "toolkit"))
+    monkeypatch.setattr(nvrtc_check, "nvrtc_library", lambda: (str(wheel_lib), (13, 5)))
+    report = nvrtc_check.cuda_headers.__wrapped__()
+    assert not report.problems and report.include_dirs == [str(tmp_path / "toolkit" / "include")]
+    monkeypatch.setattr(nvrtc_check, "nvrtc_library", lambda: (str(wheel_lib), (13, 6)))
+    report = nvrtc_check.cuda_headers.__wrapped__()
+    assert str(tmp_path / "toolkit" / "include") not in report.include_dirs
+    assert any("NVRTC is 13.6" in p for p in report.problems)

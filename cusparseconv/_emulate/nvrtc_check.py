@@ -22,7 +22,10 @@ The CUDA headers (``cuda_fp16.h``, ``cuda_bf16.h``, ``mma.h`` and the
 as the NVRTC library in use (`cuda_headers`): from the ``nvidia-*`` wheels
 beside a pip-installed NVRTC (``nvidia-cuda-runtime``, ``nvidia-cuda-crt``;
 for CUDA 12 ``nvidia-cuda-runtime-cu12`` and ``nvidia-cuda-nvcc-cu12``), or
-from the toolkit an NVRTC library was loaded from.
+from the toolkit an NVRTC library was loaded from. A pip-installed NVRTC
+without those wheels may use a toolkit's headers (``$CUDA_PATH``,
+``$CUDA_HOME``, ``/usr/local/cuda``) only when their ``CUDART_VERSION`` is
+the NVRTC's major.minor.
 
 Run it by hand with ``python -m cusparseconv._emulate.nvrtc_check`` (or
 ``python -m cusparseconv check``).
@@ -260,6 +263,18 @@ def cuda_headers() -> CudaHeaders:
     wheels = _wheel_versions()
     want = tuple(report.nvrtc_version[:2])
     have = {}
+    primary = set(candidates)
+    ignored = []
+    if from_wheels and not all(any((c / h).is_file() for c in candidates)
+                               for h in REQUIRED_HEADERS):
+        # a pip NVRTC without the header wheels: a toolkit's headers are acceptable
+        # only when they are of exactly the NVRTC's release (checked below)
+        for variable in ("CUDA_PATH", "CUDA_HOME"):
+            if os.environ.get(variable):
+                candidates.append(Path(os.environ[variable]) / "include")
+        candidates.append(Path("/usr/local/cuda/include"))
+        candidates = [c for i, c in enumerate(candidates)
+                      if c.is_dir() and c not in candidates[:i]]
     for include in candidates:
         seen = [(f"{name} wheel", version)
                 for name, version in sorted(wheels.get(os.path.realpath(include), {}).items())]
@@ -271,8 +286,11 @@ def cuda_headers() -> CudaHeaders:
         present = [h for h in REQUIRED_HEADERS if (include / h).is_file()]
         if not present:
             continue
+        if include not in primary and not seen:
+            ignored.append(f"{include}: its CUDA release cannot be read (no CUDART_VERSION)")
+            continue
         if wrong:
-            report.problems.append(
+            (report.problems if include in primary else ignored).append(
                 f"{include} holds CUDA {'/'.join(f'{v[0]}.{v[1]}' for _, v in wrong)} headers "
                 f"({', '.join(w for w, _ in wrong)}) but NVRTC is {want[0]}.{want[1]}: install "
                 f"the matching wheels (pip install 'nvidia-cuda-runtime=={want[0]}.{want[1]}.*' "
@@ -283,6 +301,7 @@ def cuda_headers() -> CudaHeaders:
             have.setdefault(header, str(include))
     missing = [h for h in REQUIRED_HEADERS if h not in have]
     if missing:
+        report.problems.extend(ignored)
         hint = ("pip install 'cusparseconv[cuda13]' (or [cuda12]) brings nvidia-cuda-runtime "
                 "and nvidia-cuda-crt (CUDA 12: nvidia-cuda-nvcc-cu12)" if from_wheels else
                 "install the toolkit's headers (cuda-cudart-dev, cuda-crt)")
