@@ -240,14 +240,14 @@ class Launcher:
         KernelUnavailableError
             When the file declares a ``csc-min-arch`` above the device's.
         """
-        required = min_arch(kernel_source(filename))
-        arch = self.device_arch()
-        if required is not None and arch is not None and arch < required:
-            raise KernelUnavailableError(filename, required, arch)
         key = (filename, name, self.device_id())
         found = self._kernels.get(key)
         if found is not None:
             return found
+        required = min_arch(kernel_source(filename))
+        arch = self.device_arch()
+        if required is not None and arch is not None and arch < required:
+            raise KernelUnavailableError(filename, required, arch)
         with self._lock:
             module_key = (filename, self.device_id())
             module = self._modules.get(module_key)
