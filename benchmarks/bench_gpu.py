@@ -12,6 +12,10 @@ reports, after checking every algorithm's output against the CPU backend:
 * the time of a dense cuBLAS GEMM of the same flop count, (pairs x C_in) @
   (C_in x C_out), measured in the same run: ``ours / dense`` is our distance
   to the hardware;
+* a roofline floor per record, from two rates measured in the same run: the
+  dense GEMM rate of the dtype (a large square cuBLAS GEMM) and the device
+  copy bandwidth (a large device-to-device copy): ``floor_ms = max(flops /
+  gemm rate, bytes / copy bandwidth)`` and ``ratio_to_floor = ms / floor_ms``;
 * ``torch.nn.functional.conv3d`` (cuDNN) on the densified grid where the grid
   fits in memory and a CUDA build of PyTorch is importable;
 * the CuPy memory pool's footprint after each product (a peak-memory proxy).
@@ -139,6 +143,22 @@ def dense_gemm_ms(device, n_pairs, c_in, c_out, dtype, repeats):
     return device.time_ms(lambda: xp.matmul(a, b), repeats)
 
 
+def roofline_rates(device, dtypes, repeats):
+    """{"copy_gbps": device copy bandwidth, "gemm_tflops": {dtype: dense GEMM rate}}."""
+    xp = device.xp
+    n_bytes = (1 << 28) if not device.emulated else (1 << 20)
+    source = xp.ones(n_bytes // 4, dtype=np.float32)
+    target = xp.empty_like(source)
+    copy_ms = device.time_ms(lambda: xp.copyto(target, source), repeats)
+    rates = {"copy_gbps": 2 * n_bytes / copy_ms / 1e6, "gemm_tflops": {}}
+    size = 8192 if not device.emulated else 128
+    for name in dtypes:
+        a = xp.ones((size, size), dtype=name)
+        gemm_ms = device.time_ms(lambda: xp.matmul(a, a), repeats)
+        rates["gemm_tflops"][name] = 2 * size ** 3 / gemm_ms / 1e9
+    return rates
+
+
 def cudnn_ms(coords, channels, dtype, repeats, max_elements=2**31):
     """torch conv3d on the densified grid (None when not possible)."""
     try:
@@ -173,6 +193,9 @@ def run(args):
     tuning.set_autotune(False)  # every algorithm is timed explicitly here
     offsets = csc.kernel_offsets(3)
     records = []
+    rates = roofline_rates(device, args.dtypes, args.repeats)
+    print(f"roofline: copy {rates['copy_gbps']:.0f} GB/s, dense GEMM "
+          + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in rates["gemm_tflops"].items()))
     for name, coords in workloads(args):
         coords_dev = device.put(coords)
 
@@ -225,24 +248,28 @@ def run(args):
                         ms = device.time_ms(lambda: calls[product](algorithm), args.repeats)
                         moved = (n_pairs * channels + 27 * channels * channels
                                  + len(coords) * channels) * dtype.itemsize
+                        floor_ms = max(flops / (rates["gemm_tflops"][dtype_name] * 1e9),
+                                       moved / (rates["copy_gbps"] * 1e6))
                         record = dict(workload=name, voxels=len(coords), pairs=n_pairs,
                                       dtype=dtype_name, channels=channels, product=product,
                                       algorithm=algorithm, ms=ms, map_ms=map_ms,
                                       tflops=flops / ms / 1e9, gbps=moved / ms / 1e6,
                                       dense_gemm_ms=dense, ratio_to_dense=ms / dense,
+                                      floor_ms=floor_ms, ratio_to_floor=ms / floor_ms,
                                       cudnn_ms=cudnn, cudnn_note=cudnn_note,
                                       max_relative_error=error,
                                       pool_bytes=device.pool_bytes())
                         records.append(record)
                         print(f"  {dtype_name} C={channels:<4} {product:<11} {algorithm:<16}"
                               f"{ms:9.3f} ms {record['tflops']:7.2f} TFLOP/s "
-                              f"x{record['ratio_to_dense']:.2f} dense")
-    return device, records
+                              f"x{record['ratio_to_dense']:.2f} dense "
+                              f"x{record['ratio_to_floor']:.2f} floor")
+    return device, records, rates
 
 
-def write(device, records, path, chart):
+def write(device, records, path, chart, rates=None):
     meta = dict(device=device.name, date=datetime.date.today().isoformat(),
-                host=platform.node(), cusparseconv=csc.__version__)
+                host=platform.node(), cusparseconv=csc.__version__, roofline=rates)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(dict(meta=meta, records=records), handle, indent=1)
@@ -285,11 +312,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.emulate:
         args.channels, args.repeats = [c for c in args.channels if c <= 32] or [8], 1
-    device, records = run(args)
+    device, records, rates = run(args)
     path = args.out or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results",
         f"{datetime.date.today().isoformat()}-{device.name.replace(' ', '_')}.json")
-    write(device, records, path, chart=not args.no_chart)
+    write(device, records, path, chart=not args.no_chart, rates=rates)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,22 @@ algorithms (SPEC section 6). The choice, in order of precedence:
    every product or ``product=name`` pairs separated by commas;
 3. the autotuner: on first use of a shape bucket it times every candidate and
    remembers the fastest, in memory and in ``tuning.json`` under the cache
-   directory (``CUSPARSECONV_CACHE_DIR``, default ``~/.cache/cusparseconv``);
+   directory (``CUSPARSECONV_CACHE_DIR``, default ``~/.cache/cusparseconv``;
+   see :mod:`cusparseconv._cachedir`: a directory others can write is not
+   used). Writers merge their results into the file under a file lock, so
+   processes tuning at the same time keep each other's results;
 4. a heuristic, when tuning is off (``set_autotune(False)``,
-   ``CUSPARSECONV_AUTOTUNE=0``, and always under host emulation).
+   ``CUSPARSECONV_AUTOTUNE=0``, under host emulation, and while the current
+   stream is being captured into a CUDA graph): ``mask`` for 16-bit inputs
+   or in deterministic mode, ``implicit`` otherwise, ``splitk`` for the
+   weight gradient.
+
+Candidates whose workspace (the memory an algorithm allocates beyond its
+output) exceeds ``WORKSPACE_FRACTION`` of the free device memory are not
+run, neither to time them nor as the heuristic's pick while another fits. A
+candidate that fails (out of memory, a kernel that does not compile or does
+not exist on the device) is dropped for its shape bucket and remembered for
+the rest of the process.
 
 Deterministic mode (``set_deterministic(True)`` or
 ``CUSPARSECONV_DETERMINISTIC=1``) only allows atomic-free algorithms.
@@ -22,8 +35,11 @@ import json
 import os
 import threading
 import time
+import warnings
 
-#: Every GPU algorithm per product.
+from ._cachedir import private_dir
+
+#: Every GPU algorithm per product, in the order tried when nothing else decides.
 ALGORITHMS = {
     "forward": ("explicit", "explicit_sorted", "implicit", "mask"),
     "input_grad": ("explicit", "explicit_sorted", "implicit", "mask"),
@@ -35,12 +51,15 @@ DETERMINISTIC = {
     "input_grad": ("explicit_sorted", "mask"),
     "weight_grad": ("explicit",),
 }
+#: Largest share of the free device memory one candidate's workspace may take.
+WORKSPACE_FRACTION = 0.5
 
 _settings = {
     "deterministic": os.environ.get("CUSPARSECONV_DETERMINISTIC", "0") not in ("", "0"),
     "autotune": os.environ.get("CUSPARSECONV_AUTOTUNE", "1") not in ("", "0"),
 }
 _memory: dict[str, str] = {}
+_failed: dict[str, set] = {}
 _file_loaded = {"done": False}
 _lock = threading.Lock()
 
@@ -60,13 +79,21 @@ def is_deterministic() -> bool:
 
 
 def cache_dir() -> str:
-    """Directory of the persistent caches (tuning results, emulator builds)."""
-    return os.environ.get("CUSPARSECONV_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "cusparseconv")
+    """Directory of the persistent caches (tuning results, emulator builds), unchecked;
+    see :func:`cusparseconv._cachedir.private_dir` for the checks."""
+    from ._cachedir import cache_root
+
+    return str(cache_root())
 
 
-def _tuning_file() -> str:
-    return os.path.join(cache_dir(), "tuning.json")
+def _tuning_file():
+    """Path of tuning.json, or None when the cache directory is not usable."""
+    directory, reason = private_dir()
+    if directory is None:
+        warnings.warn(f"cusparseconv: tuning results are kept in memory only: {reason}",
+                      RuntimeWarning, stacklevel=4)
+        return None
+    return os.path.join(directory, "tuning.json")
 
 
 def forced_algorithm(product: str, algorithm: str | None) -> str | None:
@@ -102,83 +129,176 @@ def shape_bucket(product, n_in, n_out, n_pairs, c_in, c_out, kernel_volume, dtyp
             f"c{c_in}x{c_out}|k{kernel_volume}|{dtype}")
 
 
+def _read_file(path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            stored = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(stored, dict):
+        return {}
+    return {k: v for k, v in stored.items() if isinstance(k, str) and isinstance(v, str)}
+
+
 def _load_file():
     if _file_loaded["done"]:
         return
     _file_loaded["done"] = True
+    path = _tuning_file()
+    if path is not None:
+        for key, value in _read_file(path).items():
+            _memory.setdefault(key, value)
+
+
+class _FileLock:
+    """An exclusive advisory lock on ``path`` (fcntl; a no-op where unavailable)."""
+
+    def __init__(self, path):
+        self.path, self.handle = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        self.handle = open(self.path, "a+b")  # noqa: SIM115 - released in __exit__
+        os.chmod(self.path, 0o600)
+        fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            import fcntl
+
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)
+            self.handle.close()
+
+
+def _save_file(new_entries: dict):
+    """Merge ``new_entries`` into tuning.json under its lock (atomic replace)."""
+    path = _tuning_file()
+    if path is None:
+        return
     try:
-        with open(_tuning_file(), encoding="utf-8") as handle:
-            stored = json.load(handle)
-        if isinstance(stored, dict):
-            _memory.update({k: v for k, v in stored.items() if isinstance(v, str)})
-    except (OSError, ValueError):
+        with _FileLock(path + ".lock"):
+            merged = _read_file(path)
+            merged.update(new_entries)
+            temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(merged, handle, indent=1, sort_keys=True)
+            os.replace(temporary, path)
+        for key, value in merged.items():
+            _memory.setdefault(key, value)
+    except OSError:  # a read-only or full disk must not break a forward pass
         pass
 
 
-def _save_file():
-    try:
-        os.makedirs(cache_dir(), exist_ok=True)
-        temporary = _tuning_file() + f".{os.getpid()}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(_memory, handle, indent=1, sort_keys=True)
-        os.replace(temporary, _tuning_file())
-    except OSError:  # a read-only home must not break a forward pass
-        pass
+def record(bucket: str, algorithm: str) -> None:
+    """Remember ``algorithm`` for ``bucket`` in memory and in tuning.json."""
+    with _lock:
+        _memory[bucket] = algorithm
+        _save_file({bucket: algorithm})
 
 
 def clear_memory() -> None:
-    """Forget in-memory tuning decisions (the JSON file is kept)."""
+    """Forget in-memory tuning decisions and failures (the JSON file is kept)."""
     _memory.clear()
+    _failed.clear()
+    _file_loaded["done"] = False
+
+
+def remember_failure(bucket: str, algorithm: str) -> None:
+    """Never pick ``algorithm`` for ``bucket`` again in this process."""
+    with _lock:
+        _failed.setdefault(bucket, set()).add(algorithm)
+        if _memory.get(bucket) == algorithm:
+            del _memory[bucket]
+
+
+def failed(bucket: str) -> frozenset:
+    """Algorithms that failed for ``bucket`` in this process."""
+    return frozenset(_failed.get(bucket, ()))
 
 
 def choose(product: str, candidates, forced: str | None, bucket: str, heuristic: str,
-           run, synchronize=None, autotune: bool | None = None, repeats: int = 3) -> str:
+           run, synchronize=None, autotune: bool | None = None, repeats: int = 3,
+           workspace=None, free_bytes=None, capturing: bool = False,
+           failures: tuple = (MemoryError,)) -> str:
     """Pick the algorithm for one call.
 
     Parameters
     ----------
     product : str
     candidates : sequence of str
-        Algorithms able to run this call.
+        Algorithms able to run this call, in order of preference.
     forced : str or None
-        From :func:`forced_algorithm`.
+        From :func:`forced_algorithm` (returned as is).
     bucket : str
         From :func:`shape_bucket`.
     heuristic : str
-        Used when tuning is off.
+        Used when tuning is off (if allowed, else the first allowed candidate).
     run : callable(name) -> object
         Runs one candidate (its result is discarded while tuning).
     synchronize : callable or None
         Waits for the device before reading the clock.
+    autotune : bool or None
+        None: the process-wide setting (:func:`set_autotune`).
+    workspace : dict {name: bytes}, optional
+        Memory each candidate allocates.
+    free_bytes : int or callable() -> int, optional
+        Free device memory; with ``workspace``, candidates above
+        ``WORKSPACE_FRACTION`` of it are skipped (unless none fits: then the
+        smallest is used).
+    capturing : bool
+        The stream is being captured into a CUDA graph: never time, use the
+        remembered or heuristic choice.
+    failures : tuple of exception types
+        Raised by a candidate that cannot run this shape: it is dropped and
+        remembered, and the others are timed.
     """
     if forced is not None:
         return forced
-    allowed = [c for c in candidates
-               if not _settings["deterministic"] or c in DETERMINISTIC[product]]
+    dropped = failed(bucket)
+    allowed = [c for c in candidates if c not in dropped
+               and (not _settings["deterministic"] or c in DETERMINISTIC[product])]
     if not allowed:
-        raise RuntimeError(f"no {product} algorithm is allowed for this call")
+        raise RuntimeError(f"no {product} algorithm is allowed for this call (candidates "
+                           f"{list(candidates)}, failed here {sorted(dropped)}, deterministic "
+                           f"mode {_settings['deterministic']})")
+    if workspace is not None and free_bytes is not None:
+        budget = WORKSPACE_FRACTION * (free_bytes() if callable(free_bytes) else free_bytes)
+        fits = [c for c in allowed if workspace.get(c, 0) <= budget]
+        allowed = fits or [min(allowed, key=lambda c: workspace.get(c, 0))]
     if heuristic not in allowed:
         heuristic = allowed[0]
-    if not (_settings["autotune"] if autotune is None else autotune) or len(allowed) == 1:
-        return heuristic
+    tune = _settings["autotune"] if autotune is None else autotune
     with _lock:
-        _load_file()
+        if tune:
+            _load_file()
         known = _memory.get(bucket)
     if known in allowed:
         return known
+    if not tune or capturing or len(allowed) == 1:
+        return heuristic
     timings = {}
+    errors = {}
     for name in allowed:
-        run(name)  # warm-up: compiles the kernel and fills allocator pools
-        if synchronize:
-            synchronize()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            run(name)
-        if synchronize:
-            synchronize()
+        try:
+            run(name)  # warm-up: compiles the kernel and fills allocator pools
+            if synchronize:
+                synchronize()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                run(name)
+            if synchronize:
+                synchronize()
+        except failures as error:
+            remember_failure(bucket, name)
+            errors[name] = f"{type(error).__name__}: {error}"
+            continue
         timings[name] = (time.perf_counter() - start) / repeats
+    if not timings:
+        raise RuntimeError(f"every {product} algorithm failed for this shape: {errors}")
     best = min(timings, key=timings.get)
-    with _lock:
-        _memory[bucket] = best
-        _save_file()
+    record(bucket, best)
     return best

@@ -2,6 +2,8 @@
 // host emulator supports (tests/test_emulator.py runs them on the CPU and
 // compares with NumPy; tests/test_nvrtc_compile.py compiles them with NVRTC).
 // They are not used by the library.
+// csc-min-arch: sm_80
+// (its tests use __nv_bfloat16 WMMA fragments and __reduce_add_sync, both sm_80)
 #include "csc_common.cuh"
 
 // csc-instantiate: tile_stencil<float>

@@ -21,4 +21,8 @@ def test_bench_gpu_emulated_smoke(tmp_path, monkeypatch):
     algorithms = {(r["product"], r["algorithm"]) for r in result["records"]}
     assert ("forward", "mask") in algorithms and ("weight_grad", "splitk") in algorithms
     assert all(r["max_relative_error"] < 1e-4 for r in result["records"])
+    rates = result["meta"]["roofline"]
+    assert rates["copy_gbps"] > 0 and rates["gemm_tflops"]["float32"] > 0
+    assert all(r["floor_ms"] > 0 and r["ratio_to_floor"] == r["ms"] / r["floor_ms"]
+               for r in result["records"])
     assert result["meta"]["device"] == "host-emulation"

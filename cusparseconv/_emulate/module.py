@@ -21,9 +21,13 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+from ..backends._kernel_args import check_launch_args, param_names
+from ..backends._launch import kernel_dir
 
 __all__ = [
     "EmulatedModule",
@@ -39,7 +43,11 @@ __all__ = [
 _HERE = Path(__file__).resolve().parent
 SHIM = _HERE / "shim.h"
 STUB_INCLUDE = _HERE / "include"
-RAW_KERNELS = _HERE.parent.parent / "raw_kernels"
+try:  # the kernel sources: raw_kernels/ of the checkout, or the installed copy
+    RAW_KERNELS = Path(kernel_dir())
+except FileNotFoundError:  # pragma: no cover - a broken install
+    RAW_KERNELS = _HERE.parent / "raw_kernels"
+
 
 # Bump when the generated entry points or the launch ABI change.
 _ABI_VERSION = 1
@@ -75,15 +83,30 @@ class EmulatorLaunchError(RuntimeError):
     """A launch failed: failed assert, deadlock, out-of-bounds write, ..."""
 
 
+_FALLBACK_DIR: list = []
+
+
 def cache_dir() -> Path:
     """Directory of the compiled shared objects.
 
-    ``$CUSPARSECONV_CACHE_DIR/emulator`` when that variable is set, else
-    ``~/.cache/cusparseconv/emulator``.
+    ``emulator/`` in the private cache directory (``$CUSPARSECONV_CACHE_DIR``
+    or ``~/.cache/cusparseconv``, see :mod:`cusparseconv._cachedir`). When
+    that directory is refused (others can write it), is a file or cannot be
+    written, a private temporary directory of this process is used instead,
+    with a one-time warning.
     """
-    root = os.environ.get("CUSPARSECONV_CACHE_DIR")
-    base = Path(root) if root else Path.home() / ".cache" / "cusparseconv"
-    return base / "emulator"
+    from .._cachedir import private_dir
+
+    path, reason = private_dir("emulator")
+    if path is not None:
+        return path
+    with _LIB_LOCK:
+        if not _FALLBACK_DIR:
+            _FALLBACK_DIR.append(Path(tempfile.mkdtemp(prefix="cusparseconv-emulator-")))
+            warnings.warn(f"cusparseconv emulator: not using the cache directory: {reason}; "
+                          f"building into {_FALLBACK_DIR[0]} for this process",
+                          RuntimeWarning, stacklevel=2)
+    return _FALLBACK_DIR[0]
 
 
 def default_include_dirs() -> tuple[str, ...]:
@@ -271,6 +294,21 @@ class _Library:
         return None
 
 
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(so_path: Path, digest_path: Path) -> bool:
+    """True when a cached build is complete: the SHA-256 recorded beside it when it
+    was written matches its bytes (a truncated or half-copied entry is rebuilt).
+    Only a private directory is used (see `cache_dir`), so this guards against
+    accidents, not against someone who could write there."""
+    try:
+        return so_path.is_file() and digest_path.read_text().strip() == _file_digest(so_path)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _build(source: str, source_name: str, name_expressions, defines, include_dirs) -> _Library:
     cxx = _compiler()
     inc_dirs = [str(STUB_INCLUDE)] + [str(d) for d in include_dirs]
@@ -288,10 +326,13 @@ def _build(source: str, source_name: str, name_expressions, defines, include_dir
     with _LIB_LOCK:
         if key in _LIBS:
             return _LIBS[key]
-        out_dir = cache_dir()
-        out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = cache_dir()
+    with _LIB_LOCK:
+        if key in _LIBS:
+            return _LIBS[key]
         so_path = out_dir / f"{key}.so"
-        if not so_path.exists():
+        digest_path = out_dir / f"{key}.sha256"
+        if not _intact(so_path, digest_path):
             with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
                 cpp = Path(tmp) / "module.cpp"
                 cpp.write_text(text)
@@ -302,7 +343,10 @@ def _build(source: str, source_name: str, name_expressions, defines, include_dir
                     raise EmulatorCompileError(
                         f"emulator: g++ failed to compile {source_name} "
                         f"(name expressions {list(name_expressions)}):\n{proc.stderr[-20000:]}")
+                tmp_digest = Path(tmp) / "module.sha256"
+                tmp_digest.write_text(_file_digest(tmp_so))
                 os.replace(tmp_so, so_path)
+                os.replace(tmp_digest, digest_path)
         lib = _Library(so_path, len(name_expressions))
         _LIBS[key] = lib
         return lib
@@ -323,59 +367,6 @@ class _LaunchConfig(ctypes.Structure):
         ("shared_ranges", ctypes.c_void_p),
         ("n_shared_ranges", ctypes.c_ulonglong),
     ]
-
-
-_KIND_NAMES = {
-    ord("i"): "signed integer", ord("u"): "unsigned integer", ord("f"): "floating",
-    ord("h"): "__half", ord("b"): "__nv_bfloat16", ord("p"): "pointer", ord("v"): "void",
-    ord("B"): "bool", ord("o"): "struct",
-}
-
-
-def _describe_param(p) -> str:
-    size, kind, psize, pkind = p
-    if kind == ord("p"):
-        if pkind == ord("v"):
-            return "void*"
-        return f"pointer to {psize}-byte {_KIND_NAMES.get(pkind, '?')}"
-    return f"{size}-byte {_KIND_NAMES.get(kind, '?')}"
-
-
-def _scalar_kind(dtype: np.dtype) -> int:
-    if dtype == np.float16:
-        return ord("h")
-    if dtype.name == "bfloat16":
-        return ord("b")
-    if dtype.kind == "b":
-        return ord("B")
-    return ord(dtype.kind) if dtype.kind in "iuf" else ord("o")
-
-
-def _scalar_ok(dtype: np.dtype, p) -> bool:
-    size, kind = p[0], p[1]
-    if dtype.itemsize != size:
-        return False
-    sk = _scalar_kind(dtype)
-    if kind in (ord("i"), ord("u")):
-        return sk in (ord("i"), ord("u"))
-    return sk == kind
-
-
-def _array_ok(dtype: np.dtype, p) -> bool:
-    psize, pkind = p[2], p[3]
-    if pkind in (ord("v"), ord("o")) or psize == 1:
-        return True
-    if dtype.itemsize != psize:
-        return False
-    if psize == 2 and pkind in (ord("h"), ord("b"), ord("i"), ord("u")):
-        return True  # 16-bit storage: float16, bfloat16 and (u)int16 are interchangeable
-    if pkind in (ord("i"), ord("u"), ord("p")):
-        return dtype.kind in "iu"
-    if pkind == ord("f"):
-        return dtype.kind == "f"
-    if pkind == ord("B"):
-        return dtype.kind in "biu"
-    return True
 
 
 def _dims(value, what: str) -> tuple[int, int, int]:
@@ -485,6 +476,7 @@ class EmulatedFunction:
         self.schedule = module.schedule
         self.seed = module.seed
         self.check_bounds = module.check_bounds
+        self.param_names = param_names(module.code, name)
 
     def __repr__(self):
         return f"<EmulatedFunction {self.name} ({len(self.params)} parameters)>"
@@ -522,42 +514,15 @@ class EmulatedFunction:
             raise ValueError(
                 f"{self.name}: static ({self.static_shared_bytes}) + dynamic ({shared_mem}) "
                 f"shared memory exceeds {limit} bytes")
-        if not isinstance(args, (tuple, list)):
-            raise TypeError(f"{self.name}: args must be a tuple or list, "
-                            f"got {type(args).__name__}")
-        if len(args) != len(self.params):
-            raise TypeError(f"{self.name}: expects {len(self.params)} arguments, "
-                            f"got {len(args)}")
+        check_launch_args(self.name, self.params, args, names=self.param_names)
         holders = []
         arrays = []
         for i, (arg, p) in enumerate(zip(args, self.params)):
             if isinstance(arg, np.ndarray):
-                if p[1] != ord("p"):
-                    raise TypeError(f"{self.name}: parameter {i} is a {_describe_param(p)}, "
-                                    f"got an array")
-                if not arg.flags.c_contiguous:
-                    raise ValueError(f"{self.name}: array argument {i} must be C-contiguous")
-                if not _array_ok(arg.dtype, p):
-                    raise TypeError(f"{self.name}: parameter {i} is a {_describe_param(p)}, "
-                                    f"got an array of {arg.dtype}")
                 arrays.append((i, arg))
                 holders.append(None)
-            elif isinstance(arg, np.generic):
-                if p[1] == ord("p"):
-                    raise TypeError(f"{self.name}: parameter {i} is a {_describe_param(p)}, "
-                                    f"got a scalar {arg.dtype}")
-                if not _scalar_ok(arg.dtype, p):
-                    raise TypeError(f"{self.name}: parameter {i} is a {_describe_param(p)}, "
-                                    f"got {arg.dtype}")
-                holders.append(ctypes.create_string_buffer(arg.tobytes(), p[0]))
-            elif isinstance(arg, (bool, int, float)):
-                raise TypeError(
-                    f"{self.name}: parameter {i} ({_describe_param(p)}) got a Python "
-                    f"{type(arg).__name__}; pass an explicit NumPy scalar of the parameter's "
-                    "type (np.int32, np.int64, np.uint32, np.uint64, np.float32, ...)")
             else:
-                raise TypeError(f"{self.name}: parameter {i}: unsupported argument type "
-                                f"{type(arg).__name__} (NumPy arrays and scalars only)")
+                holders.append(ctypes.create_string_buffer(arg.tobytes(), p[0]))
         cfg = _LaunchConfig()
         cfg.grid[:] = gdim
         cfg.block[:] = bdim

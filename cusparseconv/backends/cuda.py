@@ -9,17 +9,31 @@ code paths without a GPU. It implements the interface of
 Kernel maps are built with a hash table of packed keys and two searches: the
 output-major neighbour table (pair mask, pair table sorted by output row,
 positions for the deterministic scatter) and the input-major one (the reverse
-table used by the input gradient). Only the pair counts come back to the host,
-to size the pair tables.
+table used by the input gradient). One read comes back to the host per new
+geometry: the duplicate counts of the two hash tables and the pair counts of
+both tables, in one transfer, to size the pair tables.
+
+Layouts: kernels read raw pointers, so every array handed to a kernel is one
+this backend made C-contiguous (``_c``) or allocated itself (``xp.empty`` /
+``zeros`` / ``full``); the launcher refuses anything else, naming the kernel
+and the argument. CuPy routines may return F-ordered or strided results (e.g.
+``cumsum`` along axis 0), which the tests reproduce under emulation.
+
+Device state kept per coordinate set and per kernel map lives in one place,
+the "device state" section below.
 """
 
 from __future__ import annotations
+
+import threading
+import warnings
 
 import numpy as np
 
 from .. import tuning
 from ..coords import SortedKeys
 from ..kmap import KernelMap
+from ._launch import MAX_GRID, KernelUnavailableError
 
 _CTYPES = {"float32": "float", "float64": "double", "float16": "__half",
            "bfloat16": "__nv_bfloat16"}
@@ -42,6 +56,18 @@ def _ceil_div(a, b):
     return -(-int(a) // int(b))
 
 
+_WARNED: set = set()
+_WARN_LOCK = threading.Lock()
+
+
+def _warn_once(key, message):
+    with _WARN_LOCK:
+        if key in _WARNED:
+            return
+        _WARNED.add(key)
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 class CudaBackend:
     """Kernel maps, products and pooling on the GPU (or its emulation)."""
 
@@ -49,6 +75,31 @@ class CudaBackend:
         self.launcher = launcher
         self.xp = launcher.xp
         self.name = "cuda-emulated" if launcher.emulated else "cuda"
+
+    def _c(self, array, dtype=None):
+        """``array`` as a C-contiguous array of this backend's module (no copy when it
+        already is one)."""
+        return self.xp.ascontiguousarray(array, dtype=dtype)
+
+    # ------------------------------------------------------------ device state
+    # Everything the backend keeps beyond a call lives here:
+    # * per coordinate set (SortedKeys): its hash table, per (backend, device),
+    #   in ``keys._hash_tables``;
+    # * per kernel map (KernelMap and its reverse): the device pair offsets, the
+    #   neighbour table, the scatter positions and the pair mask, set by
+    #   ``_attach`` only.
+    def _set_state(self, keys: SortedKeys) -> dict:
+        cached = getattr(keys, "_hash_tables", None)
+        if cached is None:
+            cached = keys._hash_tables = {}
+        return cached
+
+    @staticmethod
+    def _attach(kmap, tables):
+        kmap.pair_offsets_device = tables["pair_offsets_dev"]
+        kmap.neighbour = tables["neighbour"]
+        kmap.position = tables["position"]
+        kmap._pair_mask = (tables["mask"], tables["neighbour"])
 
     # ------------------------------------------------------------ utilities
     @staticmethod
@@ -73,32 +124,62 @@ class CudaBackend:
         if not self.launcher.emulated:
             self.xp.cuda.get_current_stream().synchronize()
 
+    def _candidate_errors(self) -> tuple:
+        """Exceptions that disqualify one algorithm for a shape (the tuner drops and
+        remembers the candidate): out of memory, a kernel that does not compile or
+        does not exist on this device."""
+        errors = [MemoryError, KernelUnavailableError]
+        if self.launcher.emulated:
+            from .._emulate import EmulatorCompileError
+
+            errors.append(EmulatorCompileError)
+        else:
+            from cupy.cuda import compiler, memory
+
+            errors += [memory.OutOfMemoryError, compiler.CompileException]
+        return tuple(errors)
+
     def _dummy(self, dtype):
         return self.xp.zeros(1, dtype=dtype)
 
     # ------------------------------------------------------------ hash table
-    def hash_table(self, keys: SortedKeys):
-        """Device hash table of a coordinate set: (table_keys, table_values, mask)."""
-        cached = getattr(keys, "_hash_tables", None)
-        if cached is None:
-            cached = keys._hash_tables = {}
-        table = cached.get(self.name)
-        if table is not None:
-            return table
+    def _hash_table(self, keys: SortedKeys):
+        """(table, duplicates) of a coordinate set on the current device; ``table`` is
+        (table_keys, table_values, mask), ``duplicates`` a (1,) int32 device array,
+        or None once the set is known to hold no duplicates."""
+        state = self._set_state(keys)
+        slot = (self.name, self.launcher.device_id())
+        entry = state.get(slot)
+        if entry is not None:
+            return entry["table"], entry["duplicates"]
         xp = self.xp
         n_keys = keys.keys.shape[0]
         capacity = 1 << max(4, (2 * max(n_keys, 1) - 1).bit_length())
         table_keys = xp.full(capacity, _EMPTY_KEY, dtype=np.uint64)
         table_values = xp.full(capacity, -1, dtype=np.int32)
         duplicates = xp.zeros(1, dtype=np.int32)
-        rows = xp.ascontiguousarray(keys.order, dtype=np.int64)
         self.launcher.launch_1d("hash_table.cu", "hash_insert", n_keys,
-                                (xp.ascontiguousarray(keys.keys), rows, _i64(n_keys),
-                                 table_keys, table_values, np.uint64(capacity - 1), duplicates))
-        if int(duplicates[0]):
-            raise ValueError(f"coords must hold unique rows, got {int(duplicates[0])} duplicates")
+                                (self._c(keys.keys), self._c(keys.order, np.int64),
+                                 _i64(n_keys), table_keys, table_values,
+                                 np.uint64(capacity - 1), duplicates))
         table = (table_keys, table_values, np.uint64(capacity - 1))
-        cached[self.name] = table
+        state[slot] = {"table": table, "duplicates": duplicates}
+        return table, duplicates
+
+    def _hash_validated(self, keys: SortedKeys, n_duplicates: int):
+        """Record the duplicate count read for a set (raising when it is not 0)."""
+        slot = (self.name, self.launcher.device_id())
+        state = self._set_state(keys)
+        if n_duplicates:
+            state.pop(slot, None)
+            raise ValueError(f"coords must hold unique rows, got {n_duplicates} duplicates")
+        state[slot]["duplicates"] = None
+
+    def hash_table(self, keys: SortedKeys):
+        """Device hash table of a coordinate set: (table_keys, table_values, mask)."""
+        table, duplicates = self._hash_table(keys)
+        if duplicates is not None:
+            self._hash_validated(keys, int(self.launcher.to_host(duplicates)[0]))
         return table
 
     def lookup(self, keys: SortedKeys, query_keys):
@@ -106,8 +187,8 @@ class CudaBackend:
         table_keys, table_values, mask = self.hash_table(keys)
         rows = self.xp.empty(query_keys.shape[0], dtype=np.int32)
         self.launcher.launch_1d("hash_table.cu", "hash_lookup", query_keys.shape[0],
-                                (self.xp.ascontiguousarray(query_keys, dtype=np.int64),
-                                 _i64(query_keys.shape[0]), table_keys, table_values, mask, rows))
+                                (self._c(query_keys, np.int64), _i64(query_keys.shape[0]),
+                                 table_keys, table_values, mask, rows))
         return rows
 
     # ------------------------------------------------------------ kernel maps
@@ -118,19 +199,29 @@ class CudaBackend:
         table_keys, table_values, mask = table
         self.launcher.launch_1d(
             "kernel_map.cu", f"kmap_search<{ndim}>", n_query * kernel_volume,
-            (xp.ascontiguousarray(query_coords, dtype=np.int32), _i64(n_query), offsets_dev,
+            (self._c(query_coords, np.int32), _i64(n_query), offsets_dev,
              _i32(kernel_volume), stride_dev, _i32(int(divide)), table_keys, table_values, mask,
              neighbour))
         return neighbour
 
-    def _pair_tables(self, neighbour, kernel_volume):
-        """Pair table (CSR by offset, sorted by query row), positions and pair mask."""
+    def _column_ranks(self, neighbour, kernel_volume):
+        """(rank, counts): rank[row, k] = active entries of column k up to row
+        (inclusive), C-contiguous; counts[k] its last row (device arrays)."""
+        xp = self.xp
+        n_rows = neighbour.shape[0]
+        if not n_rows:
+            return (xp.zeros((0, kernel_volume), dtype=np.int32),
+                    xp.zeros(kernel_volume, dtype=np.int32))
+        # CuPy scans axis 0 of a 2-D array on a rolled copy and hands back an
+        # F-ordered view: kmap_compact reads rank as C order, so make it so.
+        rank = self._c(xp.cumsum(neighbour >= 0, axis=0, dtype=np.int32))
+        return rank, rank[n_rows - 1]
+
+    def _pair_tables(self, neighbour, rank, counts, kernel_volume):
+        """Pair table (CSR by offset, sorted by query row), positions and pair mask,
+        from the neighbour table, its column ranks and the pair counts (host)."""
         xp, launcher = self.xp, self.launcher
         n_rows = neighbour.shape[0]
-        active = neighbour >= 0
-        rank = xp.cumsum(active, axis=0, dtype=np.int32) if n_rows else xp.zeros(
-            (0, kernel_volume), dtype=np.int32)
-        counts = launcher.to_host(rank[-1]) if n_rows else np.zeros(kernel_volume, np.int64)
         pair_offsets = np.zeros(kernel_volume + 1, dtype=np.int64)
         np.cumsum(counts, out=pair_offsets[1:])
         n_pairs = int(pair_offsets[-1])
@@ -149,13 +240,6 @@ class CudaBackend:
                     query_rows=query_rows, partner_rows=partner_rows, position=position,
                     mask=mask, neighbour=neighbour)
 
-    @staticmethod
-    def _attach(kmap, tables):
-        kmap.pair_offsets_device = tables["pair_offsets_dev"]
-        kmap.neighbour = tables["neighbour"]
-        kmap.position = tables["position"]
-        kmap._pair_mask = (tables["mask"], tables["neighbour"])
-
     def build_kernel_map(self, in_coords, out_coords, offsets, stride, transposed, *,
                          same_set=False, in_keys=None, out_keys=None) -> KernelMap:
         """Both neighbour tables through the hash tables of the two sets."""
@@ -166,17 +250,31 @@ class CudaBackend:
             out_keys = in_keys
         elif out_keys is None:
             out_keys = SortedKeys(out_coords, "out_coords")
-        offsets_dev = launcher.to_device(np.ascontiguousarray(offsets, dtype=np.int32))
+        xp = self.xp
+        offsets_dev = launcher.to_device(np.asarray(offsets, dtype=np.int32))
         stride_dev = launcher.to_device(np.asarray(stride, dtype=np.int32))
-        in_table = self.hash_table(in_keys)
-        out_table = in_table if same_set else self.hash_table(out_keys)
+        in_table, in_duplicates = self._hash_table(in_keys)
+        out_table, out_duplicates = (in_table, None) if same_set else self._hash_table(out_keys)
         # forward map: input = stride * output + K[k]; transposed: output = stride * input + K[k]
         by_output = self._search(out_coords, offsets_dev, stride_dev, kernel_volume,
                                  divide=transposed, table=in_table)
         by_input = self._search(in_coords, offsets_dev, stride_dev, kernel_volume,
                                 divide=not transposed, table=out_table)
-        forward = self._pair_tables(by_output, kernel_volume)
-        reverse = self._pair_tables(by_input, kernel_volume)
+        rank_out, counts_out = self._column_ranks(by_output, kernel_volume)
+        rank_in, counts_in = self._column_ranks(by_input, kernel_volume)
+        # the one host read of a new geometry: duplicates of both sets, both pair counts
+        no_duplicates = xp.zeros(1, dtype=np.int32)
+        read = launcher.to_host(xp.concatenate([
+            in_duplicates if in_duplicates is not None else no_duplicates,
+            out_duplicates if out_duplicates is not None else no_duplicates,
+            counts_out.astype(np.int32), counts_in.astype(np.int32)])).astype(np.int64)
+        if in_duplicates is not None:
+            self._hash_validated(in_keys, int(read[0]))
+        if out_duplicates is not None:
+            self._hash_validated(out_keys, int(read[1]))
+        forward = self._pair_tables(by_output, rank_out, read[2:2 + kernel_volume],
+                                    kernel_volume)
+        reverse = self._pair_tables(by_input, rank_in, read[2 + kernel_volume:], kernel_volume)
         if not np.array_equal(forward["pair_offsets"], reverse["pair_offsets"]):
             raise RuntimeError("kernel-map build: the two neighbour tables disagree "
                                "(please report this bug)")
@@ -219,22 +317,35 @@ class CudaBackend:
         reverse table with W transposed)."""
         xp = self.xp
         forced = tuning.forced_algorithm(product, algorithm)
-        src = xp.ascontiguousarray(src)
-        weight = xp.ascontiguousarray(weight.astype(src.dtype, copy=False))
+        src = self._c(src)
+        weight = self._c(weight.astype(src.dtype, copy=False))
         if bias is not None:
-            bias = xp.ascontiguousarray(bias.astype(src.dtype, copy=False))
+            bias = self._c(bias.astype(src.dtype, copy=False))
         if kmap.n_out == 0:
             return xp.zeros((0, c_dst), dtype=src.dtype)
         if layout == "depthwise":
             return self._depthwise(src, weight, kmap, bias)
         groups, group_in, group_out, weight4 = self._split_layout(weight, layout)
-        candidates = ["explicit", "explicit_sorted", "implicit"]
-        if kmap._pair_mask[0].shape[1] <= _MAX_MASK_WORDS:
-            candidates.append("mask")
-        if forced is not None and forced not in candidates:
-            raise ValueError(f"algorithm {forced!r} cannot run this {product}: the kernel has "
-                             f"{kmap.kernel_volume} offsets (mask supports up to "
-                             f"{32 * _MAX_MASK_WORDS})")
+        n_words = kmap._pair_mask[0].shape[1]
+        acc_size = self.accumulate_dtype(src.dtype).itemsize
+        max_count = int(kmap.pair_counts().max()) if kmap.n_pairs else 0
+        explicit_bytes = (kmap.kernel_volume * max_count * (group_in + group_out) * groups
+                          + kmap.n_out * c_dst) * acc_size
+        workspace = {"explicit": explicit_bytes, "explicit_sorted": explicit_bytes,
+                     "implicit": kmap.n_out * c_dst * acc_size,
+                     "mask": kmap.n_out * c_dst * np.dtype(src.dtype).itemsize}
+        unusable = {}
+        if groups > MAX_GRID[2]:
+            for name in ("implicit", "mask"):
+                unusable[name] = (f"it maps the {groups} groups to gridDim.z, at most "
+                                  f"{MAX_GRID[2]}")
+        if n_words > _MAX_MASK_WORDS:
+            unusable["mask"] = (f"the kernel has {kmap.kernel_volume} offsets (mask supports "
+                                f"up to {32 * _MAX_MASK_WORDS})")
+        candidates = [c for c in tuning.ALGORITHMS[product] if c not in unusable]
+        if forced is not None and forced in unusable:
+            raise ValueError(f"algorithm {forced!r} cannot run this {product}: "
+                             f"{unusable[forced]}")
         sixteen_bit = np.dtype(src.dtype).itemsize == 2
         heuristic = "mask" if "mask" in candidates and (
             sixteen_bit or tuning.is_deterministic()) else "implicit"
@@ -249,11 +360,33 @@ class CudaBackend:
         bucket = tuning.shape_bucket(product, kmap.n_in, kmap.n_out, kmap.n_pairs,
                                      group_in * groups, c_dst, kmap.kernel_volume,
                                      np.dtype(src.dtype).name, self._device_name())
-        choice = tuning.choose(product, candidates, forced, bucket, heuristic,
-                               run=lambda name: runners[name](),
-                               synchronize=self._synchronize,
-                               autotune=None if not self.launcher.emulated else False)
-        return runners[choice]()
+        return self._run_chosen(product, candidates, forced, bucket, heuristic, runners,
+                                workspace)
+
+    def _run_chosen(self, product, candidates, forced, bucket, heuristic, runners, workspace):
+        """Choose an algorithm (forced, tuned or heuristic) and run it; a candidate
+        that turns out not to exist on this device is dropped (remembered by the
+        tuner, with a one-time warning) and the choice made again."""
+        launcher = self.launcher
+        while True:
+            choice = tuning.choose(
+                product, candidates, forced, bucket, heuristic,
+                run=lambda name: runners[name](), synchronize=self._synchronize,
+                autotune=None if not launcher.emulated else launcher.tune_under_emulation,
+                workspace=workspace, free_bytes=launcher.free_bytes,
+                capturing=launcher.stream_capturing(), failures=self._candidate_errors())
+            try:
+                return runners[choice]()
+            except KernelUnavailableError as error:
+                if forced is not None:
+                    raise
+                tuning.remember_failure(bucket, choice)
+                _warn_once(("unavailable", product, choice, error.device_arch),
+                           f"cusparseconv: the {choice!r} {product} algorithm is not available "
+                           f"on this device ({error}); using another algorithm")
+                candidates = [c for c in candidates if c != choice]
+                if not candidates:
+                    raise
 
     def _finish(self, acc, bias, dtype):
         """T(acc + bias) through the finish_rows kernel."""
@@ -343,10 +476,16 @@ class CudaBackend:
         ctype = self._ctype(src.dtype)
         if np.dtype(src.dtype).itemsize == 2:
             grid = (_ceil_div(kmap.n_out, _WMMA_TILE), _ceil_div(group_out, _WMMA_TILE), groups)
-            self.launcher.launch("mask_gemm.cu", f"mask_gemm_wmma<{ctype}>", grid, (128,), args)
-        else:
-            grid = (_ceil_div(kmap.n_out, _TILE), _ceil_div(group_out, _TILE), groups)
-            self.launcher.launch("mask_gemm.cu", f"mask_gemm<{ctype}>", grid, (256,), args)
+            source = "mask_gemm_bf16.cu" if ctype == "__nv_bfloat16" else "mask_gemm.cu"
+            try:
+                self.launcher.launch(source, f"mask_gemm_wmma<{ctype}>", grid, (128,), args)
+                return out
+            except KernelUnavailableError as error:
+                _warn_once(("wmma", ctype, error.device_arch),
+                           f"cusparseconv: tensor-core mask GEMM for {np.dtype(src.dtype).name} "
+                           f"is not available ({error}); using the SIMT mask GEMM")
+        grid = (_ceil_div(kmap.n_out, _TILE), _ceil_div(group_out, _TILE), groups)
+        self.launcher.launch("mask_gemm.cu", f"mask_gemm<{ctype}>", grid, (256,), args)
         return out
 
     def _depthwise(self, src, weight, kmap, bias):
@@ -365,8 +504,8 @@ class CudaBackend:
         xp = self.xp
         forced = tuning.forced_algorithm("weight_grad", algorithm)
         dtype = feats.dtype
-        feats = xp.ascontiguousarray(feats)
-        grad_out = xp.ascontiguousarray(grad_out.astype(dtype, copy=False))
+        feats = self._c(feats)
+        grad_out = self._c(grad_out.astype(dtype, copy=False))
         acc_dtype = self.accumulate_dtype(dtype)
         if kmap.n_pairs == 0:
             return xp.zeros(weight_shape, dtype=dtype)
@@ -378,11 +517,26 @@ class CudaBackend:
                 (kmap.kernel_volume, _ceil_div(channels, 32), 1), (256,),
                 (feats, grad_out, kmap.in_rows, kmap.out_rows, kmap.pair_offsets_device,
                  _i32(channels), grad))
-            return grad.astype(dtype).reshape(weight_shape)
+            return self._c(grad.astype(dtype).reshape(weight_shape))
         if layout == "grouped":
             kernel_volume, groups, group_in, group_out = weight_shape
         else:
             (kernel_volume, group_in, group_out), groups = weight_shape, 1
+        acc_size = acc_dtype.itemsize
+        max_count = int(kmap.pair_counts().max())
+        workspace = {
+            "explicit": kernel_volume * (max_count * (group_in + group_out)
+                                         + group_in * group_out) * groups * acc_size,
+            "splitk": kernel_volume * groups * group_in * group_out * acc_size,
+        }
+        splitk_tiles = _ceil_div(group_in, _TILE) * _ceil_div(group_out, _TILE)
+        candidates = ["explicit", "splitk"]
+        if groups > MAX_GRID[2] or splitk_tiles > MAX_GRID[1]:
+            candidates.remove("splitk")
+            if forced == "splitk":
+                raise ValueError(f"algorithm 'splitk' cannot run this weight gradient: its grid "
+                                 f"({splitk_tiles} channel tiles, {groups} groups) exceeds "
+                                 f"CUDA's limits {MAX_GRID[1:]}")
         runners = {
             "explicit": lambda: self._wgrad_explicit(feats, grad_out, kmap, groups, group_in,
                                                      group_out),
@@ -392,10 +546,11 @@ class CudaBackend:
         bucket = tuning.shape_bucket("weight_grad", kmap.n_in, kmap.n_out, kmap.n_pairs,
                                      groups * group_in, groups * group_out, kernel_volume,
                                      np.dtype(dtype).name, self._device_name())
-        choice = tuning.choose("weight_grad", list(runners), forced, bucket, "explicit",
-                               run=lambda name: runners[name](), synchronize=self._synchronize,
-                               autotune=None if not self.launcher.emulated else False)
-        return runners[choice]().astype(dtype).reshape(weight_shape)
+        # splitk by default: explicit pads every offset to the largest pair count
+        # (the centre offset pairs every row) and gathers both sides
+        grad = self._run_chosen("weight_grad", candidates, forced, bucket, "splitk", runners,
+                                workspace)
+        return self._c(grad.astype(dtype).reshape(weight_shape))
 
     def _wgrad_explicit(self, feats, grad_out, kmap, groups, group_in, group_out):
         xp = self.xp
@@ -405,7 +560,7 @@ class CudaBackend:
         grads = self._gather(grad_out, kmap.out_rows, kmap, max_count)
         inputs = inputs.reshape(kernel_volume, max_count, groups, group_in).transpose(0, 2, 3, 1)
         grads = grads.reshape(kernel_volume, max_count, groups, group_out).transpose(0, 2, 1, 3)
-        return xp.matmul(inputs, grads)  # (K, G, gin, gout)
+        return self._c(xp.matmul(inputs, grads))  # (K, G, gin, gout)
 
     def _wgrad_splitk(self, feats, grad_out, kmap, groups, group_in, group_out):
         xp = self.xp
@@ -428,7 +583,7 @@ class CudaBackend:
         argmax = xp.empty((kmap.n_out, channels), dtype=np.int64)
         self.launcher.launch_1d(
             "pooling.cu", f"pool_max<{self._ctype(feats.dtype)}>", out.size,
-            (xp.ascontiguousarray(feats), kmap.neighbour, _i64(kmap.n_out),
+            (self._c(feats), kmap.neighbour, _i64(kmap.n_out),
              _i32(kmap.kernel_volume), _i32(channels), out, argmax))
         return out, argmax
 
@@ -438,7 +593,7 @@ class CudaBackend:
         out = xp.empty((kmap.n_out, channels), dtype=feats.dtype)
         self.launcher.launch_1d(
             "pooling.cu", f"pool_sum<{self._ctype(feats.dtype)}>", out.size,
-            (xp.ascontiguousarray(feats), kmap.neighbour, _i64(kmap.n_out),
+            (self._c(feats), kmap.neighbour, _i64(kmap.n_out),
              _i32(kmap.kernel_volume), _i32(channels), _i32(int(average)), out))
         return out
 
@@ -456,14 +611,14 @@ class CudaBackend:
             grad_in = xp.zeros((kmap.n_in, grad_out.shape[1]), dtype=acc_dtype)
             self.launcher.launch_1d(
                 "pooling.cu", f"scatter_by_index<{self._ctype(dtype)}>", argmax.size,
-                (xp.ascontiguousarray(grad_out), argmax, _i64(kmap.n_out),
+                (self._c(grad_out), argmax, _i64(kmap.n_out),
                  _i32(grad_out.shape[1]), grad_in))
-            return grad_in.astype(dtype)
+            return self._c(grad_in.astype(dtype))
         scaled = grad_out.astype(acc_dtype)
         if mode == "avg":
-            counts = (kmap.neighbour >= 0).sum(axis=1)
+            counts = xp.sum(kmap.neighbour >= 0, axis=1)
             scaled = scaled / xp.maximum(counts, 1)[:, None].astype(acc_dtype)
-        return self._pool_sum(xp.ascontiguousarray(scaled), kmap.reverse(), False).astype(dtype)
+        return self._c(self._pool_sum(self._c(scaled), kmap.reverse(), False).astype(dtype))
 
     def segment_reduce(self, feats, segment_ids, n_segments, mode):
         xp = self.xp
@@ -475,7 +630,7 @@ class CudaBackend:
         starts = xp.searchsorted(segment_ids[order], xp.arange(n_segments + 1))
         self.launcher.launch_1d(
             "pooling.cu", f"segment_reduce<{self._ctype(feats.dtype)}>", out.size,
-            (xp.ascontiguousarray(feats), xp.ascontiguousarray(order, dtype=np.int64),
-             xp.ascontiguousarray(starts, dtype=np.int64), _i64(n_segments), _i32(channels),
+            (self._c(feats), self._c(order, np.int64),
+             self._c(starts, np.int64), _i64(n_segments), _i32(channels),
              _i32({"sum": 0, "mean": 1, "max": 2}[mode]), out))
         return out
