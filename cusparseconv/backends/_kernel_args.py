@@ -237,9 +237,9 @@ class _Demangler:
             self.subs.append(result)
             return result
         if c == "N":
-            result = self.nested_name()
-            self.subs.append(result)
-            return result
+            # nested_name already recorded each prefix, the whole name included, as
+            # a substitution candidate
+            return self.nested_name()
         if c.isdigit():
             name = self.source_name()
             result = self.class_type(name)
