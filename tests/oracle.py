@@ -102,11 +102,23 @@ def expand_coords(coords, offsets, scale=1):
 
 
 def generative_coords_oracle(coords, offsets, stride=1):
-    """Generative regime: downsample by ``stride`` (if > 1), then expand by K."""
+    """Generative regime (SPEC section 3, as changed on 2026-11-28).
+
+    Every coordinate some input reaches: the outputs w for which the forward
+    formula ``y_w = sum_k x_{w + K[k]}`` has at least one term, i.e.
+    ``{ u - K[k] }`` over the rows u. For stride s > 1 the rows are first
+    downsampled (``unique floor(v / s)``) and then expanded the same way.
+    """
     ndim = ndim_of(coords)
     s = as_tuple(stride, ndim)
     base = coords if all(v == 1 for v in s) else downsample_coords_oracle(coords, s)
-    return expand_coords(base, offsets, 1)
+    offsets = [tuple(int(v) for v in off) for off in np.asarray(offsets).reshape(-1, ndim)]
+    reached = set()
+    for u in keys_of(base):
+        for off in offsets:
+            # w + K[k] == u: the output w reads the input u through offset k
+            reached.add((u[0],) + tuple(u[1 + d] - off[d] for d in range(ndim)))
+    return _sorted_array(reached, ndim)
 
 
 def transposed_generative_coords_oracle(coords, offsets, stride):
