@@ -41,8 +41,12 @@ def keys_of(coords):
 
 
 def coords_array(keys, ndim):
-    """Tuples back to an int32 (N, 1 + D) array (shape kept for N == 0)."""
-    return np.array(list(keys), dtype=np.int32).reshape(-1, 1 + ndim)
+    """Tuples back to an int32 (N, 1 + D) array (shape kept for N == 0); int64 when
+    a value does not fit int32 (outputs beyond the coordinate range)."""
+    rows = np.array(list(keys), dtype=np.int64).reshape(-1, 1 + ndim)
+    if rows.size and (rows.min() < -(2**31) or rows.max() >= 2**31):
+        return rows
+    return rows.astype(np.int32)
 
 
 def ndim_of(coords):
