@@ -43,6 +43,14 @@ class _Content:
     def nbytes(self) -> int:
         return self.data.nbytes + self.keys.nbytes
 
+    def __reduce__(self):
+        return _restore_content, (self.data, self.digest)
+
+
+def _restore_content(data, digest) -> _Content:
+    """Unpickled rows (a new serial: kernel maps are not pickled)."""
+    return _Content(next(_SERIALS), data, SortedKeys(data), digest)
+
 
 class _CoordSet:
     """One coordinate set of a cache: its rows (a shared :class:`_Content`) and where
@@ -106,9 +114,19 @@ class _CoordSet:
         """Is ``array`` the view :meth:`public` handed out?"""
         return self._view is not None and self._view() is array
 
+    def __reduce__(self):
+        # Rows and history travel; derived sets and the view are rebuilt on demand.
+        return _restore_set, (self._owner, self.content, self.finer)
+
     def __repr__(self) -> str:
         return (f"<coordinate set of {self.content.data.shape[0]} rows "
                 f"(content #{self.content.serial})>")
+
+
+def _restore_set(owner, content, finer) -> _CoordSet:
+    restored = _CoordSet(owner, content)
+    restored.finer.update(finer)
+    return restored
 
 
 def _same_rows(a, b) -> bool:
@@ -184,6 +202,11 @@ class CoordinateCache:
         # up by identity before registering (register() itself needs no lookup).
         self._by_array = weakref.WeakValueDictionary()
 
+    def __reduce__(self):
+        # A pickled cache (e.g. inside a tensor a DataLoader worker returns) arrives
+        # empty: sets travel with the tensors that hold them, kernel maps are rebuilt.
+        return _restore_cache, (self._token, self._keep_recent, self._max_kernel_maps)
+
     # ------------------------------------------------------------ internals
     def _purge(self) -> None:
         """Drop the kernel maps of released rows (lock held)."""
@@ -246,7 +269,8 @@ class CoordinateCache:
             self._contents[content.serial] = content
             if found is None:                          # (a digest collision keeps the first)
                 self._by_digest[lookup] = content
-            weakref.finalize(content, _released, weakref.ref(self), content.serial)
+            weakref.finalize(content, _released, weakref.ref(self),
+                             content.serial).atexit = False
             return content
 
     def _derived(self, coord_set, relation):
@@ -441,11 +465,18 @@ class CoordinateCache:
 
     def __repr__(self) -> str:
         stats = self.stats()
-        return (f"CoordinateCache(sets={stats['sets']}, kernel_maps={stats['kernel_maps']}, "
-                f"keep_recent={self._keep_recent}, max_kernel_maps={self._max_kernel_maps})")
+        return (f"CoordinateCache(sets={stats['sets']}, rows={stats['rows']}, "
+                f"kernel_maps={stats['kernel_maps']}, keep_recent={self._keep_recent}, "
+                f"max_kernel_maps={self._max_kernel_maps})")
 
 
 _SERIALS = itertools.count()
+
+
+def _restore_cache(token, keep_recent, max_kernel_maps) -> CoordinateCache:
+    cache = CoordinateCache(keep_recent=keep_recent, max_kernel_maps=max_kernel_maps)
+    cache._token = token   # the sets pickled with it still belong to it
+    return cache
 
 
 def check_kernel_map_size(n_in: int, n_out: int, kernel_volume: int, backend) -> None:

@@ -236,3 +236,23 @@ def test_cache_arguments_are_validated():
     x = csc.SparseTensor(np.zeros((1, 4), np.int32), np.ones((1, 1)))
     with pytest.raises(ValueError, match="not a coordinate set of this cache"):
         other.coords(x._coord_id)
+
+
+def test_tensors_pickle_with_their_coordinates_and_history():
+    """A DataLoader worker pickles the tensors it returns: rows and the finer set a
+    decoder restores travel; the cache arrives empty and rebuilds its maps."""
+    import pickle
+
+    rng = np.random.default_rng(9)
+    coords = random_coords(rng, 60, 3, 2, -4, 4)
+    x = csc.SparseTensor(coords, rng.standard_normal((60, 2)))
+    down = csc.sparse_conv(x, rng.standard_normal((8, 2, 3)), 2, 2)
+    x_back, down_back = pickle.loads(pickle.dumps((x, down)))
+    assert x_back.cache is down_back.cache and x_back.cache is not x.cache
+    np.testing.assert_array_equal(x_back.coords, coords)
+    up_weight = rng.standard_normal((8, 3, 2))
+    up = csc.sparse_conv(down_back, up_weight, 2, 2, transposed=True)
+    np.testing.assert_array_equal(up.coords, coords)
+    expected = csc.sparse_conv(down, up_weight, 2, 2, transposed=True)
+    np.testing.assert_allclose(up.feats, expected.feats, rtol=1e-12)
+    assert csc.layer_kernel_map(x_back)[0].n_pairs == csc.layer_kernel_map(x)[0].n_pairs
