@@ -278,8 +278,9 @@ def expand(coords: np.ndarray, offsets: np.ndarray, scale: tuple[int, ...],
            name: str = "coords") -> tuple[np.ndarray, np.ndarray]:
     """Unique ``scale * u + K[k]`` over rows u and offsets k, sorted by key.
 
-    This is the output set of a generative convolution (scale 1) and of a
-    transposed generative convolution (scale = stride).
+    This is the output set of a transposed generative convolution (scale =
+    stride) and, with the negated kernel, of a generative one (scale 1:
+    ``{u - K[k]}``, every coordinate some input reaches).
 
     Parameters
     ----------
