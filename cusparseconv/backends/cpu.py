@@ -526,6 +526,7 @@ def pool_max(feats, kmap):
     if n_out == 0 or kmap.n_pairs == 0:
         return values, argmax
     bounds, cuts = kmap.chunk_cuts(_block_rows(channels))
+    has_nan = bool(np.isnan(src).any())  # one pass here saves one per offset and block
 
     def run_block(block: int) -> None:
         first, last = bounds[block], bounds[block + 1]
@@ -542,9 +543,8 @@ def pool_max(feats, kmap):
             # strictly greater (or the first pair of a row): ties keep the earlier offset;
             # a NaN beats every number and the first NaN stays (NaN propagates)
             better = (candidate > current) | (winner[local] < 0)
-            nan_candidate = np.isnan(candidate)
-            if nan_candidate.any():
-                better |= nan_candidate & ~np.isnan(current)
+            if has_nan:
+                better |= np.isnan(candidate) & ~np.isnan(current)
             best[local] = np.where(better, candidate, current)
             winner[local] = np.where(better, in_rows[:, None], winner[local])
         has_pair = winner >= 0
