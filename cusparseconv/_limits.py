@@ -109,3 +109,14 @@ def kernel_map_bytes(n_in: int, n_out: int, kernel_volume: int, device: bool) ->
     if device:
         estimate += (n_in + n_out) * kernel_volume * 12
     return estimate
+
+
+def check_kernel_map_size(n_in: int, n_out: int, kernel_volume: int, backend) -> None:
+    """Raise MemoryLimitError when a kernel map of these sizes may exceed the limit
+    (``backend``: the one that will build it; the GPU backend's tables count too)."""
+    estimate = kernel_map_bytes(n_in, n_out, kernel_volume, hasattr(backend, "launcher"))
+    check_memory(estimate,
+                 f"a kernel map between {n_in:,} input and {n_out:,} output rows with "
+                 f"{kernel_volume:,} offsets may hold up to "
+                 f"{kernel_volume * min(n_in, n_out):,} pairs",
+                 "use a smaller kernel or fewer rows")

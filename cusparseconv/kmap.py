@@ -21,6 +21,7 @@ import weakref
 import numpy as np
 
 from ._checks import MAX_STRIDE, check_coords, per_axis, warn_if_batch_looks_spatial
+from ._limits import check_kernel_map_size
 from .coords import SortedKeys
 from .offsets import check_offsets
 
@@ -224,7 +225,6 @@ def build_kernel_map(in_coords, out_coords, offsets, stride=1, transposed=False,
     KernelMap
     """
     from .backends import backend_for
-    from .tensor import check_kernel_map_size
 
     same_set = out_coords is in_coords
     in_coords = check_coords(in_coords, "in_coords", ndim=ndim)

@@ -12,7 +12,7 @@ import numpy as np
 from ._arrays import array_module
 from ._checks import (MAX_STRIDE, check_coords, check_feats, check_finite, per_axis,
                       warn_if_batch_looks_spatial)
-from ._limits import check_memory, kernel_map_bytes
+from ._limits import check_kernel_map_size
 from .coords import SortedKeys, content_digest, downsample, expand, pack
 
 
@@ -477,16 +477,6 @@ def _restore_cache(token, keep_recent, max_kernel_maps) -> CoordinateCache:
     cache = CoordinateCache(keep_recent=keep_recent, max_kernel_maps=max_kernel_maps)
     cache._token = token   # the sets pickled with it still belong to it
     return cache
-
-
-def check_kernel_map_size(n_in: int, n_out: int, kernel_volume: int, backend) -> None:
-    """Raise MemoryLimitError when a kernel map of these sizes may exceed the limit."""
-    estimate = kernel_map_bytes(n_in, n_out, kernel_volume, hasattr(backend, "launcher"))
-    check_memory(estimate,
-                 f"a kernel map between {n_in:,} input and {n_out:,} output rows with "
-                 f"{kernel_volume:,} offsets may hold up to "
-                 f"{kernel_volume * min(n_in, n_out):,} pairs",
-                 "use a smaller kernel or fewer rows")
 
 
 class SparseTensor:

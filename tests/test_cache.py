@@ -1,9 +1,15 @@
 """The coordinate cache: maps built once, U-Net decoders reuse encoder maps."""
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
 import cusparseconv as csc
+import oracle
+from conftest import assert_close, random_coords
+from cusparseconv.backends import use_backend
 
 
 @pytest.fixture
@@ -76,12 +82,6 @@ def test_finite_checks_on_request(tensor):
 # content deduplication, bounds and release (issue #14, item 12)
 # ---------------------------------------------------------------------------
 
-import gc
-import weakref
-
-import oracle
-from conftest import assert_close, random_coords
-from cusparseconv.backends import use_backend
 
 
 @pytest.mark.parametrize("backend", ["cpu", "cuda-emulated"])

@@ -285,7 +285,8 @@ def gather_apply_scatter(src: np.ndarray, kmap: KernelMap, apply, n_channels: in
     # products are assigned, not added, and need no zeroed accumulator.
     assign = _one_pair_per_output(kmap)
     in_rows_all, out_rows_all = kmap.in_rows, kmap.out_rows
-    active = [k for k in range(kmap.kernel_volume) if kmap.pair_offsets[k + 1] > kmap.pair_offsets[k]]
+    active = [k for k in range(kmap.kernel_volume)
+              if kmap.pair_offsets[k + 1] > kmap.pair_offsets[k]]
 
     def run_block(block: int) -> None:
         first, last = bounds[block], bounds[block + 1]
