@@ -211,14 +211,16 @@ def run_conv_case(csc, data, backend):
                                                  cache=x.cache), weight_arg,
                                 kernel_size=kernel_size)
             np.testing.assert_array_equal(z.coords, coords[::-1])
-            z_ref = oracle.conv_oracle(coords[::-1], np.array(feats_arg[::-1], np.float64),
-                                       np.array(weight_arg, np.float64), offsets, 1,
-                                       coords[::-1])
+            with np.errstate(invalid="ignore", over="ignore"):
+                z_ref = oracle.conv_oracle(coords[::-1], np.array(feats_arg[::-1], np.float64),
+                                           np.array(weight_arg, np.float64), offsets, 1,
+                                           coords[::-1])
             assert_matches(z.feats, z_ref, dtype)
 
     assert y_feats.dtype == dtype                    # native, whatever came in
-    ref = oracle.conv_oracle(coords, feats, weight, offsets, stride, out_ref,
-                             transposed=regime == "transposed_generative")
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf are the point here
+        ref = oracle.conv_oracle(coords, feats, weight, offsets, stride, out_ref,
+                                 transposed=regime == "transposed_generative")
     if regime in ("submanifold", "explicit"):
         np.testing.assert_array_equal(y_coords, out_ref)       # rows and order kept
     got = rows_in_order(y_coords, y_feats, out_ref)
@@ -268,10 +270,12 @@ def run_pool_case(csc, data, backend):
                  for r in y.coords.tolist()]
         grad_in = csc.pool_backward(variant_of(grad_out[order], draw(st.sampled_from(VARIANTS))),
                                     feats_arg, kmap, mode)
-    assert_matches(got_out, oracle.pool_oracle(coords, feats, offsets, stride, out_ref, mode),
-                   dtype)
-    assert_matches(grad_in, oracle.pool_backward_oracle(grad_out, coords, feats, offsets, stride,
-                                                        out_ref, mode), dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref_out = oracle.pool_oracle(coords, feats, offsets, stride, out_ref, mode)
+        ref_grad = oracle.pool_backward_oracle(grad_out, coords, feats, offsets, stride,
+                                               out_ref, mode)
+    assert_matches(got_out, ref_out, dtype)
+    assert_matches(grad_in, ref_grad, dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
