@@ -4,6 +4,7 @@ NumPy/SciPy on the CPU; the array type picks the backend. See README.md for
 the concepts, the regimes and the internals, and SPEC.md for the mathematics.
 """
 
+from ._limits import MemoryLimitError, get_memory_limit, set_memory_limit
 from ._threads import get_num_threads, set_num_threads
 from .conv import (conv_bias_grad, conv_forward, conv_input_grad, conv_weight_grad,
                    layer_kernel_map, sparse_conv)
@@ -28,4 +29,5 @@ __all__ = [
     "voxelize", "devoxelize", "to_dense", "from_dense", "scatter_to_dense",
     "gather_from_dense",
     "set_num_threads", "get_num_threads",
+    "set_memory_limit", "get_memory_limit", "MemoryLimitError",
 ]

@@ -10,12 +10,15 @@ to 5).
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-from ._checks import check_coords, check_feats, per_axis
+from ._checks import MAX_STRIDE, check_coords, check_feats, check_same_dtype, native, per_axis
+from ._limits import check_memory, expansion_bytes, kernel_map_bytes
 from .backends import backend_for
 from .kmap import KernelMap
-from .offsets import check_offsets, kernel_offsets
+from .offsets import check_offsets, kernel_offsets, kernel_volume
 from .tensor import SparseTensor
 
 
@@ -61,9 +64,18 @@ def weight_layout(weight_shape, kernel_volume: int, c_in: int, groups: int,
 def _check_weight(weight, name="weight"):
     if not hasattr(weight, "dtype"):
         weight = np.asarray(weight)
+    weight = native(weight)
     if weight.dtype.name not in ("float16", "bfloat16", "float32", "float64"):
         raise TypeError(f"{name} must be a floating array, got dtype {weight.dtype}")
     return weight
+
+
+def _check_output_size(n_rows: int, channels: int, dtype, what: str) -> None:
+    """The result (and its float32/float64 accumulator) must fit the memory limit."""
+    itemsize = np.dtype(dtype).itemsize
+    check_memory(n_rows * channels * (itemsize + (8 if itemsize == 8 else 4)),
+                 f"{what} of {n_rows:,} rows x {channels:,} channels",
+                 "use fewer channels or rows")
 
 
 def _check_kmap(kmap):
@@ -105,6 +117,12 @@ def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None, alg
     -------
     out : ndarray, shape (n_out, C_out), the dtype of ``feats``
         Accumulated in float32 (float64 for float64 inputs).
+
+    Raises
+    ------
+    TypeError
+        When ``weight`` or ``bias`` has another dtype than ``feats`` (nothing is
+        cast implicitly, as in PyTorch).
     """
     _check_kmap(kmap)
     feats = check_feats(feats, kmap.n_in, "feats")
@@ -116,6 +134,8 @@ def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None, alg
         if tuple(bias.shape) != (c_out,):
             raise ValueError(f"bias must have shape (C_out,) = ({c_out},), "
                              f"got {tuple(bias.shape)}")
+    check_same_dtype(feats, "feats", weight=weight, bias=bias)
+    _check_output_size(kmap.n_out, c_out, feats.dtype, "the output features")
     backend = backend_for(feats, weight, bias)
     return backend.conv_forward(feats, weight, kmap, layout, c_out, bias=bias,
                                 algorithm=algorithm)
@@ -145,6 +165,8 @@ def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1, algorith
     if grad_out.shape[1] != c_out:
         raise ValueError(f"grad_out must have {c_out} columns (C_out of weight), "
                          f"got {grad_out.shape[1]}")
+    check_same_dtype(grad_out, "grad_out", weight=weight)
+    _check_output_size(kmap.n_in, c_in, grad_out.dtype, "the input gradient")
     weight, layout = _as_depthwise(weight, layout)
     backend = backend_for(grad_out, weight)
     return backend.conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=algorithm)
@@ -184,6 +206,7 @@ def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_s
     _check_kmap(kmap)
     feats = check_feats(feats, kmap.n_in, "feats")
     grad_out = check_feats(grad_out, kmap.n_out, "grad_out")
+    check_same_dtype(feats, "feats", grad_out=grad_out)
     c_in, c_out = feats.shape[1], grad_out.shape[1]
     kernel_volume = kmap.kernel_volume
     if weight_shape is None:
@@ -211,7 +234,15 @@ def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_s
 
 
 def conv_bias_grad(grad_out):
-    """Bias gradient: the column sums of ``grad_out`` (n_out, C_out) -> (C_out,)."""
+    """Bias gradient: the column sums of ``grad_out`` (n_out, C_out) -> (C_out,).
+
+    Summed in float32 (float64 for float64), returned in the dtype of ``grad_out``.
+    """
+    if not hasattr(grad_out, "dtype"):
+        grad_out = np.asarray(grad_out)
+    grad_out = native(grad_out)
+    if grad_out.ndim != 2:
+        raise ValueError(f"grad_out must have shape (n_out, C_out), got {tuple(grad_out.shape)}")
     if grad_out.dtype == np.float64:
         return grad_out.sum(axis=0)
     return grad_out.astype(np.float32).sum(axis=0).astype(grad_out.dtype)
@@ -227,8 +258,9 @@ def output_coordinates(x: SparseTensor, offsets: np.ndarray, stride: tuple[int, 
 
     Returns
     -------
-    out_id : int
-        Id of the output set in ``x.cache``.
+    out_id
+        The output set of ``x.cache`` (an opaque id; ``x.cache.coords(out_id)``
+        gives its rows).
     out_stride : tuple of int
         Tensor stride of the output.
     """
@@ -247,14 +279,18 @@ def output_coordinates(x: SparseTensor, offsets: np.ndarray, stride: tuple[int, 
                 raise ValueError("out_coords is a SparseTensor with another coordinate "
                                  "cache; pass its .coords array instead")
             return out_coords._coord_id, out_coords.stride
+        given = out_coords
         out_coords = check_coords(out_coords, "out_coords")
         if out_coords.shape[1] != x.coords.shape[1]:
             raise ValueError(f"out_coords must have {x.coords.shape[1]} columns like the "
                              f"input coords, got {out_coords.shape[1]}")
         backend_for(x.coords, out_coords)
-        return cache.register(out_coords, name="out_coords"), out_stride
+        # The cache stores its own copy: writing into `given` later changes nothing.
+        return (cache.register(out_coords, name="out_coords", owned=out_coords is not given),
+                out_stride)
     if transposed:
-        if generative:
+        if generative:  # every output some input reaches: { s * u + K[k] }
+            _check_generative_size(x, cache.coords(x._coord_id), offsets)
             return cache.expand(x._coord_id, offsets, stride), out_stride
         if unit:
             return x._coord_id, out_stride
@@ -267,8 +303,25 @@ def output_coordinates(x: SparseTensor, offsets: np.ndarray, stride: tuple[int, 
         return finer, out_stride
     base = x._coord_id if unit else cache.downsample(x._coord_id, stride)
     if generative:
-        return cache.expand(base, offsets, (1,) * len(stride)), out_stride
+        # Every output some input reaches under y_u = sum_k x_{s*u + K[k]}: { u - K[k] }
+        # (over the downsampled rows when s > 1; SPEC section 3).
+        _check_generative_size(x, cache.coords(base), offsets)
+        return cache.expand(base, -offsets, (1,) * len(stride)), out_stride
     return base, out_stride
+
+
+def _check_generative_size(x: SparseTensor, base_coords, offsets: np.ndarray) -> None:
+    """A generative layer's output set and kernel map, estimated before either exists."""
+    n_rows, n_offsets = base_coords.shape[0], offsets.shape[0]
+    # The map's pairs are exactly n_rows * |K|; the device's neighbour tables depend
+    # on the real output size and are checked with it when the map is built.
+    estimate = (expansion_bytes(n_rows, n_offsets, x.ndim)
+                + kernel_map_bytes(n_rows, n_rows * n_offsets, n_offsets, device=False))
+    check_memory(estimate,
+                 f"a generative convolution of {n_rows:,} rows with {n_offsets:,} kernel "
+                 f"offsets would create up to {n_rows * n_offsets:,} output rows and "
+                 f"{n_rows * n_offsets:,} kernel-map pairs",
+                 "use a smaller kernel, fewer points or a coarser grid")
 
 
 def resolve_offsets(ndim: int, kernel_size=3, dilation=1, offsets=None) -> np.ndarray:
@@ -276,6 +329,26 @@ def resolve_offsets(ndim: int, kernel_size=3, dilation=1, offsets=None) -> np.nd
     if offsets is not None:
         return check_offsets(offsets, ndim)
     return kernel_offsets(kernel_size, dilation, ndim)
+
+
+def _check_weight_before_offsets(x: SparseTensor, weight, kernel_size, groups, offsets):
+    """Check the weight against the kernel's size before any offset is built, so a
+    wrong ``kernel_size`` (e.g. 1000) fails on the weight's shape, not on memory."""
+    if offsets is not None or not hasattr(weight, "shape"):
+        return
+    volume = kernel_volume(kernel_size, x.ndim)
+    try:
+        weight_layout(weight.shape, volume, x.num_channels, groups)
+    except ValueError as error:
+        hint = ""
+        if (x.ndim == 2 and isinstance(kernel_size, numbers.Integral)
+                and len(weight.shape) >= 2 and weight.shape[0] == int(kernel_size) ** 3):
+            hint = ("; the coordinates have 3 columns, read as (batch, x, y) with D = 2, "
+                    "while the weight has the 3-D kernel's "
+                    f"{int(kernel_size) ** 3} offsets: if the rows are (x, y, z) without a "
+                    "batch column, prepend one (numpy.hstack([numpy.zeros((len(coords), 1), "
+                    "numpy.int32), coords]))")
+        raise ValueError(f"{error}{hint}") from None
 
 
 def sparse_conv(x: SparseTensor, weight, kernel_size=3, stride=1, dilation=1,
@@ -296,8 +369,9 @@ def sparse_conv(x: SparseTensor, weight, kernel_size=3, stride=1, dilation=1,
     transposed : bool
         Transposed convolution (the adjoint of the forward one).
     generative : bool
-        Output coordinates grow with the kernel: {u + K[k]} (after
-        downsampling when stride > 1), or {s * u + K[k]} when transposed.
+        Output coordinates grow with the kernel: every coordinate some input
+        reaches, {u - K[k]} over the input rows u (the downsampled rows when
+        stride > 1), or {s * u + K[k]} when transposed.
     groups : int
     bias : ndarray, shape (C_out,), optional
     offsets : ndarray of int, shape (K, D), optional
@@ -310,6 +384,14 @@ def sparse_conv(x: SparseTensor, weight, kernel_size=3, stride=1, dilation=1,
     SparseTensor
         Output features (M, C_out) in the dtype of ``x.feats``; it shares
         ``x``'s coordinate cache.
+
+    Raises
+    ------
+    TypeError
+        ``weight`` or ``bias`` with another dtype than ``x.feats``.
+    cusparseconv.MemoryLimitError
+        (a ValueError) when the output set or kernel map would exceed
+        :func:`cusparseconv.get_memory_limit` (estimated before allocating).
 
     Examples
     --------
@@ -326,8 +408,9 @@ def sparse_conv(x: SparseTensor, weight, kernel_size=3, stride=1, dilation=1,
     if not isinstance(x, SparseTensor):
         raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
     ndim = x.ndim
+    _check_weight_before_offsets(x, weight, kernel_size, groups, offsets)
     kernel = resolve_offsets(ndim, kernel_size, dilation, offsets)
-    stride = per_axis(stride, ndim, "stride")
+    stride = per_axis(stride, ndim, "stride", maximum=MAX_STRIDE)
     out_id, out_stride = output_coordinates(x, kernel, stride, bool(transposed),
                                             bool(generative), out_coords)
     kmap = x.cache.kernel_map(x._coord_id, out_id, kernel, stride, bool(transposed))
@@ -341,11 +424,13 @@ def layer_kernel_map(x: SparseTensor, kernel_size=3, stride=1, dilation=1,
     """The kernel map :func:`sparse_conv` would use, without running the product.
 
     Returns ``(kmap, out_id, out_stride)``; adapters use it to run forward and
-    backward with the array functions.
+    backward with the array functions. ``out_id`` is the output set of
+    ``x.cache`` (an opaque handle: ``x.cache.coords(out_id)`` gives its rows;
+    holding it keeps the set alive).
     """
     ndim = x.ndim
     kernel = resolve_offsets(ndim, kernel_size, dilation, offsets)
-    stride = per_axis(stride, ndim, "stride")
+    stride = per_axis(stride, ndim, "stride", maximum=MAX_STRIDE)
     out_id, out_stride = output_coordinates(x, kernel, stride, bool(transposed),
                                             bool(generative), out_coords)
     return (x.cache.kernel_map(x._coord_id, out_id, kernel, stride, bool(transposed)),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._arrays import array_module
+from ._limits import check_memory, expansion_bytes
 
 BATCH_BITS = {1: 15, 2: 15, 3: 15, 4: 11}
 AXIS_BITS = {1: 32, 2: 24, 3: 16, 4: 13}
@@ -127,6 +128,40 @@ def offset_deltas(offsets: np.ndarray) -> np.ndarray:
     return deltas
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+
+
+def content_digest(keys) -> int:
+    """64-bit digest of packed keys in row order; two orders of the same rows differ.
+
+    Computed with array operations on the keys' own device (NumPy or CuPy);
+    only the final 64-bit value comes back to the host. Each key is combined
+    with its row position, mixed (the splitmix64 finaliser) and the results
+    are summed modulo 2**64. A digest only proposes a match: the coordinate
+    cache compares the rows before it reuses a set.
+
+    Parameters
+    ----------
+    keys : ndarray of int64, shape (N,)
+
+    Returns
+    -------
+    int in [0, 2**64)
+    """
+    xp = array_module(keys)
+    mixed = xp.arange(keys.shape[0], dtype=np.uint64)
+    mixed *= _GOLDEN
+    mixed ^= keys.view(np.uint64)
+    mixed ^= mixed >> np.uint64(30)
+    mixed *= _MIX_1
+    mixed ^= mixed >> np.uint64(27)
+    mixed *= _MIX_2
+    mixed ^= mixed >> np.uint64(31)
+    return int(mixed.sum(dtype=np.uint64))
+
+
 class SortedKeys:
     """The packed keys of one coordinate set, sorted, with the permutation.
 
@@ -143,8 +178,19 @@ class SortedKeys:
     __slots__ = ("keys", "order", "is_identity", "_hash_tables")
 
     def __init__(self, coords: np.ndarray, name: str = "coords"):
-        xp = array_module(coords)
-        keys = pack(coords, name)
+        self._fill(pack(coords, name), coords, name)
+
+    @classmethod
+    def from_packed(cls, keys: np.ndarray, coords: np.ndarray,
+                    name: str = "coords") -> "SortedKeys":
+        """Sort keys already packed from ``coords`` (rows in their order); checks
+        that the rows are unique."""
+        self = cls.__new__(cls)
+        self._fill(keys, coords, name)
+        return self
+
+    def _fill(self, keys, coords, name):
+        xp = array_module(keys)
         if keys.shape[0] < 2 or bool(xp.all(keys[1:] > keys[:-1])):
             self.keys = keys
             self.order = xp.arange(keys.shape[0], dtype=np.int64)
@@ -164,6 +210,14 @@ class SortedKeys:
         self.keys = sorted_keys
         self.order = order
         self.is_identity = False
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (keys and order; device hash tables included)."""
+        total = self.keys.nbytes + self.order.nbytes
+        for table in (getattr(self, "_hash_tables", None) or {}).values():
+            total += sum(getattr(part, "nbytes", 0) for part in table)
+        return total
 
     @classmethod
     def from_sorted_unique(cls, keys: np.ndarray) -> "SortedKeys":
@@ -224,8 +278,9 @@ def expand(coords: np.ndarray, offsets: np.ndarray, scale: tuple[int, ...],
            name: str = "coords") -> tuple[np.ndarray, np.ndarray]:
     """Unique ``scale * u + K[k]`` over rows u and offsets k, sorted by key.
 
-    This is the output set of a generative convolution (scale 1) and of a
-    transposed generative convolution (scale = stride).
+    This is the output set of a transposed generative convolution (scale =
+    stride) and, with the negated kernel, of a generative one (scale 1:
+    ``{u - K[k]}``, every coordinate some input reaches).
 
     Parameters
     ----------
@@ -247,6 +302,11 @@ def expand(coords: np.ndarray, offsets: np.ndarray, scale: tuple[int, ...],
     xp = array_module(coords)
     if coords.shape[0] == 0:
         return xp.empty((0, 1 + ndim), dtype=np.int32), xp.empty(0, dtype=np.int64)
+    n_candidates = coords.shape[0] * offsets.shape[0]
+    check_memory(expansion_bytes(coords.shape[0], offsets.shape[0], ndim),
+                 f"{name}: expanding {coords.shape[0]:,} rows by {offsets.shape[0]:,} kernel "
+                 f"offsets gives up to {n_candidates:,} output rows",
+                 "use a smaller kernel or fewer rows")
     base = coords[:, 1:].astype(np.int64) * xp.asarray(scale, np.int64)
     low, high = coordinate_range(ndim)
     lo = np.asarray(base.min(axis=0).tolist()) + offsets.min(axis=0)

@@ -16,9 +16,12 @@ one of these two maps over the right output coordinates.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
-from ._checks import check_coords, per_axis
+from ._checks import MAX_STRIDE, check_coords, per_axis, warn_if_batch_looks_spatial
+from ._limits import check_kernel_map_size
 from .coords import SortedKeys
 from .offsets import check_offsets
 
@@ -50,9 +53,45 @@ class KernelMap:
         self.offsets = offsets
         self.stride = tuple(stride)
         self.transposed = bool(transposed)
-        self._by_input = None
+        self._reverse = None       # the reverse table: held strongly, or weakly by the
+        self._reverse_weak = None  # reverse of a map (no reference cycle between the two)
         self._chunk_cuts = {}
         self._pair_mask = None
+
+    @property
+    def _by_input(self):
+        """The reverse table if known (None otherwise)."""
+        if self._reverse is not None:
+            return self._reverse
+        return self._reverse_weak() if self._reverse_weak is not None else None
+
+    @_by_input.setter
+    def _by_input(self, other) -> None:
+        # Link two maps that are each other's reverse without a reference cycle (a
+        # cycle would keep their arrays until the cyclic garbage collector runs):
+        # the second link of a pair is weak.
+        if other is not None and other._reverse is self:
+            self._reverse, self._reverse_weak = None, weakref.ref(other)
+        else:
+            self._reverse, self._reverse_weak = other, None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays this map holds (pair table, encodings built so far, the
+        reverse table when this map holds it)."""
+        arrays = {}
+        for name, value in vars(self).items():
+            if name in ("_reverse", "_reverse_weak"):
+                continue
+            parts = list(value.values()) if isinstance(value, dict) else [value]
+            for part in parts:
+                for array in (part if isinstance(part, tuple) else (part,)):
+                    if hasattr(array, "dtype") and hasattr(array, "nbytes"):
+                        arrays[id(array)] = array.nbytes
+        total = sum(arrays.values())
+        if self._reverse is not None:
+            total += self._reverse.nbytes
+        return total
 
     # ------------------------------------------------------------------ views
     @property
@@ -84,10 +123,10 @@ class KernelMap:
             # the new output rows are the old input rows
             out_rows, in_rows = _sort_within_offsets(self.in_rows, self.out_rows,
                                                      self.pair_offsets)
-            self._by_input = KernelMap(in_rows, out_rows, self.pair_offsets, self.n_out,
-                                       self.n_in, self.offsets, self.stride,
-                                       not self.transposed)
-            self._by_input._by_input = self
+            reverse = KernelMap(in_rows, out_rows, self.pair_offsets, self.n_out,
+                                self.n_in, self.offsets, self.stride, not self.transposed)
+            self._by_input = reverse
+            reverse._by_input = self
         return self._by_input
 
     def chunk_cuts(self, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,7 +196,7 @@ def _sort_within_offsets(key_rows, other_rows, pair_offsets):
 
 def build_kernel_map(in_coords, out_coords, offsets, stride=1, transposed=False, *,
                      in_keys: SortedKeys | None = None,
-                     out_keys: SortedKeys | None = None) -> KernelMap:
+                     out_keys: SortedKeys | None = None, ndim: int | None = None) -> KernelMap:
     """Build the kernel map between two coordinate sets.
 
     Parameters
@@ -177,6 +216,9 @@ def build_kernel_map(in_coords, out_coords, offsets, stride=1, transposed=False,
     in_keys, out_keys : SortedKeys, optional
         Sorted packed keys of the two sets when already known (the coordinate
         cache passes them); computed otherwise.
+    ndim : int, optional
+        Require D = ``ndim`` spatial dimensions (coordinates of shape
+        (N, 1 + ndim)); an error names a missing batch column.
 
     Returns
     -------
@@ -184,9 +226,11 @@ def build_kernel_map(in_coords, out_coords, offsets, stride=1, transposed=False,
     """
     from .backends import backend_for
 
-    in_coords = check_coords(in_coords, "in_coords")
     same_set = out_coords is in_coords
-    out_coords = in_coords if same_set else check_coords(out_coords, "out_coords")
+    in_coords = check_coords(in_coords, "in_coords", ndim=ndim)
+    out_coords = in_coords if same_set else check_coords(out_coords, "out_coords", ndim=ndim)
+    if ndim is None:
+        warn_if_batch_looks_spatial(in_coords, "in_coords")
     ndim = in_coords.shape[1] - 1
     if out_coords.shape[1] != in_coords.shape[1]:
         raise ValueError(
@@ -194,7 +238,8 @@ def build_kernel_map(in_coords, out_coords, offsets, stride=1, transposed=False,
             f"({in_coords.shape[1]}), got {out_coords.shape[1]}"
         )
     offsets = check_offsets(offsets, ndim)
-    stride = per_axis(stride, ndim, "stride")
+    stride = per_axis(stride, ndim, "stride", maximum=MAX_STRIDE)
     backend = backend_for(in_coords, out_coords)
+    check_kernel_map_size(in_coords.shape[0], out_coords.shape[0], offsets.shape[0], backend)
     return backend.build_kernel_map(in_coords, out_coords, offsets, stride, bool(transposed),
                                     same_set=same_set, in_keys=in_keys, out_keys=out_keys)

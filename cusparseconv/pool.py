@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._arrays import array_module
-from ._checks import check_feats, per_axis
+from ._checks import MAX_STRIDE, check_feats, check_same_dtype, per_axis
 from .backends import backend_for
 from .conv import output_coordinates
 from .coords import SortedKeys, pack_parts
@@ -31,7 +31,8 @@ def pool_forward(feats, kmap: KernelMap, mode: str = "max"):
     kmap : KernelMap
     mode : {"max", "avg", "sum"}
         ``avg`` divides by the number of active offsets of the row. Rows with
-        no active offset get 0.
+        no active offset get 0. ``max`` propagates NaN: a NaN among a row's
+        active inputs gives NaN.
 
     Returns
     -------
@@ -50,7 +51,7 @@ def pool_backward(grad_out, feats, kmap: KernelMap, mode: str = "max"):
     grad_out : ndarray, shape (n_out, C)
     feats : ndarray, shape (n_in, C)
         The forward input (needed by ``max`` to find the winners; ties go to the
-        first active offset in kernel order).
+        first active offset in kernel order, and a NaN input wins over numbers).
     kmap : KernelMap
     mode : {"max", "avg", "sum"}
 
@@ -64,6 +65,7 @@ def pool_backward(grad_out, feats, kmap: KernelMap, mode: str = "max"):
     if grad_out.shape[1] != feats.shape[1]:
         raise ValueError(f"grad_out must have {feats.shape[1]} columns like feats, "
                          f"got {grad_out.shape[1]}")
+    check_same_dtype(feats, "feats", grad_out=grad_out)
     return backend_for(feats, grad_out).pool_backward(grad_out, feats, kmap, mode)
 
 
@@ -111,7 +113,7 @@ def sparse_pool(x: SparseTensor, kernel_size=2, stride=None, mode: str = "max",
         kernel = check_offsets(offsets, ndim)
         if stride is None:
             stride = 1
-    stride = per_axis(stride, ndim, "stride")
+    stride = per_axis(stride, ndim, "stride", maximum=MAX_STRIDE)
     out_id, out_stride = output_coordinates(x, kernel, stride)
     kmap = x.cache.kernel_map(x._coord_id, out_id, kernel, stride, False)
     feats = pool_forward(x.feats, kmap, mode)
@@ -149,7 +151,8 @@ def global_pool_backward(grad_out, x: SparseTensor, mode: str = "mean"):
     """Gradient of :func:`global_pool` with respect to ``x.feats``; (N, C).
 
     For ``max`` the gradient of each (item, channel) goes to the first row (in
-    row order) that holds the maximum.
+    row order) that holds the maximum; when the item holds NaN in that channel
+    (its maximum is NaN), to the first NaN row.
     """
     _check_mode(mode, GLOBAL_MODES)
     coords, feats = x.coords, x.feats
@@ -158,13 +161,21 @@ def global_pool_backward(grad_out, x: SparseTensor, mode: str = "mean"):
     segment = segment.reshape(-1)
     n_items = batches.shape[0]
     grad_out = check_feats(grad_out, n_items, "grad_out")
+    check_same_dtype(feats, "x.feats", grad_out=grad_out)
     if mode == "sum":
         return grad_out[segment]
     if mode == "mean":
         counts = xp.bincount(segment, minlength=n_items)
         return (grad_out[segment] / counts[segment, None]).astype(grad_out.dtype, copy=False)
     maxima = backend_for(feats).segment_reduce(feats, segment, n_items, "max")
-    rows, channels = xp.nonzero(feats == maxima[segment].astype(feats.dtype))
+    reached = maxima[segment].astype(feats.dtype)
+    winners = feats == reached
+    if feats.dtype.kind == "f":  # NaN maxima: the NaN rows hold them
+        winners |= xp.isnan(feats) & xp.isnan(reached)
+    else:  # bfloat16 (ml_dtypes): compare in float32
+        wide = feats.astype(np.float32)
+        winners |= xp.isnan(wide) & xp.isnan(reached.astype(np.float32))
+    rows, channels = xp.nonzero(winners)
     first = xp.full(maxima.shape, feats.shape[0], dtype=np.int64)
     xp.minimum.at(first, (segment[rows], channels), rows)
     grad = xp.zeros(feats.shape, dtype=grad_out.dtype)

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from ._checks import native
+
 __all__ = ["voxelize", "devoxelize", "REDUCTIONS"]
 
 #: Valid values of the ``reduce`` argument of :func:`voxelize`.
@@ -341,6 +343,8 @@ def voxelize(points, voxel_size, feats=None, reduce="mean", batch_index=None, or
     array([0, 0, 1])
     """
     xp = _array_module(points, feats, batch_index)
+    # native byte order on entry: results are native whatever came in
+    points, feats, batch_index = (native(a) for a in (points, feats, batch_index))
     if not isinstance(reduce, str) or reduce not in REDUCTIONS:
         raise ValueError(
             f"reduce must be one of {', '.join(repr(r) for r in REDUCTIONS)}, got {reduce!r}"
@@ -429,8 +433,8 @@ def devoxelize(voxel_feats, point_to_voxel):
         If a shape is wrong or an entry of ``point_to_voxel`` is outside [0, M).
     """
     xp = _array_module(voxel_feats, point_to_voxel)
-    voxel_feats = xp.asarray(voxel_feats)
-    point_to_voxel = xp.asarray(point_to_voxel)
+    voxel_feats = native(xp.asarray(voxel_feats))
+    point_to_voxel = native(xp.asarray(point_to_voxel))
     if voxel_feats.ndim not in (1, 2):
         raise ValueError(
             f"voxel_feats must have shape (M, C) or (M,), got {tuple(voxel_feats.shape)}"

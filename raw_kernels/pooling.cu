@@ -29,6 +29,8 @@
 #include "csc_convert.cuh"
 
 // Max over active offsets; argmax = winning input row (first offset wins ties), -1 if none.
+// NaN propagates as in NumPy and PyTorch: a NaN input beats every number, and the
+// first NaN (in kernel order) is the winner, so the gradient goes to it.
 template <typename T>
 __global__ void pool_max(const T* __restrict__ feats, const int* __restrict__ neighbour,
                          long long n_rows, int kernel_volume, int channels, T* __restrict__ out,
@@ -43,7 +45,8 @@ __global__ void pool_max(const T* __restrict__ feats, const int* __restrict__ ne
             int source = neighbour[row * kernel_volume + k];
             if (source < 0) continue;
             ACC value = csc_load(feats[(long long)source * channels + c]);
-            if (winner < 0 || value > best) {
+            bool value_nan = value != value, best_nan = best != best;
+            if (winner < 0 || value > best || (value_nan && !best_nan)) {
                 best = value;
                 winner = source;
             }

@@ -8,10 +8,21 @@ pass) while the package is missing or broken.
 """
 
 import importlib
+import os
 import zlib
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests draw the same examples on every run (CI included): a fixed
+# seed per test, no example database. HYPOTHESIS_PROFILE=explore draws fresh
+# random examples for a fuzzing session on a workstation.
+settings.register_profile("cusparseconv", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", parent=settings.get_profile("cusparseconv"),
+                          derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "cusparseconv"))
 
 # ---------------------------------------------------------------------------
 # library and array-module fixtures

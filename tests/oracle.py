@@ -41,8 +41,12 @@ def keys_of(coords):
 
 
 def coords_array(keys, ndim):
-    """Tuples back to an int32 (N, 1 + D) array (shape kept for N == 0)."""
-    return np.array(list(keys), dtype=np.int32).reshape(-1, 1 + ndim)
+    """Tuples back to an int32 (N, 1 + D) array (shape kept for N == 0); int64 when
+    a value does not fit int32 (outputs beyond the coordinate range)."""
+    rows = np.array(list(keys), dtype=np.int64).reshape(-1, 1 + ndim)
+    if rows.size and (rows.min() < -(2**31) or rows.max() >= 2**31):
+        return rows
+    return rows.astype(np.int32)
 
 
 def ndim_of(coords):
@@ -102,11 +106,23 @@ def expand_coords(coords, offsets, scale=1):
 
 
 def generative_coords_oracle(coords, offsets, stride=1):
-    """Generative regime: downsample by ``stride`` (if > 1), then expand by K."""
+    """Generative regime (SPEC section 3, as changed on 2026-11-28).
+
+    Every coordinate some input reaches: the outputs w for which the forward
+    formula ``y_w = sum_k x_{w + K[k]}`` has at least one term, i.e.
+    ``{ u - K[k] }`` over the rows u. For stride s > 1 the rows are first
+    downsampled (``unique floor(v / s)``) and then expanded the same way.
+    """
     ndim = ndim_of(coords)
     s = as_tuple(stride, ndim)
     base = coords if all(v == 1 for v in s) else downsample_coords_oracle(coords, s)
-    return expand_coords(base, offsets, 1)
+    offsets = [tuple(int(v) for v in off) for off in np.asarray(offsets).reshape(-1, ndim)]
+    reached = set()
+    for u in keys_of(base):
+        for off in offsets:
+            # w + K[k] == u: the output w reads the input u through offset k
+            reached.add((u[0],) + tuple(u[1 + d] - off[d] for d in range(ndim)))
+    return _sorted_array(reached, ndim)
 
 
 def transposed_generative_coords_oracle(coords, offsets, stride):

@@ -134,5 +134,5 @@ def test_dense_algorithm_is_thread_invariant_and_standard_only(blob):
         csc.set_num_threads(before)
     assert np.array_equal(results[0], results[1])
     with pytest.raises(ValueError, match="dense"):
-        csc.conv_forward(feats, rng.normal(size=(27, 2, 16, 16)), kmap, groups=2,
-                         algorithm="dense")
+        csc.conv_forward(feats, rng.normal(size=(27, 2, 16, 16)).astype(np.float32), kmap,
+                         groups=2, algorithm="dense")

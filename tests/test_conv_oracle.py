@@ -7,6 +7,8 @@ compares them with the oracle in float64 (rtol 1e-10), float32 (1e-4) and
 float16 (loose).
 """
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -181,12 +183,31 @@ def test_oracle_output_coordinate_rules():
     down = oracle.downsample_coords_oracle(coords, (3, 1))
     assert [tuple(r) for r in down] == [(0, -2, 5), (0, -1, 4), (0, 0, 2), (1, 1, -1)]
     offsets = np.array([[0, 0], [1, 0]], dtype=np.int32)
-    gen = oracle.generative_coords_oracle(coords[:1], offsets, 1)
-    assert [tuple(r) for r in gen] == [(0, -3, 4), (0, -2, 4)]
+    gen = oracle.generative_coords_oracle(coords[:1], offsets, 1)  # { u - K[k] }
+    assert [tuple(r) for r in gen] == [(0, -4, 4), (0, -3, 4)]
     gen = oracle.generative_coords_oracle(coords[:2], offsets, 2)
-    assert [tuple(r) for r in gen] == [(0, -2, 2), (0, -1, 2)]
+    assert [tuple(r) for r in gen] == [(0, -3, 2), (0, -2, 2)]
     tgen = oracle.transposed_generative_coords_oracle(coords[:1], offsets, (2, 3))
     assert [tuple(r) for r in tgen] == [(0, -6, 12), (0, -5, 12)]
+
+
+def test_oracle_generative_set_is_every_reached_coordinate(rng):
+    """SPEC: the generative outputs are exactly the coordinates w whose forward sum
+    y_w = sum_k x_{w + K[k]} has a term; checked by scanning a box around the
+    inputs, with an asymmetric kernel (2x2x2) and an arbitrary one."""
+    coords = random_coords(rng, 12, 3, 2, -3, 3)
+    for offsets in (oracle.kernel_offsets_oracle(2, 1, 3),
+                    np.array([[0, 0, 0], [2, -1, 0], [1, 1, 3]], dtype=np.int32)):
+        inputs = set(oracle.keys_of(coords))
+        box = [range(-7, 7)] * 3
+        reached = {(b,) + w for b in (0, 1) for w in itertools.product(*box)
+                   if any((b,) + tuple(w[d] + int(off[d]) for d in range(3)) in inputs
+                          for off in offsets)}
+        got = set(oracle.keys_of(oracle.generative_coords_oracle(coords, offsets)))
+        assert got == reached
+        pairs = oracle.kernel_map_oracle(coords, oracle.generative_coords_oracle(
+            coords, offsets), offsets)
+        assert {o for p in pairs for _, o in p} == set(range(len(got)))  # all reached
 
 
 # ===========================================================================

@@ -272,3 +272,84 @@ def test_out_coords_duplicates(csc, rng):
     out = np.concatenate([coords[:5], coords[:1]])
     with pytest.raises(ERRORS, match="coords"):
         build_and_conv(csc, coords, feats, out_coords=out)
+
+
+# ---------------------------------------------------------------------------
+# one dtype rule for every entry point (issue #16, item 7): nothing is cast
+# ---------------------------------------------------------------------------
+
+
+def test_weight_dtype_must_match_feats(csc, rng):
+    coords, feats = good_inputs(rng)
+    x = csc.SparseTensor(coords, feats.astype(np.float32))
+    with pytest.raises(TypeError, match="weight has dtype float64 but feats has float32"):
+        csc.sparse_conv(x, random_weight(rng, (27, 4, 2)))
+    with pytest.raises(TypeError, match="bias has dtype float64 but feats has float32"):
+        csc.sparse_conv(x, random_weight(rng, (27, 4, 2), np.float32), bias=np.zeros(2))
+    kmap = csc.layer_kernel_map(x)[0]
+    with pytest.raises(TypeError, match="weight has dtype float16 but grad_out has float32"):
+        csc.conv_input_grad(np.ones((20, 2), np.float32),
+                            random_weight(rng, (27, 4, 2), np.float16), kmap)
+    with pytest.raises(TypeError, match="grad_out has dtype float64 but feats has float32"):
+        csc.conv_weight_grad(x.feats, np.ones((20, 2)), kmap)
+    with pytest.raises(TypeError, match="grad_out has dtype float64 but feats has float32"):
+        csc.pool_backward(np.ones((20, 4)), x.feats, kmap, "max")
+    with pytest.raises(TypeError, match="grad_out has dtype float64"):
+        csc.global_pool_backward(np.ones((2, 4)), x, "max")
+    y = csc.sparse_conv(x, random_weight(rng, (27, 4, 2)).astype(np.float32))  # cast: fine
+    assert y.feats.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------
+# (N, 3) coordinates without a batch column (issue #16, item 4)
+# ---------------------------------------------------------------------------
+
+
+def xyz_scan(rng, n=500):
+    """Voxelized (x, y, z) rows of a scan with no batch column: x spans 0..2000."""
+    rows = np.unique(rng.integers(0, 2000, size=(n, 3)), axis=0)
+    return rows.astype(np.int32)
+
+
+def test_ndim_argument_names_a_missing_batch_column(csc, rng):
+    rows = xyz_scan(rng)
+    with pytest.raises(ValueError, match=r"\(N, 4\) for ndim=3.*prepend one"):
+        csc.SparseTensor(rows, np.ones((len(rows), 1)), ndim=3)
+    with pytest.raises(ValueError, match=r"ndim=3.*prepend one"):
+        csc.build_kernel_map(rows, rows, csc.kernel_offsets(3), ndim=3)
+    fixed = np.hstack([np.zeros((len(rows), 1), np.int32), rows])
+    assert csc.SparseTensor(fixed, np.ones((len(rows), 1)), ndim=3).ndim == 3
+    with pytest.raises(ValueError, match="ndim"):
+        csc.SparseTensor(fixed, np.ones((len(rows), 1)), ndim=5)
+
+
+def test_xyz_rows_read_as_two_dimensional_warn(csc, rng):
+    rows = xyz_scan(rng)
+    with pytest.warns(UserWarning, match="without a batch column"):
+        csc.SparseTensor(rows, np.ones((len(rows), 1)))
+    with pytest.warns(UserWarning, match="without a batch column"):
+        csc.build_kernel_map(rows, rows, csc.kernel_offsets(3, ndim=2))
+
+
+def test_legitimate_two_dimensional_batches_do_not_warn(csc, rng):
+    import warnings
+
+    pixels = random_coords(rng, 300, 2, n_batch=64, low=-50, high=50)   # 64 images
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        csc.SparseTensor(pixels, np.ones((300, 1)))
+        rows = xyz_scan(rng)
+        csc.SparseTensor(rows, np.ones((len(rows), 1)), ndim=2)         # confirmed 2-D
+
+
+def test_negative_batch_column_mentions_the_missing_batch_column(csc, rng):
+    rows = xyz_scan(rng) - 1000
+    with pytest.raises(ValueError, match="batch index.*prepend one"):
+        csc.SparseTensor(rows, np.ones((len(rows), 1)))
+
+
+def test_three_dimensional_weight_on_two_dimensional_rows_says_why(csc, rng):
+    rows = np.unique(rng.integers(0, 50, size=(100, 3)), axis=0).astype(np.int32)
+    x = csc.SparseTensor(rows, np.ones((len(rows), 2)))
+    with pytest.raises(ValueError, match=r"\(9, 2, C_out\).*D = 2.*27 offsets.*prepend one"):
+        csc.sparse_conv(x, np.ones((27, 2, 4)))

@@ -422,7 +422,7 @@ def test_unet_trains_and_reuses_encoder_geometry(rng):
     assert torch.equal(out.coords, x.coords) and out.stride == (1, 1, 1)
     assert losses[-1] < 0.7 * losses[0]
     # the decoder restored the encoder's sets: the input and its two downsamplings only
-    assert len(x.cache._coords) == 3
+    assert x.cache.stats()["sets"] == 3
 
 
 def test_transposed_without_coarse_history_is_a_clear_error(rng):

@@ -285,7 +285,8 @@ def gather_apply_scatter(src: np.ndarray, kmap: KernelMap, apply, n_channels: in
     # products are assigned, not added, and need no zeroed accumulator.
     assign = _one_pair_per_output(kmap)
     in_rows_all, out_rows_all = kmap.in_rows, kmap.out_rows
-    active = [k for k in range(kmap.kernel_volume) if kmap.pair_offsets[k + 1] > kmap.pair_offsets[k]]
+    active = [k for k in range(kmap.kernel_volume)
+              if kmap.pair_offsets[k + 1] > kmap.pair_offsets[k]]
 
     def run_block(block: int) -> None:
         first, last = bounds[block], bounds[block + 1]
@@ -361,15 +362,23 @@ ALGORITHMS = {"forward": ("blocked", "dense"), "input_grad": ("blocked", "dense"
 DENSE_THRESHOLD = 0.6
 
 
-def _choose(kmap, layout, algorithm) -> str:
+def _choose(kmap, layout, algorithm, weight) -> str:
     if algorithm not in (None, "auto"):
         if algorithm == "dense" and layout != "standard":
             raise ValueError(f"algorithm 'dense' supports the standard weight layout only, "
                              f"got a {layout} weight")
-        return algorithm
-    slots = kmap.n_out * kmap.kernel_volume
-    dense = layout == "standard" and slots and kmap.n_pairs >= DENSE_THRESHOLD * slots
-    return "dense" if dense else "blocked"
+        chosen = algorithm
+    else:
+        slots = kmap.n_out * kmap.kernel_volume
+        dense = layout == "standard" and slots and kmap.n_pairs >= DENSE_THRESHOLD * slots
+        chosen = "dense" if dense else "blocked"
+    if chosen == "dense" and not np.isfinite(weight).all():
+        # The dense product multiplies the zeros of missing (row, offset) slots by
+        # W[k]: 0 * inf would put NaN where no pair exists. The blocked product
+        # touches real pairs only, so results keep the same non-finite pattern
+        # whatever the algorithm (checking the weight costs |K| C_in C_out reads).
+        chosen = "blocked"
+    return chosen
 
 
 def dense_product(src, kmap, weight, n_channels, dtype):
@@ -413,7 +422,7 @@ def conv_forward(feats, weight, kmap, layout, c_out, bias=None, algorithm=None):
     dtype = accumulate_dtype(feats.dtype)
     src = np.ascontiguousarray(feats, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
-    if _choose(kmap, layout, algorithm) == "dense":
+    if _choose(kmap, layout, algorithm, weight) == "dense":
         out = dense_product(src, kmap, weight, c_out, dtype)
     else:
         out = gather_apply_scatter(src, kmap, _apply_for(weight, layout, False), c_out, dtype)
@@ -429,7 +438,7 @@ def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None):
     src = np.ascontiguousarray(grad_out, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
     reverse = kmap.reverse()
-    if _choose(reverse, layout, algorithm) == "dense":
+    if _choose(reverse, layout, algorithm, weight) == "dense":
         out = dense_product(src, reverse, np.ascontiguousarray(weight.transpose(0, 2, 1)),
                             c_in, dtype)
     else:
@@ -506,7 +515,9 @@ def pool_max(feats, kmap):
     -------
     values : (n_out, C) in the accumulation dtype; 0 for rows with no pair.
     argmax : (n_out, C) int64 input row, -1 for rows with no pair. Ties go to
-        the first active offset in kernel order.
+        the first active offset in kernel order. NaN propagates (as in NumPy and
+        PyTorch): an active NaN input gives NaN, and the first such input (in
+        kernel order) is the winner that receives the gradient.
     """
     dtype = accumulate_dtype(feats.dtype)
     src = np.ascontiguousarray(feats, dtype=dtype)
@@ -516,6 +527,7 @@ def pool_max(feats, kmap):
     if n_out == 0 or kmap.n_pairs == 0:
         return values, argmax
     bounds, cuts = kmap.chunk_cuts(_block_rows(channels))
+    has_nan = bool(np.isnan(src).any())  # one pass here saves one per offset and block
 
     def run_block(block: int) -> None:
         first, last = bounds[block], bounds[block + 1]
@@ -529,8 +541,11 @@ def pool_max(feats, kmap):
             local = kmap.out_rows[start:stop] - first
             candidate = src.take(in_rows, axis=0)
             current = best[local]
-            # strictly greater (or the first pair of a row): ties keep the earlier offset
+            # strictly greater (or the first pair of a row): ties keep the earlier offset;
+            # a NaN beats every number and the first NaN stays (NaN propagates)
             better = (candidate > current) | (winner[local] < 0)
+            if has_nan:
+                better |= np.isnan(candidate) & ~np.isnan(current)
             best[local] = np.where(better, candidate, current)
             winner[local] = np.where(better, in_rows[:, None], winner[local])
         has_pair = winner >= 0
