@@ -142,9 +142,14 @@ def global_pool(x: SparseTensor, mode: str = "mean") -> SparseTensor:
     batches, segment = xp.unique(coords[:, 0], return_inverse=True)
     backend = backend_for(x.feats)
     feats = backend.segment_reduce(x.feats, segment.reshape(-1), batches.shape[0], mode)
-    out_id = x.cache.batch_rows(x._coord_id, batches)
-    return SparseTensor._from_set(x.cache, out_id, feats.astype(x.feats.dtype, copy=False),
-                                  x.stride)
+    return SparseTensor._from_set(x.cache, global_pool_rows(x),
+                                  feats.astype(x.feats.dtype, copy=False), x.stride)
+
+
+def global_pool_rows(x: SparseTensor):
+    """Id in ``x.cache`` of the coordinate set :func:`global_pool` returns: one row
+    ``(b, 0, ..., 0)`` per batch index present, sorted by b (no features computed)."""
+    return x.cache.batch_rows(x._coord_id)
 
 
 def global_pool_backward(grad_out, x: SparseTensor, mode: str = "mean"):

@@ -374,12 +374,14 @@ class CoordinateCache:
         return self._derive(source, ("expand", offsets.tobytes(), offsets.shape,
                                      tuple(scale)), make_rows)
 
-    def batch_rows(self, set_id, batches) -> _CoordSet:
-        """The set ``(b, 0, ..., 0)`` for the batch indices present (global pooling)."""
+    def batch_rows(self, set_id) -> _CoordSet:
+        """The set ``(b, 0, ..., 0)`` for the batch indices present in ``set_id``, sorted
+        by b (global pooling); derived once per set."""
         source = self._own(set_id)
 
         def make_rows():
             xp = array_module(source.data)
+            batches = xp.unique(source.data[:, 0])
             rows = xp.zeros((batches.shape[0], source.data.shape[1]), dtype=np.int32)
             rows[:, 0] = batches
             return rows, None

@@ -92,9 +92,8 @@ class GlobalPoolFunction(torch.autograd.Function):
 
     ``apply(feats (N, C), geometry, mode)`` with ``geometry`` a core
     :class:`~cusparseconv.SparseTensor` on the input's coordinate set (its
-    own features are ignored) returns ``(pooled (B, C), out_set)``: the
-    pooled features and, as a non-differentiable int64 scalar tensor, the id
-    of the output coordinate set ``(b, 0, ..., 0)`` in the geometry's cache.
+    own features are ignored) returns the pooled features (B, C); their
+    coordinate set is :func:`cusparseconv.pool.global_pool_rows` of the geometry.
     """
 
     @staticmethod
@@ -102,15 +101,13 @@ class GlobalPoolFunction(torch.autograd.Function):
         with device_scope(feats.device):
             pooled = global_pool(_with_feats(geometry, to_array(feats)), mode)
             out = from_array(pooled.feats)
-        out_set = torch.tensor(pooled._coord_id, dtype=torch.int64)
-        ctx.mark_non_differentiable(out_set)
         ctx.save_for_backward(feats)
         ctx.geometry, ctx.mode = geometry, mode
-        return out, out_set
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out, grad_out_set):
+    def backward(ctx, grad_out):
         (feats,) = ctx.saved_tensors
         with device_scope(grad_out.device):
             grad = from_array(global_pool_backward(

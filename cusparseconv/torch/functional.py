@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from ..conv import layer_kernel_map
-from ..pool import upsample_nearest as core_upsample_nearest, upsample_parents
+from ..pool import global_pool_rows, upsample_parents
+from ..pool import upsample_nearest as core_upsample_nearest
 from ..tensor import CoordinateCache
 from .autograd import ConvFunction, GlobalPoolFunction, PoolFunction
 from .convert import coords_array, device_scope, from_array, host_array
@@ -104,8 +105,9 @@ def pool_global(x: SparseTensor, mode: str = "mean") -> SparseTensor:
     """Differentiable :func:`cusparseconv.global_pool`: one row (b, 0, ..., 0) per
     batch item, sorted by b; ``.feats`` is (B, C)."""
     _check_tensor(x)
-    out, out_set = GlobalPoolFunction.apply(x.feats, x._core(), mode)
-    return SparseTensor._from_set(x.cache, int(out_set), out, x.stride)
+    geometry = x._core()
+    out = GlobalPoolFunction.apply(x.feats, geometry, mode)
+    return SparseTensor._from_set(x.cache, global_pool_rows(geometry), out, x.stride)
 
 
 def upsample_nearest(x: SparseTensor, stride, out_coords=None) -> SparseTensor:
