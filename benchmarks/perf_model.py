@@ -305,7 +305,8 @@ def predictions(coords, channels: int = 64, devices=(H100_SXM, H200_SXM), shapes
                 kernel_name = variant.kernel("__half")
             rows.append(dict(device=ceil.name, product=product, flops=work["flops"],
                              min_bytes=work["min_bytes"], floor_ms=floor, kernel=kernel_name,
-                             model=model, raster=raster))
+                             blocks_per_sm=shapes[kernel_name].blocks_per_sm, model=model,
+                             raster=raster))
         rows.append(dict(device=ceil.name, product="kernel map", model=kernel_map_model(
             ceil, n_rows=n, n_pairs=pairs, kernel_volume=k, ndim=3, mirrored=True)))
     return dict(voxels=n, pairs=pairs, chunks=int(begin.shape[0]), chunk_pairs=chunk_pairs,
@@ -339,7 +340,9 @@ def markdown(name: str, result: dict) -> str:
         raster = row["raster"]
         lines.append(
             f"| {row['device']} | {row['product']} | **{_us(row['floor_ms'])}** "
-            f"({work[0] / 1e9:.1f} GFLOP / {work[1] / 1e6:.0f} MB) | `{row['kernel']}` | "
+            f"({work[0] / 1e9:.1f} GFLOP / {work[1] / 1e6:.0f} MB) | `{row['kernel']}`: "
+            f"{model['blocks']} blocks, {row['blocks_per_sm']} per SM, "
+            f"{model['waves']:.1f} waves | "
             f"**{_us(model['time_ms'])}** ({model['bound']}: {_us(model['tensor_ms'])} / "
             f"{_us(model['l2_ms'])} / {_us(model['dram_ms'])}) | "
             f"{model['time_ms'] / row['floor_ms']:.1f} | "
