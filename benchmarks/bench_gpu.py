@@ -12,10 +12,22 @@ reports, after checking every algorithm's output against the CPU backend:
 * the time of a dense cuBLAS GEMM of the same flop count, (pairs x C_in) @
   (C_in x C_out), measured in the same run: ``ours / dense`` is our distance
   to the hardware;
-* a roofline floor per record, from two rates measured in the same run: the
-  dense GEMM rate of the dtype (a large square cuBLAS GEMM) and the device
-  copy bandwidth (a large device-to-device copy): ``floor_ms = max(flops /
-  gemm rate, bytes / copy bandwidth)`` and ``ratio_to_floor = ms / floor_ms``;
+* a roofline floor per record (``perf_model.py``), from two rates measured in
+  the same run: the dense GEMM rate of the dtype (a large square cuBLAS GEMM)
+  and the device copy bandwidth (a large device-to-device copy): ``floor_ms =
+  max(flops / gemm rate, min_bytes / copy bandwidth)``, where ``min_bytes`` is
+  the fewest bytes the product must move (source features once, weights once,
+  result once, 4 bytes of map per pair), and ``ratio_to_floor = ms / floor_ms``;
+* the kernels not yet wired into the backend, timed directly through their
+  modules on maps built by the tiled kernel-map build: the tensor-core products
+  (``algorithm`` ``tc``: ``_tensor_core.implicit_gemm`` on rows ordered by mask,
+  ``_tensor_core.weight_grad``; float16 and bfloat16, float32 with ``--tf32``)
+  and the grouped explicit products (``explicit_grouped``, ``_explicit``,
+  deterministic scatter); ``--no-unwired`` leaves them out;
+* the kernel-map build three ways, each with CUDA events (device time, including
+  the one host read) and the wall time with Python dispatch beside it: the
+  backend's build, the tiled build (``_kmap_gpu.build_pair_tables``, hash table
+  included) and, as the reference, a device sort of the same packed keys;
 * ``torch.nn.functional.conv3d`` (cuDNN) on the densified grid where the grid
   fits in memory and a CUDA build of PyTorch is importable;
 * the CuPy memory pool's footprint after each product (a peak-memory proxy).
@@ -45,9 +57,14 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import perf_model  # noqa: E402  (benchmarks/perf_model.py)
+
 import cusparseconv as csc  # noqa: E402
 from cusparseconv import tuning  # noqa: E402
-from cusparseconv.backends import cpu, get_backend  # noqa: E402
+from cusparseconv.backends import _explicit, _kmap_gpu, cpu, get_backend  # noqa: E402
+from cusparseconv.backends import _tensor_core as tc  # noqa: E402
+from cusparseconv.backends._launch import device_launcher, emulated_launcher  # noqa: E402
+from cusparseconv.coords import pack  # noqa: E402
 
 PRODUCTS = ("forward", "input_grad", "weight_grad")
 
@@ -58,7 +75,8 @@ class Device:
     def __init__(self, emulate: bool):
         self.emulated = emulate
         self.backend = get_backend("cuda-emulated" if emulate else "cuda")
-        self.xp = self.backend.xp
+        self.launcher = emulated_launcher() if emulate else device_launcher()
+        self.xp = self.launcher.xp
         if emulate:
             self.name = "host-emulation"
         else:
@@ -95,6 +113,24 @@ class Device:
             stop.synchronize()
             times.append(cupy.cuda.get_elapsed_time(start, stop))
         return statistics.median(times)
+
+    def time_both_ms(self, function, repeats: int, warmup: int = 1) -> tuple:
+        """(median device time by CUDA events, median wall time with Python dispatch),
+        both in ms; under emulation both are wall times."""
+        for _ in range(warmup):
+            function()
+        wall = []
+        for _ in range(repeats):
+            self.synchronize()
+            start = time.perf_counter()
+            function()
+            self.synchronize()
+            wall.append((time.perf_counter() - start) * 1e3)
+        return self.time_ms(function, repeats, warmup=0), statistics.median(wall)
+
+    def synchronize(self):
+        if not self.emulated:
+            self.xp.cuda.get_current_stream().synchronize()
 
     def pool_bytes(self) -> int:
         if self.emulated:
@@ -188,28 +224,96 @@ def cudnn_ms(coords, channels, dtype, repeats, max_elements=2**31):
     return statistics.median(times), None
 
 
+def build_tables(device, coords_dev, offsets):
+    """Both directions of the submanifold map by the tiled build (hash table included)."""
+    launcher, xp = device.launcher, device.xp
+    table, duplicates = _kmap_gpu.insert_keys(launcher, pack(coords_dev),
+                                              xp.arange(coords_dev.shape[0], dtype=np.int64))
+    return _kmap_gpu.build_pair_tables(launcher, coords_dev, coords_dev, offsets,
+                                       (1,) * (coords_dev.shape[1] - 1), False, table,
+                                       same_set=True, duplicates=(duplicates,))
+
+
+def map_records(device, name, coords, coords_dev, offsets, n_pairs, repeats):
+    """The kernel-map build three ways, each timed by events and by the wall clock."""
+    keys = pack(coords_dev)
+    xp = device.xp
+
+    def backend_build():  # a fresh SortedKeys each time: the hash table is rebuilt too
+        return device.backend.build_kernel_map(
+            coords_dev, coords_dev, offsets, (1, 1, 1), False, same_set=True,
+            in_keys=csc.coords.SortedKeys(coords_dev))
+
+    builds = {"backend build": backend_build,
+              "tiled build (_kmap_gpu)": lambda: build_tables(device, coords_dev, offsets),
+              "device sort of the packed keys": lambda: xp.sort(keys)}
+    records = []
+    for what, function in builds.items():
+        reads = device.launcher.host_reads
+        function()
+        host_reads = device.launcher.host_reads - reads
+        event_ms, wall_ms = device.time_both_ms(function, repeats)
+        records.append(dict(workload=name, voxels=len(coords), pairs=n_pairs, build=what,
+                            ms=event_ms, wall_ms=wall_ms, host_reads=host_reads))
+        print(f"  map: {what:<32}{event_ms:9.3f} ms (events) {wall_ms:9.3f} ms (wall), "
+              f"{host_reads} host read(s)")
+    return records
+
+
+def unwired_calls(device, tables, feats_d, weight_d, grad_d, dtype, allow_tf32):
+    """{(product, algorithm): call} for the kernels not yet wired into the backend."""
+    launcher, xp = device.launcher, device.xp
+    forward, reverse = tables.forward, tables.reverse
+    n_out, n_in = forward.neighbour.shape[0], reverse.neighbour.shape[0]
+    weight_t = xp.ascontiguousarray(weight_d.transpose(0, 2, 1))
+    calls = {
+        ("forward", "explicit_grouped"): lambda: _explicit.product(
+            launcher, feats_d, weight_d, forward.partner_rows, forward.query_rows,
+            forward.pair_offsets, forward.pair_offsets_device, n_out, position=forward.position),
+        ("input_grad", "explicit_grouped"): lambda: _explicit.product(
+            launcher, grad_d, weight_t, reverse.partner_rows, reverse.query_rows,
+            reverse.pair_offsets, reverse.pair_offsets_device, n_in, position=reverse.position),
+        ("weight_grad", "explicit_grouped"): lambda: _explicit.weight_grad(
+            launcher, feats_d, grad_d, forward.partner_rows, forward.query_rows,
+            forward.pair_offsets, forward.pair_offsets_device),
+    }
+    if tc.supports(dtype, allow_tf32):
+        order_fwd = tc.row_order_by_mask(launcher, forward.mask)  # per-map state
+        order_rev = tc.row_order_by_mask(launcher, reverse.mask)
+        calls.update({
+            ("forward", "tc"): lambda: tc.implicit_gemm(
+                launcher, feats_d, weight_d, forward.neighbour, forward.mask,
+                row_order=order_fwd, allow_tf32=allow_tf32),
+            ("input_grad", "tc"): lambda: tc.implicit_gemm(
+                launcher, grad_d, weight_t, reverse.neighbour, reverse.mask,
+                row_order=order_rev, allow_tf32=allow_tf32),
+            ("weight_grad", "tc"): lambda: tc.weight_grad(
+                launcher, feats_d, grad_d, forward.partner_rows, forward.query_rows,
+                forward.pair_offsets, allow_tf32=allow_tf32),
+        })
+    return calls
+
+
 def run(args):
     device = Device(args.emulate)
     tuning.set_autotune(False)  # every algorithm is timed explicitly here
     offsets = csc.kernel_offsets(3)
-    records = []
+    records, maps = [], []
     rates = roofline_rates(device, args.dtypes, args.repeats)
     print(f"roofline: copy {rates['copy_gbps']:.0f} GB/s, dense GEMM "
           + ", ".join(f"{k} {v:.1f} TFLOP/s" for k, v in rates["gemm_tflops"].items()))
     for name, coords in workloads(args):
         coords_dev = device.put(coords)
-
-        def build():  # a fresh SortedKeys each time: the hash table is rebuilt too
-            return device.backend.build_kernel_map(
-                coords_dev, coords_dev, offsets, (1, 1, 1), False, same_set=True,
-                in_keys=csc.coords.SortedKeys(coords_dev))
-
-        kmap = build()
-        map_ms = device.time_ms(build, args.repeats)
+        kmap = device.backend.build_kernel_map(coords_dev, coords_dev, offsets, (1, 1, 1), False,
+                                               same_set=True,
+                                               in_keys=csc.coords.SortedKeys(coords_dev))
         reference_map = cpu.build_kernel_map(coords, coords, offsets, (1, 1, 1), False,
                                              same_set=True)
         n_pairs = kmap.n_pairs
-        print(f"{name}: {len(coords):,} voxels, {n_pairs:,} pairs, map {map_ms:.3f} ms")
+        print(f"{name}: {len(coords):,} voxels, {n_pairs:,} pairs")
+        maps += map_records(device, name, coords, coords_dev, offsets, n_pairs, args.repeats)
+        map_ms = maps[-3]["ms"]
+        tables = build_tables(device, coords_dev, offsets) if args.unwired else None
         for dtype_name in args.dtypes:
             dtype = np.dtype(dtype_name)
             for channels in args.channels:
@@ -227,52 +331,62 @@ def run(args):
                     "weight_grad": cpu.conv_weight_grad(feats, grad_out, reference_map,
                                                         "standard", weight.shape),
                 }
-                calls = {
-                    "forward": lambda a: device.backend.conv_forward(
-                        feats_d, weight_d, kmap, "standard", channels, algorithm=a),
-                    "input_grad": lambda a: device.backend.conv_input_grad(
-                        grad_d, weight_d, kmap, "standard", channels, algorithm=a),
-                    "weight_grad": lambda a: device.backend.conv_weight_grad(
-                        feats_d, grad_d, kmap, "standard", weight.shape, algorithm=a),
-                }
-                flops = 2.0 * n_pairs * channels * channels
+                calls = {}
+                for algorithm in tuning.ALGORITHMS["forward"]:
+                    calls["forward", algorithm] = (
+                        lambda a=algorithm: device.backend.conv_forward(
+                            feats_d, weight_d, kmap, "standard", channels, algorithm=a))
+                for algorithm in tuning.ALGORITHMS["input_grad"]:
+                    calls["input_grad", algorithm] = (
+                        lambda a=algorithm: device.backend.conv_input_grad(
+                            grad_d, weight_d, kmap, "standard", channels, algorithm=a))
+                for algorithm in tuning.ALGORITHMS["weight_grad"]:
+                    calls["weight_grad", algorithm] = (
+                        lambda a=algorithm: device.backend.conv_weight_grad(
+                            feats_d, grad_d, kmap, "standard", weight.shape, algorithm=a))
+                unwired = ({} if tables is None else unwired_calls(
+                    device, tables, feats_d, weight_d, grad_d, dtype, args.tf32))
+                calls.update(unwired)
                 dense = dense_gemm_ms(device, n_pairs, channels, channels, dtype, args.repeats)
                 cudnn, cudnn_note = (None, "emulation") if args.emulate else cudnn_ms(
                     coords, channels, dtype, args.repeats)
-                for product in PRODUCTS:
-                    for algorithm in tuning.ALGORITHMS[product]:
-                        result = calls[product](algorithm)
-                        error = check_close(device.get(result), expected[product], dtype,
-                                            f"{name} {dtype_name} C={channels} {product} "
-                                            f"{algorithm}")
-                        ms = device.time_ms(lambda: calls[product](algorithm), args.repeats)
-                        moved = (n_pairs * channels + 27 * channels * channels
-                                 + len(coords) * channels) * dtype.itemsize
-                        floor_ms = max(flops / (rates["gemm_tflops"][dtype_name] * 1e9),
-                                       moved / (rates["copy_gbps"] * 1e6))
-                        record = dict(workload=name, voxels=len(coords), pairs=n_pairs,
-                                      dtype=dtype_name, channels=channels, product=product,
-                                      algorithm=algorithm, ms=ms, map_ms=map_ms,
-                                      tflops=flops / ms / 1e9, gbps=moved / ms / 1e6,
-                                      dense_gemm_ms=dense, ratio_to_dense=ms / dense,
-                                      floor_ms=floor_ms, ratio_to_floor=ms / floor_ms,
-                                      cudnn_ms=cudnn, cudnn_note=cudnn_note,
-                                      max_relative_error=error,
-                                      pool_bytes=device.pool_bytes())
-                        records.append(record)
-                        print(f"  {dtype_name} C={channels:<4} {product:<11} {algorithm:<16}"
-                              f"{ms:9.3f} ms {record['tflops']:7.2f} TFLOP/s "
-                              f"x{record['ratio_to_dense']:.2f} dense "
-                              f"x{record['ratio_to_floor']:.2f} floor")
-    return device, records, rates
+                gemm_rate = rates["gemm_tflops"][dtype_name]
+                for (product, algorithm), call in sorted(
+                        calls.items(), key=lambda item: PRODUCTS.index(item[0][0])):
+                    error = check_close(device.get(call()), expected[product], dtype,
+                                        f"{name} {dtype_name} C={channels} {product} "
+                                        f"{algorithm}")
+                    ms = device.time_ms(call, args.repeats)
+                    work = perf_model.product_work(product, len(coords), len(coords), n_pairs,
+                                                   27, channels, channels, dtype.itemsize)
+                    floor_ms = perf_model.floor_ms(work["flops"], work["min_bytes"], gemm_rate,
+                                                   rates["copy_gbps"])
+                    record = dict(workload=name, voxels=len(coords), pairs=n_pairs,
+                                  dtype=dtype_name, channels=channels, product=product,
+                                  algorithm=algorithm, wired=(product, algorithm) not in unwired,
+                                  ms=ms, map_ms=map_ms, flops=work["flops"],
+                                  min_bytes=work["min_bytes"],
+                                  tflops=work["flops"] / ms / 1e9,
+                                  gbps=work["min_bytes"] / ms / 1e6,
+                                  dense_gemm_ms=dense, ratio_to_dense=ms / dense,
+                                  floor_ms=floor_ms, ratio_to_floor=ms / floor_ms,
+                                  cudnn_ms=cudnn, cudnn_note=cudnn_note,
+                                  max_relative_error=error,
+                                  pool_bytes=device.pool_bytes())
+                    records.append(record)
+                    print(f"  {dtype_name} C={channels:<4} {product:<11} {algorithm:<16}"
+                          f"{ms:9.3f} ms {record['tflops']:7.2f} TFLOP/s "
+                          f"x{record['ratio_to_dense']:.2f} dense "
+                          f"x{record['ratio_to_floor']:.2f} floor")
+    return device, records, rates, maps
 
 
-def write(device, records, path, chart, rates=None):
+def write(device, records, path, chart, rates=None, maps=()):
     meta = dict(device=device.name, date=datetime.date.today().isoformat(),
                 host=platform.node(), cusparseconv=csc.__version__, roofline=rates)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(dict(meta=meta, records=records), handle, indent=1)
+        json.dump(dict(meta=meta, records=records, maps=list(maps)), handle, indent=1)
     print(f"wrote {path}")
     if not chart:
         return
@@ -309,14 +423,18 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/"
                                                      "<date>-<device>.json)")
     parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument("--no-unwired", dest="unwired", action="store_false",
+                        help="leave out the kernels not yet wired into the backend")
+    parser.add_argument("--tf32", action="store_true",
+                        help="time the float32 tensor-core products (TF32 operands)")
     args = parser.parse_args(argv)
     if args.emulate:
         args.channels, args.repeats = [c for c in args.channels if c <= 32] or [8], 1
-    device, records, rates = run(args)
+    device, records, rates, maps = run(args)
     path = args.out or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "results",
         f"{datetime.date.today().isoformat()}-{device.name.replace(' ', '_')}.json")
-    write(device, records, path, chart=not args.no_chart, rates=rates)
+    write(device, records, path, chart=not args.no_chart, rates=rates, maps=maps)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
 #include "csc_common.cuh"
 #include "csc_convert.cuh"
 #include "csc_tile.cuh"
+#include "csc_exact.cuh"
 
 #ifndef CSC_MAX_MASK_WORDS
 #define CSC_MAX_MASK_WORDS 16  // |K| <= 512
@@ -88,6 +89,12 @@ mask_gemm_wmma(const T* __restrict__ feats, const T* __restrict__ weight,
         long long row = r0 + m;
         if (row >= n_rows || n0 + n >= group_out) continue;
         float value = c_tile[index];
+        if (!csc_is_finite(value))  // rows lacking an offset computed 0 * W[k]: see csc_exact.cuh
+            value = csc_exact_pair_sum<T, float>(
+                feats + group * group_in, c_in,
+                weight + (long long)group * group_in * group_out + n0 + n,
+                (long long)groups * group_in * group_out, group_out, group_in, neighbour, mask,
+                row, kernel_volume, n_words);
         if (has_bias) value += csc_load(bias[group * group_out + n0 + n]);
         out[row * c_out + group * group_out + n0 + n] = csc_store<T>(value);
     }

@@ -4,6 +4,8 @@
 // in the tile gathers the input rows through the neighbour table (zero where a
 // row lacks the offset), multiplies with W[k] and accumulates in registers.
 // Every output row is written once: no atomics, deterministic, bias fused.
+// An output element that is not finite is recomputed from its row's own pairs
+// (csc_exact.cuh), so a non-finite W[k] reaches only the rows paired at k.
 // Run on the reverse table with W transposed it gives the input gradient.
 //
 // mask_gemm:      SIMT, float32 / float64 (and 16-bit inputs with float accumulation)
@@ -19,14 +21,33 @@
 #include "csc_common.cuh"
 #include "csc_convert.cuh"
 #include "csc_tile.cuh"
+#include "csc_exact.cuh"
 #include "csc_mask_wmma.cuh"
 
 #define CSC_MASK_TILE 64
 #define CSC_MASK_TILE_K 16
 #define CSC_MASK_THREADS 256
 
+// Blocks per SM the register allocation must allow (256 threads each). Without a
+// bound, ptxas took more registers than needed once the epilogue learnt to repair
+// non-finite elements (sm_90: 47 -> 56, one block less), or spilled (sm_120). With
+// float accumulators: 6 blocks (75 % on sm_80) where an SM holds 1536 threads or
+// more, 5 (62 %) from sm_90 on; double: 4 and 3. sm_75 and the architectures whose
+// SMs hold fewer threads keep ptxas's choice.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 900 || __CUDA_ARCH__ == 1000 || \
+                               __CUDA_ARCH__ == 1030 || __CUDA_ARCH__ >= 1100)
+#define CSC_MASK_MIN_BLOCKS(ACC_BYTES) ((ACC_BYTES) == 8 ? 3 : 5)
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800 && __CUDA_ARCH__ < 900
+#define CSC_MASK_MIN_BLOCKS(ACC_BYTES) ((ACC_BYTES) == 8 ? 4 : 6)
+#endif
+
 template <typename T>
+#ifdef CSC_MASK_MIN_BLOCKS
+__global__ void __launch_bounds__(CSC_MASK_THREADS,
+                                  CSC_MASK_MIN_BLOCKS(sizeof(typename csc_acc<T>::type)))
+#else
 __global__ void __launch_bounds__(CSC_MASK_THREADS)
+#endif
 mask_gemm(const T* __restrict__ feats, const T* __restrict__ weight,
           const int* __restrict__ neighbour, const unsigned int* __restrict__ mask,
           int n_words, long long n_rows, int kernel_volume, int groups, int group_in,
@@ -75,6 +96,13 @@ mask_gemm(const T* __restrict__ feats, const T* __restrict__ weight,
             }
         }
     }
+    // Elements that are not finite are recomputed from their row's pairs only
+    // (csc_exact.cuh: a missing slot must not contribute 0 * W[k] when W[k] is not
+    // finite); bit i * 4 + j of `repair` marks acc[i][j].
+    unsigned int repair = 0u;
+    for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j)
+            if (!csc_is_finite(acc[i][j])) repair |= 1u << (i * 4 + j);
     for (int i = 0; i < 4; ++i) {
         long long row = r0 + ty + 16 * i;
         if (row >= n_rows) continue;
@@ -85,5 +113,18 @@ mask_gemm(const T* __restrict__ feats, const T* __restrict__ weight,
             if (has_bias) value += csc_load(bias[group * group_out + n]);
             out[row * c_out + group * group_out + n] = csc_store<T>(value);
         }
+    }
+#pragma unroll 1
+    for (; repair; repair &= repair - 1) {
+        const int e = __ffs(repair) - 1;
+        const long long row = r0 + ty + 16 * (e >> 2);
+        const int n = n0 + tx + 16 * (e & 3);
+        if (row >= n_rows || n >= group_out) continue;  // padding of the tile
+        ACC value = csc_exact_pair_sum<T, ACC>(
+            feats + group * group_in, c_in, weight + (long long)group * group_in * group_out + n,
+            (long long)groups * group_in * group_out, group_out, group_in, neighbour, mask, row,
+            kernel_volume, n_words);
+        if (has_bias) value += csc_load(bias[group * group_out + n]);
+        out[row * c_out + group * group_out + n] = csc_store<T>(value);
     }
 }

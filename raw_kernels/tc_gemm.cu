@@ -20,7 +20,9 @@
 //     shared loads), fp32 accumulators in registers;
 //   * epilogue: + bias, cast to T, staged through shared memory and written as
 //     16-byte rows: every output row is written once, by one block (no atomics,
-//     deterministic).
+//     deterministic). An element that is not finite (a non-finite weight reached rows
+//     without that offset's pair as 0 * inf) is recomputed from the row's own pairs
+//     (csc_exact.cuh): the same non-finite pattern as a pair-by-pair product.
 // VEC16 = 0 is the scalar fallback for channel counts that are not a multiple of
 // 16 bytes (or misaligned arrays): element loads and stores, same pipeline.
 //
@@ -44,6 +46,7 @@
 #include "csc_convert.cuh"
 #include "csc_mma.cuh"
 #include "csc_tc.cuh"
+#include "csc_exact.cuh"
 
 #define CSC_TC_THREADS 128
 #define CSC_TC_MAX_WORDS 16  // pair-mask words per row: |K| <= 512
@@ -71,6 +74,7 @@ struct csc_tc_gemm_shape {
     static_assert(BM % ROWS_PER_PASS == 0 && B_PASSES >= 1 &&
                   BK * B_CHUNKS_PER_ROW % CSC_TC_THREADS == 0, "tile / thread mismatch");
     static_assert(NI % 2 == 0, "B fragments are loaded two n8 tiles at a time");
+    static_assert(MI * NI * 4 <= 64, "the epilogue marks non-finite accumulators in 64 bits");
 };
 
 template <typename T, int BM, int BN, int STAGES, int VEC16>
@@ -214,6 +218,8 @@ tc_implicit_gemm(const T* __restrict__ src, const T* __restrict__ weight,
     // (g, t) is row g + 8 (e / 2), column 2 t + e % 2 of its 16 x 8 tile), then rows out
     T* out_tile = reinterpret_cast<T*>(smem);  // [BM][LDC]
     const int g = lane >> 2, t = lane & 3;
+    // bit (j * MI + i) * 4 + e: acc[i][j][e] is not finite (see below)
+    unsigned long long repair = 0ull;
     for (int j = 0; j < S::NI; ++j) {
         float bias_pair[2];
         for (int h = 0; h < 2; ++h) {
@@ -224,8 +230,28 @@ tc_implicit_gemm(const T* __restrict__ src, const T* __restrict__ weight,
             for (int e = 0; e < 4; ++e) {
                 const int m = warp_m * S::WM + i * 16 + g + 8 * (e >> 1);
                 const int n = warp_n * S::WN + j * 8 + 2 * t + (e & 1);
+                if (!csc_is_finite(acc[i][j][e]))
+                    repair |= 1ull << ((j * S::MI + i) * 4 + e);
                 out_tile[m * S::LDC + n] = csc_store<T>(acc[i][j][e] + bias_pair[e & 1]);
             }
+    }
+    // A row that lacks offset k multiplied zeros by W[k]: NaN where W[k] is not finite.
+    // Such elements (rare: a non-finite weight or input) are recomputed from the row's
+    // own pairs (csc_exact.cuh), so the non-finite pattern is the pair-by-pair one.
+#pragma unroll 1
+    for (; repair; repair &= repair - 1) {
+        const int bit = __ffsll((long long)repair) - 1;
+        const int e = bit & 3, i = (bit >> 2) % S::MI, j = (bit >> 2) / S::MI;
+        const int m = warp_m * S::WM + i * 16 + g + 8 * (e >> 1);
+        const int n = warp_n * S::WN + j * 8 + 2 * t + (e & 1);
+        const int row = tile_rows[m];
+        if (row < 0 || n0 + n >= c_dst) continue;  // padding of the tile: never written
+        float value = csc_exact_pair_sum<T, float>(src, c_src, weight + n0 + n,
+                                                   (long long)c_src * c_dst, c_dst, c_src,
+                                                   neighbour, mask, row, kernel_volume,
+                                                   n_words);
+        if (has_bias) value += csc_load(bias[n0 + n]);
+        out_tile[m * S::LDC + n] = csc_store<T>(value);
     }
     __syncthreads();
     for (int index = tid; index < BM * S::B_CHUNKS_PER_ROW; index += CSC_TC_THREADS) {

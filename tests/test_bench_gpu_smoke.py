@@ -25,4 +25,16 @@ def test_bench_gpu_emulated_smoke(tmp_path, monkeypatch):
     assert rates["copy_gbps"] > 0 and rates["gemm_tflops"]["float32"] > 0
     assert all(r["floor_ms"] > 0 and r["ratio_to_floor"] == r["ms"] / r["floor_ms"]
                for r in result["records"])
+    # the floor: FLOPs over the GEMM rate or the fewest bytes over the copy bandwidth
+    for r in result["records"]:
+        assert r["floor_ms"] == max(r["flops"] / (rates["gemm_tflops"]["float32"] * 1e9),
+                                    r["min_bytes"] / (rates["copy_gbps"] * 1e6))
+    # the kernels not yet wired into the backend are timed too (float32: no tensor cores)
+    assert {("forward", "explicit_grouped"), ("weight_grad", "explicit_grouped")} <= algorithms
+    assert not any(r["wired"] for r in result["records"] if r["algorithm"] == "explicit_grouped")
+    builds = {m["build"]: m for m in result["maps"]}
+    assert set(builds) == {"backend build", "tiled build (_kmap_gpu)",
+                           "device sort of the packed keys"}
+    assert builds["tiled build (_kmap_gpu)"]["host_reads"] == 1
+    assert all(m["ms"] > 0 and m["wall_ms"] > 0 for m in builds.values())
     assert result["meta"]["device"] == "host-emulation"

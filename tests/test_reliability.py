@@ -224,11 +224,7 @@ def test_non_finite_weights_same_result_on_every_cpu_algorithm(filled_ball, rng,
     np.testing.assert_array_equal(np.isnan(grad_in), np.isnan(ref_in))
 
 
-EMULATED_ALGORITHMS = ["explicit", "explicit_sorted", "implicit", pytest.param(
-    "mask", marks=pytest.mark.xfail(
-        strict=True, reason="raw_kernels/mask_gemm.cu multiplies the zero-filled missing "
-                            "slots by W[k] (0 * inf = NaN), like the CPU dense product did; "
-                            "reported to the lead (not this helper's file)"))]
+EMULATED_ALGORITHMS = ["explicit", "explicit_sorted", "implicit", "mask"]
 
 
 @pytest.mark.parametrize("algorithm", EMULATED_ALGORITHMS)

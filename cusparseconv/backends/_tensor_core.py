@@ -207,6 +207,10 @@ def implicit_gemm(launcher, src, weight, neighbour, mask, bias=None, row_order=N
     The forward product of a kernel map (``neighbour``/``mask`` of the output-major
     encoding); on the reverse table with ``weight`` transposed per offset it is the
     input gradient. Every output row is written once: deterministic, no atomics.
+    Non-finite values follow the pairs: an output element whose tile result is not
+    finite (a zero-filled row times an inf or NaN in ``weight[k]``) is recomputed
+    from its row's own pairs, so the result has the non-finite pattern of a
+    pair-by-pair product.
 
     Parameters
     ----------
