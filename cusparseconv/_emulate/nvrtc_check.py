@@ -12,7 +12,7 @@ through CuPy's low-level NVRTC bindings (``cupy_backends.cuda.libs.nvrtc``:
 createProgram / addNameExpression / compileProgram / getCUBIN /
 getLoweredName), which work on a machine with no GPU, with exactly the text,
 options and include directories the device launcher uses at run time
-(:func:`cusparseconv.backends._launch.nvrtc_source`, ``NVRTC_OPTIONS``,
+(:func:`cusparseconv._kernels.nvrtc_source`, ``NVRTC_OPTIONS``,
 :func:`cuda_include_dirs`) plus warnings as errors. `supported_archs` asks
 NVRTC which architectures it can target; `compile_all` compiles every file for
 every one of them it supports, in parallel processes.
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ..backends._launch import NVRTC_OPTIONS, kernel_dir, min_arch, nvrtc_source
+from .._kernels import NVRTC_OPTIONS, kernel_dir, min_arch, nvrtc_source
 
 __all__ = [
     "NVRTC_OPTIONS",
