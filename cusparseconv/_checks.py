@@ -243,7 +243,9 @@ def check_out(out, shape, dtype, **inputs):
         raise ValueError("out is read-only")
     xp = array_module(out)
     for name, array in inputs.items():
-        if array is not None and bool(xp.may_share_memory(out, array)):
+        if array is None or array_module(array) is not xp:   # another device: refused later
+            continue
+        if bool(xp.may_share_memory(out, array)):
             raise ValueError(f"out shares memory with {name}; the result would overwrite "
                              f"its own input: pass a separate array")
     return out

@@ -149,9 +149,9 @@ def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None, alg
                              f"got {tuple(bias.shape)}")
     check_same_dtype(feats, "feats", weight=weight, bias=bias)
     _check_output_size(kmap.n_out, c_out, feats.dtype, "the output features")
-    backend = backend_for(feats, weight, bias, kmap.in_rows, out)
     out = check_out(out, (kmap.n_out, c_out), feats.dtype, feats=feats, weight=weight,
                     bias=bias)
+    backend = backend_for(feats, weight, bias, kmap.in_rows, out)
     return backend.conv_forward(feats, weight, kmap, layout, c_out, bias=bias,
                                 algorithm=algorithm, out=out)
 
@@ -186,8 +186,8 @@ def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1, algorith
     check_same_dtype(grad_out, "grad_out", weight=weight)
     _check_output_size(kmap.n_in, c_in, grad_out.dtype, "the input gradient")
     weight, layout = _as_depthwise(weight, layout)
-    backend = backend_for(grad_out, weight, kmap.in_rows, out)
     out = check_out(out, (kmap.n_in, c_in), grad_out.dtype, grad_out=grad_out, weight=weight)
+    backend = backend_for(grad_out, weight, kmap.in_rows, out)
     return backend.conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=algorithm,
                                    out=out)
 
@@ -242,8 +242,8 @@ def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_s
     run_shape = weight_shape
     if layout == "grouped" and weight_shape[2] == 1 and weight_shape[3] == 1:
         layout, run_shape = "depthwise", (kernel_volume, groups)
-    backend = backend_for(feats, grad_out, kmap.in_rows, out)
     out = check_out(out, weight_shape, feats.dtype, feats=feats, grad_out=grad_out)
+    backend = backend_for(feats, grad_out, kmap.in_rows, out)
     grad = backend.conv_weight_grad(feats, grad_out, kmap, layout, run_shape,
                                     algorithm=algorithm,
                                     out=None if out is None else out.reshape(run_shape))

@@ -50,6 +50,19 @@ def _check_int_vector(name, value, ndim, allow_negative=True):
                       dtype=np.int64).reshape(ndim)
 
 
+def _check_inside_box(low, high, origin, spatial_shape):
+    """Raise ValueError unless the per-axis coordinate span [low, high] (D,) lies in
+    the dense box [origin, origin + spatial_shape)."""
+    outside = (low < origin) | (high >= origin + spatial_shape)
+    if outside.any():
+        axis = int(np.flatnonzero(outside)[0])
+        raise ValueError(
+            f"coords lie outside the dense box [origin, origin + spatial_shape) on "
+            f"spatial axis {axis}: coordinates span [{low[axis]}, {high[axis]}], "
+            f"origin is {origin.tolist()}, spatial_shape is {np.asarray(spatial_shape).tolist()}"
+        )
+
+
 def _check_flag(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}")
@@ -138,14 +151,7 @@ def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=
         spatial_shape = _check_int_vector("spatial_shape", spatial_shape, ndim,
                                           allow_negative=False)
     if n_rows:
-        outside = (low < origin) | (high >= origin + spatial_shape)
-        if outside.any():
-            axis = int(np.flatnonzero(outside)[0])
-            raise ValueError(
-                f"coords lie outside the dense box [origin, origin + spatial_shape) on "
-                f"spatial axis {axis}: coordinates span [{low[axis]}, {high[axis]}], "
-                f"origin is {origin.tolist()}, spatial_shape is {spatial_shape.tolist()}"
-            )
+        _check_inside_box(low, high, origin, spatial_shape)
 
     if batch_size is None:
         batch_size = max_batch + 1
@@ -178,7 +184,7 @@ def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=
     # Flat site index b * prod(spatial) + (x - origin) in C order.
     site = mixed_radix_keys(
         [coords[:, 0]] + [coords[:, 1 + axis].astype(xp.int64) - int(origin[axis])
-                          for axis in range(ndim)], spatial)
+                          for axis in range(ndim)], (batch_size,) + spatial)
     if n_rows > 1:
         sorted_site = xp.sort(site)
         n_duplicates = int(xp.count_nonzero(sorted_site[1:] == sorted_site[:-1]))
@@ -394,16 +400,7 @@ def gather_from_dense(dense, coords, origin, channels_last=False):
                 f"coords batch index must be below the batch size {dense.shape[0]} of "
                 f"dense, got maximum {high[0]}"
             )
-        box_high = origin + np.asarray(spatial, dtype=np.int64)
-        outside = (low[1:] < origin) | (high[1:] >= box_high)
-        if outside.any():
-            axis = int(np.flatnonzero(outside)[0])
-            raise ValueError(
-                f"coords lie outside the dense box [origin, origin + spatial shape) on "
-                f"spatial axis {axis}: coordinates span [{low[1 + axis]}, "
-                f"{high[1 + axis]}], origin is {origin.tolist()}, dense spatial shape "
-                f"is {list(spatial)}"
-            )
+        _check_inside_box(low[1:], high[1:], origin, np.asarray(spatial, dtype=np.int64))
     site = mixed_radix_keys(
         [coords[:, 0]] + [coords[:, 1 + axis].astype(xp.int64) - int(origin[axis])
                           for axis in range(ndim)], (dense.shape[0],) + spatial)

@@ -26,6 +26,13 @@ def _check_mode(mode, valid):
         raise ValueError(f"mode must be one of {valid}, got {mode!r}")
 
 
+def _check_pool_args(feats, kmap, mode):
+    """The mode, the map and the (n_in, C) features of a pooling product."""
+    _check_mode(mode, POOL_MODES)
+    check_kernel_map(kmap)
+    return check_feats(feats, kmap.n_in, "feats")
+
+
 def pool_forward(feats, kmap: KernelMap, mode: str = "max"):
     """Reduce the input rows paired with each output row.
 
@@ -42,9 +49,7 @@ def pool_forward(feats, kmap: KernelMap, mode: str = "max"):
     -------
     out : ndarray, shape (n_out, C), dtype of ``feats``
     """
-    _check_mode(mode, POOL_MODES)
-    check_kernel_map(kmap)
-    feats = check_feats(feats, kmap.n_in, "feats")
+    feats = _check_pool_args(feats, kmap, mode)
     return backend_for(feats, kmap.in_rows).pool_forward(feats, kmap, mode)
 
 
@@ -64,9 +69,7 @@ def pool_backward(grad_out, feats, kmap: KernelMap, mode: str = "max"):
     -------
     grad_in : ndarray, shape (n_in, C), dtype of ``grad_out``
     """
-    _check_mode(mode, POOL_MODES)
-    check_kernel_map(kmap)
-    feats = check_feats(feats, kmap.n_in, "feats")
+    feats = _check_pool_args(feats, kmap, mode)
     grad_out = check_feats(grad_out, kmap.n_out, "grad_out")
     if grad_out.shape[1] != feats.shape[1]:
         raise ValueError(f"grad_out must have {feats.shape[1]} columns like feats, "

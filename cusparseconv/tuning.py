@@ -1,7 +1,7 @@
 """Algorithm choice for the GPU products: forced, heuristic or measured (autotuned).
 
 Each product (``forward``, ``input_grad``, ``weight_grad``) has several GPU
-algorithms (SPEC section 6). The choice, in order of precedence:
+algorithms (docs/SPEC.md section 6). The choice, in order of precedence:
 
 1. the ``algorithm=`` argument of the product;
 2. the ``CUSPARSECONV_ALGORITHM`` environment variable, either one name for

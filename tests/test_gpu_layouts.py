@@ -211,10 +211,8 @@ def test_one_host_read_per_new_geometry(cooperative):
     assert launcher.host_reads == before
     # duplicates are still found by that one read
     duplicated = np.concatenate([fine, fine[:1]])
-    keys = csc.coords.SortedKeys.__new__(csc.coords.SortedKeys)
-    keys.keys = np.sort(csc.coords.pack(duplicated))
-    keys.order = np.argsort(csc.coords.pack(duplicated), kind="stable")
-    keys.is_identity = False
+    packed = csc.coords.pack(duplicated)       # SortedKeys itself would refuse them
+    keys = csc.coords.SortedKeys._of(np.sort(packed), np.argsort(packed, kind="stable"), False)
     with pytest.raises(ValueError, match="unique rows, got 1 duplicates"):
         backend.build_kernel_map(duplicated, coarse, offsets, (2, 2, 2), False, in_keys=keys)
 

@@ -92,7 +92,7 @@ class MapState:
     other alive through the backend's table.
     """
 
-    __slots__ = ("derived", "_reverse", "_reverse_ref")
+    __slots__ = ("derived", "_reverse", "_reverse_ref", "__weakref__")
 
     def __init__(self):
         self.derived = {}

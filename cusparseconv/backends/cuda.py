@@ -109,6 +109,12 @@ class _DeviceMapState(MapState):
                                               self.position, self.mask))
 
 
+class _HashTables(dict):
+    """The GPU backend's state of one coordinate set (SortedKeys): device id ->
+    {"table": (keys, values, mask), "duplicates": (1,) int32 device array, or None
+    once the set is known to hold no duplicates}."""
+
+
 class _Conv:
     """A forward or input-gradient product as the algorithms see it (arrays C-contiguous
     device arrays; ``weight4`` (K, G, group_in, group_out); ``out`` the caller's output
@@ -173,8 +179,8 @@ class CudaBackend(ArrayOps):
     #   {device id: {"table": (keys, values, mask), "duplicates": array or None}};
     # * ``_maps``: per kernel map (and its reverse), a _DeviceMapState: device pair
     #   offsets, neighbour table, scatter positions, pair mask, the reverse link.
-    def _set_state(self, keys: SortedKeys) -> dict:
-        return self._sets.get_or_make(keys, dict)
+    def _set_state(self, keys: SortedKeys) -> _HashTables:
+        return self._sets.get_or_make(keys, _HashTables)
 
     def _new_map_state(self, kmap: KernelMap, tables: dict) -> _DeviceMapState:
         state = _DeviceMapState(tables)
