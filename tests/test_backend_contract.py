@@ -314,3 +314,60 @@ def test_out_is_checked(rng):
                             out=buffer[60:180].reshape(60, 2))
     with pytest.raises(TypeError, match="out must be a NumPy or CuPy array"):
         csc.conv_weight_grad(feats, np.zeros((60, 3), np.float32), kmap, out=[0.0])
+
+
+# ---------------------------------------------------------------------------
+# configuration and the kernels' constants: one place each
+# ---------------------------------------------------------------------------
+
+README = PACKAGE.parent / "README.md"
+
+
+def test_every_environment_variable_is_in_the_one_configuration_table():
+    import re
+
+    used = set()
+    for path in PACKAGE.rglob("*.py"):
+        used |= set(re.findall(r"CUSPARSECONV_[A-Z_]+[A-Z]", path.read_text()))
+    text = README.read_text()
+    table = text[text.index("### Configuration"):]
+    table = table[:table.index("\n\n", table.index("| --- |"))]
+    rows = set(re.findall(r"^\| `(CUSPARSECONV_[A-Z_]+)` \|", table, re.M))
+    assert used <= rows, f"variables missing from the README's table: {sorted(used - rows)}"
+
+
+def test_the_settings_live_in_one_module():
+    from cusparseconv import config, tuning
+
+    assert csc.set_num_threads is config.set_num_threads
+    assert csc.set_memory_limit is config.set_memory_limit
+    before = config.is_deterministic()
+    try:
+        config.set_deterministic(True)
+        assert tuning.is_deterministic()
+    finally:
+        config.set_deterministic(before)
+    with config.use_backend("cuda-emulated") as backend:
+        assert csc.backends.backend_for(np.zeros(1)) is backend
+    assert csc.backends.backend_for(np.zeros(1)).name == "cpu"
+
+
+def test_tile_constants_are_defined_once_and_passed_as_defines():
+    import re
+
+    from cusparseconv._kernels import KERNEL_CONSTANTS, NVRTC_OPTIONS, kernel_dir, kernel_source
+
+    for name, value in KERNEL_CONSTANTS.items():
+        assert f"-D{name}={value}" in NVRTC_OPTIONS
+    sources = {path.name: kernel_source(path.name)
+               for path in Path(kernel_dir()).iterdir() if path.suffix in (".cu", ".cuh")}
+    for name in KERNEL_CONSTANTS:
+        users = [file for file, text in sources.items() if re.search(rf"\b{name}\b", text)]
+        assert users, f"{name} is used by no kernel source"
+        for file in users:
+            assert not re.search(rf"^\s*#\s*define\s+{name}\b", sources[file], re.M), (
+                f"{file} defines {name} itself")
+    cuda = sys.modules["cusparseconv.backends.cuda"]
+    assert (cuda._TILE, cuda._CHUNK, cuda._WMMA_TILE, cuda._MAX_MASK_WORDS) == (
+        KERNEL_CONSTANTS["CSC_TILE"], KERNEL_CONSTANTS["CSC_CHUNK"],
+        KERNEL_CONSTANTS["CSC_WMMA_TILE"], KERNEL_CONSTANTS["CSC_MAX_MASK_WORDS"])
