@@ -178,6 +178,9 @@ def test_kernel_maps_and_sorted_keys_are_frozen(rng):
     with pytest.raises(ValueError, match="read-only"):
         keys.keys[0] = 0
     assert not hasattr(kmap, "__dict__") and not hasattr(keys, "__dict__")
+    for array in csc.pair_mask(kmap):           # derived arrays the backend shares
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = 0
 
 
 @pytest.mark.backends("cpu", "cuda-emulated")

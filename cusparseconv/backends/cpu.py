@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._arrays import read_only
 from .._dtypes import accumulate_dtype
 from .._threads import parallel_for
 from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
@@ -323,7 +324,7 @@ def pair_mask(kmap: KernelMap) -> tuple[np.ndarray, np.ndarray]:
             in_rows, out_rows = kmap.pairs(k)
             neighbour[out_rows, k] = in_rows
             words[out_rows, k // 32] |= np.uint32(1 << (k % 32))
-        return words, neighbour
+        return read_only(words), read_only(neighbour)   # shared with every later call
 
     return _state(kmap).memo("pair_mask", make)
 

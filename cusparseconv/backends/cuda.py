@@ -248,10 +248,6 @@ class CudaBackend(ArrayOps):
 
     # ------------------------------------------------------------ utilities
     @staticmethod
-    def accumulate_dtype(dtype) -> np.dtype:
-        return accumulate_dtype(dtype)
-
-    @staticmethod
     def _ctype(dtype) -> str:
         name = np.dtype(dtype).name
         if name not in _CTYPES:
