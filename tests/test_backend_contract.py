@@ -374,3 +374,11 @@ def test_tile_constants_are_defined_once_and_passed_as_defines():
     assert (cuda._TILE, cuda._CHUNK, cuda._WMMA_TILE, cuda._MAX_MASK_WORDS) == (
         KERNEL_CONSTANTS["CSC_TILE"], KERNEL_CONSTANTS["CSC_CHUNK"],
         KERNEL_CONSTANTS["CSC_WMMA_TILE"], KERNEL_CONSTANTS["CSC_MAX_MASK_WORDS"])
+
+
+def test_int32_rows_bound_the_sets_of_a_map():
+    from cusparseconv._limits import MAX_ROWS, check_kernel_map_size
+
+    check_kernel_map_size(10, 10, 27, get_backend("cpu"))
+    with pytest.raises(ValueError, match="int32 row indices"):
+        check_kernel_map_size(MAX_ROWS + 1, 10, 1, get_backend("cpu"))
