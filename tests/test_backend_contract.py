@@ -24,7 +24,7 @@ import pytest
 import cusparseconv as csc
 import oracle
 from conftest import assert_close, random_coords, random_feats, random_weight
-from cusparseconv.backends import get_backend, protocol
+from cusparseconv.backends import cpu, cuda, get_backend, protocol
 from cusparseconv.backends.cpu import CpuBackend
 from cusparseconv.backends.cuda import CudaBackend
 from cusparseconv.coords import SortedKeys
@@ -188,8 +188,7 @@ def test_a_freed_map_releases_its_backend_state(rng, backend):
     """The state a backend derives from a map (reverse table, pair mask, device
     tables, block cuts) lives in the backend's weak-keyed table and goes with the
     map, without the cycle collector."""
-    table = backend.backend._maps if backend.emulated else sys.modules[
-        "cusparseconv.backends.cpu"]._MAPS
+    table = backend.backend._maps if backend.emulated else cpu._MAPS
     gc.collect()
     gc.disable()
     try:
@@ -370,7 +369,6 @@ def test_tile_constants_are_defined_once_and_passed_as_defines():
         for file in users:
             assert not re.search(rf"^\s*#\s*define\s+{name}\b", sources[file], re.M), (
                 f"{file} defines {name} itself")
-    cuda = sys.modules["cusparseconv.backends.cuda"]
     assert (cuda._TILE, cuda._CHUNK, cuda._WMMA_TILE, cuda._MAX_MASK_WORDS) == (
         KERNEL_CONSTANTS["CSC_TILE"], KERNEL_CONSTANTS["CSC_CHUNK"],
         KERNEL_CONSTANTS["CSC_WMMA_TILE"], KERNEL_CONSTANTS["CSC_MAX_MASK_WORDS"])

@@ -24,9 +24,7 @@ import threading
 import numpy as np
 
 from .._arrays import is_cupy
-from ._launch import device_launcher, emulated_launcher
 from .cpu import CpuBackend
-from .cuda import CudaBackend
 from .protocol import Backend
 
 __all__ = ["Backend", "BACKEND_NAMES", "backend_for", "get_backend", "use_backend",
@@ -74,10 +72,12 @@ def get_backend(name: str) -> Backend:
         if found is None:
             if name == "cpu":
                 found = CpuBackend()
-            elif name == "cuda":
-                found = CudaBackend(device_launcher())
             else:
-                found = CudaBackend(emulated_launcher())
+                # the GPU backend's modules load on first use (import cost; CuPy only for "cuda")
+                from ._launch import device_launcher, emulated_launcher
+                from .cuda import CudaBackend
+
+                found = CudaBackend(device_launcher() if name == "cuda" else emulated_launcher())
             _instances[name] = found
     return found
 
