@@ -78,7 +78,7 @@ def _compile(report, archs):
         rows.append({"file": "(headers)", "arch": "-", "ok": False,
                      "detail": "; ".join(headers.problems)})
         return
-    from .backends._launch import kernel_dir, min_arch
+    from ._kernels import kernel_dir, min_arch
 
     for path in nvrtc_check.kernel_sources(kernel_dir()):
         lowest = min_arch(path.read_text())

@@ -12,45 +12,68 @@ import warnings
 
 import numpy as np
 
-#: Feature dtypes the products accept (bfloat16 through ml_dtypes or DLPack).
-FLOAT_DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
+from ._arrays import array_module
+from ._dtypes import FLOAT_DTYPE_NAMES
 
 
-def per_axis(value, ndim: int, name: str, minimum: int | None = 1,
-             maximum: int | None = None) -> tuple[int, ...]:
-    """Expand an int or a length-``ndim`` sequence of ints to a tuple.
+def _is_number(value, kind) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if kind is int:
+        return isinstance(value, (numbers.Integral, np.integer))
+    return isinstance(value, (numbers.Real, np.integer, np.floating))
+
+
+def per_axis(value, ndim: int, name: str, minimum=1, maximum=None, kind=int) -> tuple:
+    """Expand a number or a length-``ndim`` sequence to a tuple of ``ndim`` numbers.
+
+    The one parser of per-axis arguments (stride, kernel size, dilation, dense
+    origins and shapes, voxel sizes).
 
     Parameters
     ----------
-    value : int or sequence of int
+    value : number, sequence, or NumPy / CuPy array of shape () or (ndim,)
         The user's argument.
     ndim : int
         Number of spatial axes D.
     name : str
         Argument name used in error messages.
-    minimum : int or None
-        Smallest allowed value (inclusive); None for no bound.
-    maximum : int or None
-        Largest allowed value (inclusive); None for no bound.
+    minimum, maximum : number or None
+        Bounds (inclusive) every entry must respect; None for no bound.
+    kind : int or float
+        ``int``: integer entries (bool refused), returned as Python ints;
+        ``float``: real entries, returned as Python floats.
+
+    Raises
+    ------
+    TypeError
+        An entry that is not a number of that kind.
+    ValueError
+        A sequence of the wrong length, or an entry outside the bounds.
     """
-    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, bool):
-        values = (int(value),) * ndim
+    noun, plural = ("an int", "ints") if kind is int else ("a number", "numbers")
+    if hasattr(value, "get") and not isinstance(value, np.ndarray):
+        value = value.get()                               # a CuPy array: its host copy
+    if isinstance(value, np.ndarray):
+        value = value.tolist() if value.ndim else value.item()
+    if _is_number(value, kind):
+        values = (kind(value),) * ndim
     else:
+        if isinstance(value, (str, bytes)):
+            raise TypeError(f"{name} must be {noun} or a sequence of D = {ndim} {plural}, "
+                            f"got {value!r}")
         try:
             values = tuple(value)
         except TypeError:
-            raise TypeError(
-                f"{name} must be an int or a sequence of {ndim} ints, got {value!r}"
-            ) from None
-        if len(values) != ndim or not all(
-            isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, bool)
-            for v in values
-        ):
-            raise ValueError(
-                f"{name} must be an int or a sequence of {ndim} ints (one per spatial "
-                f"axis), got {value!r}"
-            )
-        values = tuple(int(v) for v in values)
+            raise TypeError(f"{name} must be {noun} or a sequence of D = {ndim} {plural}, "
+                            f"got {value!r}") from None
+        if len(values) != ndim:
+            raise ValueError(f"{name} must be {noun} or have D = {ndim} entries (one per "
+                             f"spatial axis), got {len(values)} entries: {value!r}")
+        if not all(_is_number(v, kind) for v in values):
+            raise TypeError(f"{name} must be {noun} or a sequence of D = {ndim} {plural}, "
+                            f"got {value!r}")
+        values = tuple(kind(v) for v in values)
     if minimum is not None and any(v < minimum for v in values):
         raise ValueError(f"{name} must be >= {minimum} on every axis, got {value!r}")
     if maximum is not None and any(v > maximum for v in values):
@@ -181,9 +204,48 @@ def check_feats(feats, n_rows: int, name: str = "feats"):
 
 def check_finite(array, name: str) -> None:
     """Raise ValueError if ``array`` holds NaN or Inf (opt-in check)."""
-    from ._arrays import array_module
-
     xp = array_module(array)
     if array.size and not bool(xp.isfinite(array).all()):
         n_bad = int((~xp.isfinite(array)).sum())
         raise ValueError(f"{name} contains {n_bad} NaN or Inf values")
+
+
+def check_float_array(value, name: str):
+    """An array (NumPy for anything else) of a dtype in FLOAT_DTYPE_NAMES, native order."""
+    if not hasattr(value, "dtype"):
+        value = np.asarray(value)
+    value = native(value)
+    if value.dtype.name not in FLOAT_DTYPE_NAMES:
+        raise TypeError(f"{name} must be a floating array ({', '.join(FLOAT_DTYPE_NAMES)}), "
+                        f"got dtype {value.dtype}")
+    return value
+
+
+def check_out(out, shape, dtype, **inputs):
+    """Validate an ``out=`` array for a result of ``shape`` and ``dtype``.
+
+    The result is written into ``out`` (not into a copy), so it must be a
+    C-contiguous, writeable array of exactly that shape and dtype, sharing no
+    memory with the inputs (``inputs``: name -> array or None). Returns ``out``.
+    """
+    if out is None:
+        return None
+    if not hasattr(out, "dtype") or not hasattr(out, "shape") or not hasattr(out, "flags"):
+        raise TypeError(f"out must be a NumPy or CuPy array, got {type(out).__name__}")
+    shape = tuple(int(n) for n in shape)
+    if tuple(out.shape) != shape or out.dtype != np.dtype(dtype):
+        raise ValueError(f"out must have shape {shape} and dtype {np.dtype(dtype)} (the "
+                         f"result's), got shape {tuple(out.shape)} and dtype {out.dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous (the result is written into it in place); "
+                         "pass numpy.ascontiguousarray(out) or a new array")
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError("out is read-only")
+    xp = array_module(out)
+    for name, array in inputs.items():
+        if array is None or array_module(array) is not xp:   # another device: refused later
+            continue
+        if bool(xp.may_share_memory(out, array)):
+            raise ValueError(f"out shares memory with {name}; the result would overwrite "
+                             f"its own input: pass a separate array")
+    return out

@@ -31,6 +31,8 @@ import threading
 
 #: Default limit: 2 GiB per estimated allocation (see the module docstring).
 DEFAULT_MEMORY_LIMIT = 2 << 30
+#: Most rows a coordinate set of a kernel map may have (rows are int32 in the map).
+MAX_ROWS = 2**31 - 1
 
 _limit = {"bytes": DEFAULT_MEMORY_LIMIT}
 _lock = threading.Lock()
@@ -112,9 +114,14 @@ def kernel_map_bytes(n_in: int, n_out: int, kernel_volume: int, device: bool) ->
 
 
 def check_kernel_map_size(n_in: int, n_out: int, kernel_volume: int, backend) -> None:
-    """Raise MemoryLimitError when a kernel map of these sizes may exceed the limit
-    (``backend``: the one that will build it; the GPU backend's tables count too)."""
-    estimate = kernel_map_bytes(n_in, n_out, kernel_volume, hasattr(backend, "launcher"))
+    """Raise before a kernel map is built when it may exceed the memory limit
+    (``backend``: the one that will build it; its neighbour tables count too) or
+    when a set has too many rows for the map's int32 row indices."""
+    largest = max(n_in, n_out)
+    if largest > MAX_ROWS:
+        raise ValueError(f"a coordinate set of {largest:,} rows is more than a kernel map's "
+                         f"int32 row indices hold ({MAX_ROWS:,}); split the batch")
+    estimate = kernel_map_bytes(n_in, n_out, kernel_volume, backend.neighbour_tables)
     check_memory(estimate,
                  f"a kernel map between {n_in:,} input and {n_out:,} output rows with "
                  f"{kernel_volume:,} offsets may hold up to "

@@ -4,8 +4,12 @@ The regimes (stride 1, strided, transposed, generative, explicit output
 coordinates) differ only in how the output coordinates are chosen
 (:func:`output_coordinates`) and in the kernel map built between the two sets;
 the products :func:`conv_forward`, :func:`conv_input_grad` and
-:func:`conv_weight_grad` do not know which regime they serve (SPEC sections 3
-to 5).
+:func:`conv_weight_grad` do not know which regime they serve (docs/SPEC.md
+sections 3 to 5).
+
+The products dispatch to the backend of their arrays
+(:func:`cusparseconv.backends.backend_for`) and may write into a caller's
+``out=`` array.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ import numbers
 
 import numpy as np
 
-from ._checks import MAX_STRIDE, check_coords, check_feats, check_same_dtype, native, per_axis
+from ._checks import (MAX_STRIDE, check_coords, check_feats, check_float_array, check_out,
+                      check_same_dtype, native, per_axis)
+from ._dtypes import accumulate_dtype
 from ._limits import check_memory, expansion_bytes, kernel_map_bytes
 from .backends import backend_for
 from .kmap import KernelMap
+from .maps import check_kernel_map
 from .offsets import check_offsets, kernel_offsets, kernel_volume
 from .tensor import SparseTensor
 
@@ -30,7 +37,7 @@ def weight_layout(weight_shape, kernel_volume: int, c_in: int, groups: int,
                   name: str = "weight") -> tuple[str, int]:
     """Check a weight shape against the kernel and channels; return (layout, C_out).
 
-    Layouts (SPEC section 2): ``"standard"`` (K, C_in, C_out) for groups == 1,
+    Layouts (docs/SPEC.md section 2): ``"standard"`` (K, C_in, C_out) for groups == 1,
     ``"grouped"`` (K, G, C_in / G, C_out / G), ``"depthwise"`` (K, C) when
     groups == C_in == C_out.
     """
@@ -61,13 +68,19 @@ def weight_layout(weight_shape, kernel_volume: int, c_in: int, groups: int,
     return "grouped", groups * shape[3]
 
 
-def _check_weight(weight, name="weight"):
-    if not hasattr(weight, "dtype"):
-        weight = np.asarray(weight)
-    weight = native(weight)
-    if weight.dtype.name not in ("float16", "bfloat16", "float32", "float64"):
-        raise TypeError(f"{name} must be a floating array, got dtype {weight.dtype}")
-    return weight
+def weight_shape_for(kernel_volume: int, c_in: int, c_out: int, groups: int = 1):
+    """The weight shape of a layer (docs/SPEC.md section 2): (K, C_in, C_out) for
+    groups == 1, depthwise (K, C) when groups == C_in == C_out, else grouped
+    (K, G, C_in/G, C_out/G)."""
+    if groups == 1:
+        return (kernel_volume, c_in, c_out)
+    if groups == c_in == c_out:
+        return (kernel_volume, c_in)
+    if (isinstance(groups, (int, np.integer)) and not isinstance(groups, bool) and groups > 1
+            and c_in % groups == 0 and c_out % groups == 0):
+        return (kernel_volume, groups, c_in // groups, c_out // groups)
+    raise ValueError(f"groups ({groups}) must be a positive int dividing C_in ({c_in}) and "
+                     f"C_out ({c_out})")
 
 
 def _check_output_size(n_rows: int, channels: int, dtype, what: str) -> None:
@@ -76,12 +89,6 @@ def _check_output_size(n_rows: int, channels: int, dtype, what: str) -> None:
     check_memory(n_rows * channels * (itemsize + (8 if itemsize == 8 else 4)),
                  f"{what} of {n_rows:,} rows x {channels:,} channels",
                  "use fewer channels or rows")
-
-
-def _check_kmap(kmap):
-    if not isinstance(kmap, KernelMap):
-        raise TypeError(f"kmap must be a KernelMap (from build_kernel_map), "
-                        f"got {type(kmap).__name__}")
 
 
 def _as_depthwise(weight, layout):
@@ -95,7 +102,8 @@ def _as_depthwise(weight, layout):
 # The three products on arrays
 # --------------------------------------------------------------------------
 
-def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None, algorithm=None):
+def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None, algorithm=None,
+                 out=None):
     """Forward product ``Y[out] += A[in] @ W[k]`` over the pairs of every offset.
 
     Parameters
@@ -112,11 +120,16 @@ def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None, alg
         Force an implementation; None or "auto" lets the backend choose. CPU:
         "blocked" or "dense"; GPU: "explicit", "explicit_sorted", "implicit",
         "mask" (README, GPU backend).
+    out : ndarray, shape (n_out, C_out), the dtype of ``feats``, optional
+        C-contiguous array of the features' device the result is written into
+        (no copy is made when it has the accumulation dtype); it must not
+        overlap an input.
 
     Returns
     -------
     out : ndarray, shape (n_out, C_out), the dtype of ``feats``
-        Accumulated in float32 (float64 for float64 inputs).
+        Accumulated in float32 (float64 for float64 inputs); ``out`` itself
+        when given.
 
     Raises
     ------
@@ -124,24 +137,27 @@ def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None, alg
         When ``weight`` or ``bias`` has another dtype than ``feats`` (nothing is
         cast implicitly, as in PyTorch).
     """
-    _check_kmap(kmap)
+    check_kernel_map(kmap)
     feats = check_feats(feats, kmap.n_in, "feats")
-    weight = _check_weight(weight)
+    weight = check_float_array(weight, "weight")
     layout, c_out = weight_layout(weight.shape, kmap.kernel_volume, feats.shape[1], groups)
     weight, layout = _as_depthwise(weight, layout)
     if bias is not None:
-        bias = _check_weight(bias, "bias")
+        bias = check_float_array(bias, "bias")
         if tuple(bias.shape) != (c_out,):
             raise ValueError(f"bias must have shape (C_out,) = ({c_out},), "
                              f"got {tuple(bias.shape)}")
     check_same_dtype(feats, "feats", weight=weight, bias=bias)
     _check_output_size(kmap.n_out, c_out, feats.dtype, "the output features")
-    backend = backend_for(feats, weight, bias)
+    out = check_out(out, (kmap.n_out, c_out), feats.dtype, feats=feats, weight=weight,
+                    bias=bias)
+    backend = backend_for(feats, weight, bias, kmap.in_rows, out)
     return backend.conv_forward(feats, weight, kmap, layout, c_out, bias=bias,
-                                algorithm=algorithm)
+                                algorithm=algorithm, out=out)
 
 
-def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1, algorithm=None):
+def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1, algorithm=None,
+                    out=None):
     """Input gradient ``dX[in] += dY[out] @ W[k]^T``.
 
     Parameters
@@ -152,13 +168,15 @@ def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1, algorith
     groups : int
     algorithm : str, optional
         As for :func:`conv_forward` (run on the reverse table).
+    out : ndarray, shape (n_in, C_in), the dtype of ``grad_out``, optional
+        As for :func:`conv_forward`.
 
     Returns
     -------
-    grad_in : ndarray, shape (n_in, C_in), the dtype of ``grad_out``
+    grad_in : ndarray, shape (n_in, C_in), the dtype of ``grad_out`` (``out`` when given)
     """
-    _check_kmap(kmap)
-    weight = _check_weight(weight)
+    check_kernel_map(kmap)
+    weight = check_float_array(weight, "weight")
     c_in = _input_channels(weight, groups)
     layout, c_out = weight_layout(weight.shape, kmap.kernel_volume, c_in, groups)
     grad_out = check_feats(grad_out, kmap.n_out, "grad_out")
@@ -168,8 +186,10 @@ def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1, algorith
     check_same_dtype(grad_out, "grad_out", weight=weight)
     _check_output_size(kmap.n_in, c_in, grad_out.dtype, "the input gradient")
     weight, layout = _as_depthwise(weight, layout)
-    backend = backend_for(grad_out, weight)
-    return backend.conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=algorithm)
+    out = check_out(out, (kmap.n_in, c_in), grad_out.dtype, grad_out=grad_out, weight=weight)
+    backend = backend_for(grad_out, weight, kmap.in_rows, out)
+    return backend.conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=algorithm,
+                                   out=out)
 
 
 def _input_channels(weight, groups):
@@ -184,7 +204,7 @@ def _input_channels(weight, groups):
 
 
 def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_shape=None,
-                     algorithm=None):
+                     algorithm=None, out=None):
     """Weight gradient ``dW[k] = A[in]^T @ dY[out]`` per offset.
 
     Parameters
@@ -198,26 +218,21 @@ def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_s
         (K, C) when groups == C_in == C_out, else (K, G, C_in/G, C_out/G).
     algorithm : str, optional
         CPU: "blocked"; GPU: "explicit" or "splitk"; None lets the backend choose.
+    out : ndarray of ``weight_shape``, the dtype of ``feats``, optional
+        As for :func:`conv_forward`.
 
     Returns
     -------
-    grad_weight : ndarray of ``weight_shape``, the dtype of ``feats``
+    grad_weight : ndarray of ``weight_shape``, the dtype of ``feats`` (``out`` when given)
     """
-    _check_kmap(kmap)
+    check_kernel_map(kmap)
     feats = check_feats(feats, kmap.n_in, "feats")
     grad_out = check_feats(grad_out, kmap.n_out, "grad_out")
     check_same_dtype(feats, "feats", grad_out=grad_out)
     c_in, c_out = feats.shape[1], grad_out.shape[1]
     kernel_volume = kmap.kernel_volume
     if weight_shape is None:
-        if groups == 1:
-            weight_shape = (kernel_volume, c_in, c_out)
-        elif groups == c_in == c_out:
-            weight_shape = (kernel_volume, c_in)
-        elif groups >= 1 and c_in % groups == 0 and c_out % groups == 0:
-            weight_shape = (kernel_volume, groups, c_in // groups, c_out // groups)
-        else:
-            raise ValueError(f"groups ({groups}) must divide C_in ({c_in}) and C_out ({c_out})")
+        weight_shape = weight_shape_for(kernel_volume, c_in, c_out, groups)
     weight_shape = tuple(weight_shape)
     layout, layout_c_out = weight_layout(weight_shape, kernel_volume, c_in, groups,
                                          "weight_shape")
@@ -227,10 +242,12 @@ def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_s
     run_shape = weight_shape
     if layout == "grouped" and weight_shape[2] == 1 and weight_shape[3] == 1:
         layout, run_shape = "depthwise", (kernel_volume, groups)
-    backend = backend_for(feats, grad_out)
+    out = check_out(out, weight_shape, feats.dtype, feats=feats, grad_out=grad_out)
+    backend = backend_for(feats, grad_out, kmap.in_rows, out)
     grad = backend.conv_weight_grad(feats, grad_out, kmap, layout, run_shape,
-                                    algorithm=algorithm)
-    return grad.reshape(weight_shape)
+                                    algorithm=algorithm,
+                                    out=None if out is None else out.reshape(run_shape))
+    return out if out is not None else grad.reshape(weight_shape)
 
 
 def conv_bias_grad(grad_out):
@@ -243,9 +260,9 @@ def conv_bias_grad(grad_out):
     grad_out = native(grad_out)
     if grad_out.ndim != 2:
         raise ValueError(f"grad_out must have shape (n_out, C_out), got {tuple(grad_out.shape)}")
-    if grad_out.dtype == np.float64:
-        return grad_out.sum(axis=0)
-    return grad_out.astype(np.float32).sum(axis=0).astype(grad_out.dtype)
+    acc_dtype = accumulate_dtype(grad_out.dtype)
+    return grad_out.astype(acc_dtype, copy=False).sum(axis=0).astype(grad_out.dtype,
+                                                                     copy=False)
 
 
 # --------------------------------------------------------------------------
@@ -254,7 +271,7 @@ def conv_bias_grad(grad_out):
 
 def output_coordinates(x: SparseTensor, offsets: np.ndarray, stride: tuple[int, ...],
                        transposed: bool = False, generative: bool = False, out_coords=None):
-    """Output coordinate set of a layer (SPEC section 3 table) and its tensor stride.
+    """Output coordinate set of a layer (docs/SPEC.md section 3 table) and its tensor stride.
 
     Returns
     -------
@@ -304,7 +321,7 @@ def output_coordinates(x: SparseTensor, offsets: np.ndarray, stride: tuple[int, 
     base = x._coord_id if unit else cache.downsample(x._coord_id, stride)
     if generative:
         # Every output some input reaches under y_u = sum_k x_{s*u + K[k]}: { u - K[k] }
-        # (over the downsampled rows when s > 1; SPEC section 3).
+        # (over the downsampled rows when s > 1; docs/SPEC.md section 3).
         _check_generative_size(x, cache.coords(base), offsets)
         return cache.expand(base, -offsets, (1,) * len(stride)), out_stride
     return base, out_stride
@@ -354,7 +371,7 @@ def _check_weight_before_offsets(x: SparseTensor, weight, kernel_size, groups, o
 def sparse_conv(x: SparseTensor, weight, kernel_size=3, stride=1, dilation=1,
                 transposed: bool = False, generative: bool = False, groups: int = 1,
                 bias=None, offsets=None, out_coords=None) -> SparseTensor:
-    """Sparse convolution of ``x`` (SPEC section 3), in every regime.
+    """Sparse convolution of ``x`` (docs/SPEC.md section 3), in every regime.
 
     Parameters
     ----------

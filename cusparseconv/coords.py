@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import array_module
+from ._arrays import array_module, read_only
 from ._limits import check_memory, expansion_bytes
 
 BATCH_BITS = {1: 15, 2: 15, 3: 15, 4: 11}
@@ -119,6 +119,33 @@ def unpack(keys: np.ndarray, ndim: int) -> np.ndarray:
     return coords
 
 
+def mixed_radix_keys(digits, sizes):
+    """One int64 key per row from digit columns: ``sum_i digits[i] * prod(sizes[i+1:])``.
+
+    The scheme of row keys whose ranges are known (dense-grid sites, the
+    voxels of :func:`cusparseconv.voxelize`): with ``0 <= digits[i] < sizes[i]``
+    the key is the row's flat C-order index in a grid of shape ``sizes``, so
+    the numeric order of the keys is the lexicographic order of the rows. The
+    caller checks that ``prod(sizes)`` fits in int64. (:func:`pack` is the other
+    scheme: fixed bit fields that any coordinate set shares, for keys that must
+    agree across sets and with the GPU hash table.)
+
+    Parameters
+    ----------
+    digits : sequence of integer arrays, each of shape (N,)
+    sizes : sequence of ints, one per column
+
+    Returns
+    -------
+    keys : ndarray of int64, shape (N,)
+    """
+    keys = digits[0].astype(np.int64)
+    for column, size in zip(digits[1:], sizes[1:]):
+        keys *= int(size)
+        keys += column
+    return keys
+
+
 def offset_deltas(offsets: np.ndarray) -> np.ndarray:
     """Key difference produced by each offset (K, D): valid while no field overflows."""
     ndim = offsets.shape[1]
@@ -163,7 +190,9 @@ def content_digest(keys) -> int:
 
 
 class SortedKeys:
-    """The packed keys of one coordinate set, sorted, with the permutation.
+    """The packed keys of one coordinate set, sorted, with the permutation: a frozen
+    value (NumPy arrays read-only; compared by identity, so a backend can keep
+    per-set state, e.g. a device hash table, in its own weak-keyed table).
 
     Attributes
     ----------
@@ -175,10 +204,29 @@ class SortedKeys:
         True when the rows were already sorted (``order`` is ``arange(N)``).
     """
 
-    __slots__ = ("keys", "order", "is_identity", "_hash_tables")
+    __slots__ = ("keys", "order", "is_identity", "__weakref__")
 
     def __init__(self, coords: np.ndarray, name: str = "coords"):
         self._fill(pack(coords, name), coords, name)
+
+    @classmethod
+    def _of(cls, keys, order, is_identity: bool) -> "SortedKeys":
+        """A value from its parts (no checks: the caller guarantees them)."""
+        self = cls.__new__(cls)
+        init = object.__setattr__
+        init(self, "keys", read_only(keys))
+        init(self, "order", read_only(order))
+        init(self, "is_identity", bool(is_identity))
+        return self
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"SortedKeys is a frozen value: cannot set {name!r}")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"SortedKeys is a frozen value: cannot delete {name!r}")
+
+    def __reduce__(self):
+        return SortedKeys._of, (self.keys, self.order, self.is_identity)
 
     @classmethod
     def from_packed(cls, keys: np.ndarray, coords: np.ndarray,
@@ -191,10 +239,11 @@ class SortedKeys:
 
     def _fill(self, keys, coords, name):
         xp = array_module(keys)
+        init = object.__setattr__
         if keys.shape[0] < 2 or bool(xp.all(keys[1:] > keys[:-1])):
-            self.keys = keys
-            self.order = xp.arange(keys.shape[0], dtype=np.int64)
-            self.is_identity = True
+            init(self, "keys", read_only(keys))
+            init(self, "order", read_only(xp.arange(keys.shape[0], dtype=np.int64)))
+            init(self, "is_identity", True)
             return
         order = xp.argsort(keys, kind="stable") if xp is np else xp.argsort(keys)
         sorted_keys = keys[order]
@@ -207,26 +256,19 @@ class SortedKeys:
                 f"rows {first} and {row} are both {coords[row].tolist()}; merge duplicate "
                 f"points first (cusparseconv.voxelize does)"
             )
-        self.keys = sorted_keys
-        self.order = order
-        self.is_identity = False
+        init(self, "keys", read_only(sorted_keys))
+        init(self, "order", read_only(order))
+        init(self, "is_identity", False)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held (keys and order; device hash tables included)."""
-        total = self.keys.nbytes + self.order.nbytes
-        for table in (getattr(self, "_hash_tables", None) or {}).values():
-            total += sum(getattr(part, "nbytes", 0) for part in table)
-        return total
+        """Bytes held (keys and order; what a backend keeps per set is counted there)."""
+        return int(self.keys.nbytes + self.order.nbytes)
 
     @classmethod
     def from_sorted_unique(cls, keys: np.ndarray) -> "SortedKeys":
         """Wrap keys already sorted and unique (rows in key order)."""
-        self = cls.__new__(cls)
-        self.keys = keys
-        self.order = array_module(keys).arange(keys.shape[0], dtype=np.int64)
-        self.is_identity = True
-        return self
+        return cls._of(keys, array_module(keys).arange(keys.shape[0], dtype=np.int64), True)
 
     def rank_of(self, query_keys: np.ndarray) -> np.ndarray:
         """Row index of each query key in the set, -1 where absent. (M,) int64."""

@@ -11,12 +11,21 @@ coordinates work:
 
 ``to_dense`` / ``scatter_to_dense`` build the dense array, ``from_dense``
 keeps the non-zero (or masked) sites, ``gather_from_dense`` reads a dense
-array at given coordinates (the adjoint of the scatter).
+array at given coordinates (the adjoint of the scatter). The scatter and the
+gather run on the backend of the arrays
+(:meth:`~cusparseconv.backends.protocol.Backend.scatter_to_grid`,
+:meth:`~cusparseconv.backends.protocol.Backend.gather_from_grid`).
 """
 
 import math
 
 import numpy as np
+
+from ._arrays import array_module, to_host
+from ._checks import check_coords, per_axis
+from .backends import backend_for
+from .coords import mixed_radix_keys
+from .tensor import SparseTensor
 
 __all__ = [
     "to_dense",
@@ -35,53 +44,23 @@ _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
 
 
-def _array_module(*arrays):
-    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
-    for array in arrays:
-        if type(array).__module__.split(".")[0] == "cupy":
-            import cupy
-
-            return cupy
-    return np
-
-
-def _check_coords(coords, xp):
-    coords = xp.asarray(coords)
-    if coords.ndim != 2 or not 1 <= coords.shape[1] - 1 <= 4:
-        raise ValueError(
-            f"coords must have shape (N, 1 + D) with D in 1..4, got {tuple(coords.shape)}"
-        )
-    if coords.shape[0] == 0 and coords.dtype == xp.float64:
-        coords = coords.astype(xp.int64)  # an empty list converts to float64
-    if not np.issubdtype(coords.dtype, np.integer):
-        raise TypeError(f"coords must be an integer array, got dtype {coords.dtype}")
-    if coords.shape[0] and int(coords[:, 0].min()) < 0:
-        raise ValueError(
-            f"coords column 0 (batch index) must be non-negative, got minimum "
-            f"{int(coords[:, 0].min())}"
-        )
-    return coords
-
-
-def _check_int_vector(name, value, ndim, xp, allow_negative=True):
+def _check_int_vector(name, value, ndim, allow_negative=True):
     """A scalar or length-``ndim`` sequence of integers, as an int64 (ndim,) array."""
-    array = np.asarray(value.get() if hasattr(value, "get") else value)
-    if array.size == 0 and ndim != 0 and array.dtype == np.float64:
-        array = array.astype(np.int64)
-    if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(
-            f"{name} must be an integer or a sequence of {ndim} integers, got {value!r}"
-        )
-    if array.ndim == 0:
-        array = np.full((ndim,), int(array), dtype=np.int64)
-    if array.shape != (ndim,):
+    return np.asarray(per_axis(value, ndim, name, minimum=None if allow_negative else 0),
+                      dtype=np.int64).reshape(ndim)
+
+
+def _check_inside_box(low, high, origin, spatial_shape):
+    """Raise ValueError unless the per-axis coordinate span [low, high] (D,) lies in
+    the dense box [origin, origin + spatial_shape)."""
+    outside = (low < origin) | (high >= origin + spatial_shape)
+    if outside.any():
+        axis = int(np.flatnonzero(outside)[0])
         raise ValueError(
-            f"{name} must have D = {ndim} entries (one per spatial axis), got "
-            f"shape {tuple(array.shape)}"
+            f"coords lie outside the dense box [origin, origin + spatial_shape) on "
+            f"spatial axis {axis}: coordinates span [{low[axis]}, {high[axis]}], "
+            f"origin is {origin.tolist()}, spatial_shape is {np.asarray(spatial_shape).tolist()}"
         )
-    if not allow_negative and (array < 0).any():
-        raise ValueError(f"{name} must be non-negative, got {array.tolist()}")
-    return array.astype(np.int64)
 
 
 def _check_flag(value, name):
@@ -144,12 +123,13 @@ def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=
         not below ``batch_size``, or the dense array would have more than
         ``MAX_DENSE_ELEMENTS`` elements (the mask counts as one channel).
     """
-    xp = _array_module(coords, feats)
-    coords = _check_coords(coords, xp)
+    xp = array_module(coords, feats)
+    coords = check_coords(xp.asarray(coords), "coords")
     channels_last = _check_channels_last(channels_last)
     return_mask = _check_flag(return_mask, "return_mask")
     n_rows, ndim = coords.shape[0], coords.shape[1] - 1
     feats = xp.asarray(feats)
+    backend = backend_for(coords, feats)
     if feats.ndim != 2 or feats.shape[0] != n_rows:
         raise ValueError(
             f"feats must have shape (N, C) with N = {n_rows} (the rows of coords), "
@@ -157,29 +137,21 @@ def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=
         )
     n_channels = feats.shape[1]
     if n_rows:
-        low = np.asarray(_to_host(coords[:, 1:].min(axis=0)), dtype=np.int64)
-        high = np.asarray(_to_host(coords[:, 1:].max(axis=0)), dtype=np.int64)
+        low = to_host(coords[:, 1:].min(axis=0)).astype(np.int64)
+        high = to_host(coords[:, 1:].max(axis=0)).astype(np.int64)
         max_batch = int(coords[:, 0].max())
     else:
         low = high = np.zeros((ndim,), dtype=np.int64)
         max_batch = -1
 
-    origin = low if origin is None else _check_int_vector("origin", origin, ndim, xp)
+    origin = low if origin is None else _check_int_vector("origin", origin, ndim)
     if spatial_shape is None:
         spatial_shape = np.maximum(high - origin + 1, 0) if n_rows else np.zeros_like(origin)
     else:
-        spatial_shape = _check_int_vector(
-            "spatial_shape", spatial_shape, ndim, xp, allow_negative=False
-        )
+        spatial_shape = _check_int_vector("spatial_shape", spatial_shape, ndim,
+                                          allow_negative=False)
     if n_rows:
-        outside = (low < origin) | (high >= origin + spatial_shape)
-        if outside.any():
-            axis = int(np.flatnonzero(outside)[0])
-            raise ValueError(
-                f"coords lie outside the dense box [origin, origin + spatial_shape) on "
-                f"spatial axis {axis}: coordinates span [{low[axis]}, {high[axis]}], "
-                f"origin is {origin.tolist()}, spatial_shape is {spatial_shape.tolist()}"
-            )
+        _check_inside_box(low, high, origin, spatial_shape)
 
     if batch_size is None:
         batch_size = max_batch + 1
@@ -210,10 +182,9 @@ def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=
         )
 
     # Flat site index b * prod(spatial) + (x - origin) in C order.
-    site = coords[:, 0].astype(xp.int64)
-    for axis in range(ndim):
-        site *= spatial[axis]
-        site += coords[:, 1 + axis].astype(xp.int64) - int(origin[axis])
+    site = mixed_radix_keys(
+        [coords[:, 0]] + [coords[:, 1 + axis].astype(xp.int64) - int(origin[axis])
+                          for axis in range(ndim)], (batch_size,) + spatial)
     if n_rows > 1:
         sorted_site = xp.sort(site)
         n_duplicates = int(xp.count_nonzero(sorted_site[1:] == sorted_site[:-1]))
@@ -222,23 +193,12 @@ def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=
                 f"coords must have unique rows, got {n_duplicates} duplicated rows"
             )
 
-    if channels_last:
-        dense = xp.zeros((batch_size,) + spatial + (n_channels,), dtype=feats.dtype)
-        dense.reshape(batch_size * n_sites, n_channels)[site] = feats
-    else:
-        dense = xp.zeros((batch_size, n_channels) + spatial, dtype=feats.dtype)
-        batch, spatial_site = xp.divmod(site, max(n_sites, 1))
-        # Advanced indices split by a slice: the indexed result is (N, C).
-        dense.reshape(batch_size, n_channels, n_sites)[batch, :, spatial_site] = feats
+    dense = backend.scatter_to_grid(feats, site, (batch_size,) + spatial, channels_last)
     if not return_mask:
         return dense, xp.asarray(origin)
-    mask = xp.zeros((batch_size,) + spatial, dtype=xp.bool_)
-    mask.reshape(-1)[site] = True
-    return dense, xp.asarray(origin), mask
-
-
-def _to_host(array):
-    return array.get() if hasattr(array, "get") else array
+    occupied = backend.scatter_to_grid(xp.ones((n_rows, 1), dtype=xp.bool_), site,
+                                       (batch_size,) + spatial, True)
+    return dense, xp.asarray(origin), occupied.reshape((batch_size,) + spatial)
 
 
 def to_dense(x, spatial_shape=None, origin=None, channels_last=False, batch_size=None,
@@ -342,15 +302,13 @@ def from_dense(dense, channels_last=False, origin=None, stride=1, mask=None):
     ValueError
         If a shape is wrong or a coordinate does not fit in int32.
     """
-    from .tensor import SparseTensor
-
     coords, feats = _dense_to_rows(dense, channels_last, origin, mask)
     return SparseTensor(coords, feats, stride=stride)
 
 
 def _dense_to_rows(dense, channels_last, origin, mask):
     """The (coords, feats) arrays behind :func:`from_dense`."""
-    xp = _array_module(dense, mask)
+    xp = array_module(dense, mask)
     channels_last = _check_channels_last(channels_last)
     dense = _check_dense(dense, channels_last, xp)
     ndim = dense.ndim - 2
@@ -363,7 +321,7 @@ def _dense_to_rows(dense, channels_last, origin, mask):
     origin = (
         np.zeros((ndim,), dtype=np.int64)
         if origin is None
-        else _check_int_vector("origin", origin, ndim, xp)
+        else _check_int_vector("origin", origin, ndim)
     )
     site_shape = (dense.shape[0],) + spatial
     if mask is None:
@@ -421,42 +379,29 @@ def gather_from_dense(dense, coords, origin, channels_last=False):
     ValueError
         If a shape is wrong or a row of ``coords`` lies outside the dense box.
     """
-    xp = _array_module(dense, coords)
+    xp = array_module(dense, coords)
     channels_last = _check_channels_last(channels_last)
     dense = _check_dense(dense, channels_last, xp)
-    coords = _check_coords(coords, xp)
+    coords = check_coords(xp.asarray(coords), "coords")
+    backend = backend_for(dense, coords)
     ndim = dense.ndim - 2
     if coords.shape[1] - 1 != ndim:
         raise ValueError(
             f"coords must have 1 + D = {1 + ndim} columns to match the {ndim} spatial "
             f"axes of dense {tuple(dense.shape)}, got {coords.shape[1]}"
         )
-    origin = _check_int_vector("origin", origin, ndim, xp)
-    if channels_last:
-        spatial = tuple(dense.shape[1:-1])
-        channels_at_end = dense
-    else:
-        spatial = tuple(dense.shape[2:])
-        channels_at_end = xp.moveaxis(dense, 1, -1)
+    origin = _check_int_vector("origin", origin, ndim)
+    spatial = tuple(dense.shape[1:-1]) if channels_last else tuple(dense.shape[2:])
     if coords.shape[0]:
-        low = np.asarray(_to_host(coords.min(axis=0)), dtype=np.int64)
-        high = np.asarray(_to_host(coords.max(axis=0)), dtype=np.int64)
+        low = to_host(coords.min(axis=0)).astype(np.int64)
+        high = to_host(coords.max(axis=0)).astype(np.int64)
         if high[0] >= dense.shape[0]:
             raise ValueError(
                 f"coords batch index must be below the batch size {dense.shape[0]} of "
                 f"dense, got maximum {high[0]}"
             )
-        box_high = origin + np.asarray(spatial, dtype=np.int64)
-        outside = (low[1:] < origin) | (high[1:] >= box_high)
-        if outside.any():
-            axis = int(np.flatnonzero(outside)[0])
-            raise ValueError(
-                f"coords lie outside the dense box [origin, origin + spatial shape) on "
-                f"spatial axis {axis}: coordinates span [{low[1 + axis]}, "
-                f"{high[1 + axis]}], origin is {origin.tolist()}, dense spatial shape "
-                f"is {list(spatial)}"
-            )
-    index = (coords[:, 0],) + tuple(
-        coords[:, 1 + axis].astype(xp.int64) - int(origin[axis]) for axis in range(ndim)
-    )
-    return channels_at_end[index]
+        _check_inside_box(low[1:], high[1:], origin, np.asarray(spatial, dtype=np.int64))
+    site = mixed_radix_keys(
+        [coords[:, 0]] + [coords[:, 1 + axis].astype(xp.int64) - int(origin[axis])
+                          for axis in range(ndim)], (dense.shape[0],) + spatial)
+    return backend.gather_from_grid(dense, site, channels_last)

@@ -1,4 +1,4 @@
-"""Kernel offsets: the set K of integer displacements a kernel covers (SPEC section 2)."""
+"""Kernel offsets: the set K of integer displacements a kernel covers (docs/SPEC.md section 2)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,20 @@
-"""Pooling over kernel maps, global pooling per batch item, nearest upsampling."""
+"""Pooling over kernel maps, global pooling per batch item, nearest upsampling.
+
+Every reduction runs on the backend of the arrays
+(:func:`cusparseconv.backends.backend_for`).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import array_module
-from ._checks import MAX_STRIDE, check_feats, check_same_dtype, per_axis
+from ._checks import MAX_STRIDE, check_coords, check_feats, check_same_dtype, per_axis
 from .backends import backend_for
 from .conv import output_coordinates
 from .coords import SortedKeys, pack_parts
 from .kmap import KernelMap
-from .offsets import kernel_offsets
+from .maps import check_kernel_map
+from .offsets import check_offsets, kernel_offsets
 from .tensor import SparseTensor
 
 POOL_MODES = ("max", "avg", "sum")
@@ -20,6 +24,13 @@ GLOBAL_MODES = ("mean", "max", "sum")
 def _check_mode(mode, valid):
     if mode not in valid:
         raise ValueError(f"mode must be one of {valid}, got {mode!r}")
+
+
+def _check_pool_args(feats, kmap, mode):
+    """The mode, the map and the (n_in, C) features of a pooling product."""
+    _check_mode(mode, POOL_MODES)
+    check_kernel_map(kmap)
+    return check_feats(feats, kmap.n_in, "feats")
 
 
 def pool_forward(feats, kmap: KernelMap, mode: str = "max"):
@@ -38,9 +49,8 @@ def pool_forward(feats, kmap: KernelMap, mode: str = "max"):
     -------
     out : ndarray, shape (n_out, C), dtype of ``feats``
     """
-    _check_mode(mode, POOL_MODES)
-    feats = check_feats(feats, kmap.n_in, "feats")
-    return backend_for(feats).pool_forward(feats, kmap, mode)
+    feats = _check_pool_args(feats, kmap, mode)
+    return backend_for(feats, kmap.in_rows).pool_forward(feats, kmap, mode)
 
 
 def pool_backward(grad_out, feats, kmap: KernelMap, mode: str = "max"):
@@ -59,14 +69,14 @@ def pool_backward(grad_out, feats, kmap: KernelMap, mode: str = "max"):
     -------
     grad_in : ndarray, shape (n_in, C), dtype of ``grad_out``
     """
-    _check_mode(mode, POOL_MODES)
-    feats = check_feats(feats, kmap.n_in, "feats")
+    feats = _check_pool_args(feats, kmap, mode)
     grad_out = check_feats(grad_out, kmap.n_out, "grad_out")
     if grad_out.shape[1] != feats.shape[1]:
         raise ValueError(f"grad_out must have {feats.shape[1]} columns like feats, "
                          f"got {grad_out.shape[1]}")
     check_same_dtype(feats, "feats", grad_out=grad_out)
-    return backend_for(feats, grad_out).pool_backward(grad_out, feats, kmap, mode)
+    return backend_for(feats, grad_out, kmap.in_rows).pool_backward(grad_out, feats, kmap,
+                                                                     mode)
 
 
 def sparse_pool(x: SparseTensor, kernel_size=2, stride=None, mode: str = "max",
@@ -109,7 +119,6 @@ def sparse_pool(x: SparseTensor, kernel_size=2, stride=None, mode: str = "max",
         if stride is None:
             stride = kernel_size
     else:
-        from .offsets import check_offsets
         kernel = check_offsets(offsets, ndim)
         if stride is None:
             stride = 1
@@ -137,11 +146,9 @@ def global_pool(x: SparseTensor, mode: str = "mean") -> SparseTensor:
     if not isinstance(x, SparseTensor):
         raise TypeError(f"x must be a SparseTensor, got {type(x).__name__}")
     _check_mode(mode, GLOBAL_MODES)
-    coords = x.coords
-    xp = array_module(coords)
-    batches, segment = xp.unique(coords[:, 0], return_inverse=True)
-    backend = backend_for(x.feats)
-    feats = backend.segment_reduce(x.feats, segment.reshape(-1), batches.shape[0], mode)
+    backend = backend_for(x.coords, x.feats)
+    batches, segment = backend.batch_segments(x.coords)
+    feats = backend.segment_reduce(x.feats, segment, batches.shape[0], mode)
     return SparseTensor._from_set(x.cache, global_pool_rows(x),
                                   feats.astype(x.feats.dtype, copy=False), x.stride)
 
@@ -161,9 +168,9 @@ def global_pool_backward(grad_out, x: SparseTensor, mode: str = "mean"):
     """
     _check_mode(mode, GLOBAL_MODES)
     coords, feats = x.coords, x.feats
-    xp = array_module(coords)
-    batches, segment = xp.unique(coords[:, 0], return_inverse=True)
-    segment = segment.reshape(-1)
+    backend = backend_for(coords, feats)
+    xp = backend.xp
+    batches, segment = backend.batch_segments(coords)
     n_items = batches.shape[0]
     grad_out = check_feats(grad_out, n_items, "grad_out")
     check_same_dtype(feats, "x.feats", grad_out=grad_out)
@@ -172,7 +179,7 @@ def global_pool_backward(grad_out, x: SparseTensor, mode: str = "mean"):
     if mode == "mean":
         counts = xp.bincount(segment, minlength=n_items)
         return (grad_out[segment] / counts[segment, None]).astype(grad_out.dtype, copy=False)
-    maxima = backend_for(feats).segment_reduce(feats, segment, n_items, "max")
+    maxima = backend.segment_reduce(feats, segment, n_items, "max")
     reached = maxima[segment].astype(feats.dtype)
     winners = feats == reached
     if feats.dtype.kind == "f":  # NaN maxima: the NaN rows hold them
@@ -193,14 +200,18 @@ def upsample_parents(fine_coords, coarse_coords, stride) -> np.ndarray:
 
     Returns
     -------
-    parents : ndarray of int64, shape (N_fine,); -1 where the parent is absent.
+    parents : ndarray of int, shape (N_fine,); -1 where the parent is absent (int64 on
+        the CPU backend, int32 on the GPU backend's hash-table lookup).
     """
+    fine_coords = check_coords(fine_coords, "fine_coords")
+    coarse_coords = check_coords(coarse_coords, "coarse_coords", ndim=fine_coords.shape[1] - 1)
     ndim = fine_coords.shape[1] - 1
     stride = per_axis(stride, ndim, "stride")
-    xp = array_module(fine_coords)
+    backend = backend_for(fine_coords, coarse_coords)
+    xp = backend.xp
     spatial = xp.floor_divide(fine_coords[:, 1:].astype(np.int64), xp.asarray(stride))
-    return SortedKeys(coarse_coords, "coarse_coords").rank_of(
-        pack_parts(fine_coords[:, 0], spatial))
+    return backend.lookup(SortedKeys(coarse_coords, "coarse_coords"),
+                          pack_parts(fine_coords[:, 0], spatial))
 
 
 def upsample_nearest(x: SparseTensor, stride, out_coords=None) -> SparseTensor:

@@ -1,4 +1,9 @@
-"""SparseTensor and the coordinate cache that follows it through a network."""
+"""SparseTensor and the coordinate cache that follows it through a network.
+
+The cache's coordinate operations (downsampling, expansion, batch rows) and
+kernel-map builds run on the backend of the coordinates
+(:func:`cusparseconv.backends.backend_for`).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from ._arrays import array_module
 from ._checks import (MAX_STRIDE, check_coords, check_feats, check_finite, per_axis,
                       warn_if_batch_looks_spatial)
 from ._limits import check_kernel_map_size
-from .coords import SortedKeys, content_digest, downsample, expand, pack
+from .backends import backend_for, state_nbytes
+from .coords import SortedKeys, content_digest, pack
 
 
 class _Content:
@@ -41,7 +47,8 @@ class _Content:
 
     @property
     def nbytes(self) -> int:
-        return self.data.nbytes + self.keys.nbytes
+        """Bytes of the rows, their keys and what backends keep for them (hash tables)."""
+        return self.data.nbytes + self.keys.nbytes + state_nbytes(self.keys)
 
     def __reduce__(self):
         return _restore_content, (self.data, self.digest)
@@ -338,7 +345,7 @@ class CoordinateCache:
         relation = ("down", stride)
         coarse = self._derived(fine, relation)
         if coarse is None:
-            coarse_coords, coarse_keys = downsample(fine.data, stride)
+            coarse_coords, coarse_keys = backend_for(fine.data).downsample(fine.data, stride)
             content = self._content_for(coarse_coords, SortedKeys.from_sorted_unique(
                 coarse_keys), "coords", owned=True)
             with self._lock:
@@ -368,7 +375,7 @@ class CoordinateCache:
         source = self._own(set_id)
 
         def make_rows():
-            coords, keys = expand(source.data, offsets, scale)
+            coords, keys = backend_for(source.data).expand(source.data, offsets, scale)
             return coords, SortedKeys.from_sorted_unique(keys)
 
         return self._derive(source, ("expand", offsets.tobytes(), offsets.shape,
@@ -380,9 +387,9 @@ class CoordinateCache:
         source = self._own(set_id)
 
         def make_rows():
-            xp = array_module(source.data)
-            batches = xp.unique(source.data[:, 0])
-            rows = xp.zeros((batches.shape[0], source.data.shape[1]), dtype=np.int32)
+            backend = backend_for(source.data)
+            batches, _ = backend.batch_segments(source.data)
+            rows = backend.xp.zeros((batches.shape[0], source.data.shape[1]), dtype=np.int32)
             rows[:, 0] = batches
             return rows, None
 
@@ -397,8 +404,6 @@ class CoordinateCache:
         exchanged, so a decoder layer reuses its encoder's map. The size of a new
         map is estimated first (:func:`cusparseconv.set_memory_limit`).
         """
-        from .backends import backend_for
-
         in_set, out_set = self._own(in_id), self._own(out_id)
         rows_in, rows_out = in_set.content, out_set.content
         geometry = (offsets.tobytes(), offsets.shape, tuple(stride))
@@ -412,10 +417,10 @@ class CoordinateCache:
                 return kmap
             mirror = self._kernel_maps.get(
                 (rows_out.serial, rows_in.serial, not transposed) + geometry)
+        backend = backend_for(rows_in.data, rows_out.data)
         if mirror is not None:
-            kmap = mirror.reverse()
+            kmap = backend.reverse(mirror)
         else:
-            backend = backend_for(rows_in.data, rows_out.data)
             check_kernel_map_size(rows_in.data.shape[0], rows_out.data.shape[0],
                                   offsets.shape[0], backend)
             kmap = backend.build_kernel_map(
@@ -463,7 +468,8 @@ class CoordinateCache:
             recent = len(self._recent)
         return {"sets": n_sets, "rows": len(contents), "kernel_maps": len(maps),
                 "recent": recent,
-                "bytes": sum(c.nbytes for c in contents) + sum(m.nbytes for m in maps)}
+                "bytes": sum(c.nbytes for c in contents)
+                + sum(m.nbytes + state_nbytes(m) for m in maps)}
 
     def __repr__(self) -> str:
         stats = self.stats()

@@ -1,7 +1,7 @@
 """Algorithm choice for the GPU products: forced, heuristic or measured (autotuned).
 
 Each product (``forward``, ``input_grad``, ``weight_grad``) has several GPU
-algorithms (SPEC section 6). The choice, in order of precedence:
+algorithms (docs/SPEC.md section 6). The choice, in order of precedence:
 
 1. the ``algorithm=`` argument of the product;
 2. the ``CUSPARSECONV_ALGORITHM`` environment variable, either one name for
@@ -55,6 +55,7 @@ DETERMINISTIC = {
 WORKSPACE_FRACTION = 0.5
 
 _settings = {
+    # read once, when this module is imported (cusparseconv.config documents every variable)
     "deterministic": os.environ.get("CUSPARSECONV_DETERMINISTIC", "0") not in ("", "0"),
     "autotune": os.environ.get("CUSPARSECONV_AUTOTUNE", "1") not in ("", "0"),
 }
@@ -75,15 +76,13 @@ def set_autotune(enabled: bool) -> None:
 
 
 def is_deterministic() -> bool:
+    """Whether only atomic-free GPU algorithms are allowed."""
     return _settings["deterministic"]
 
 
-def cache_dir() -> str:
-    """Directory of the persistent caches (tuning results, emulator builds), unchecked;
-    see :func:`cusparseconv._cachedir.private_dir` for the checks."""
-    from ._cachedir import cache_root
-
-    return str(cache_root())
+def is_autotune() -> bool:
+    """Whether the GPU products time their candidate algorithms on first use of a shape."""
+    return _settings["autotune"]
 
 
 def _tuning_file():

@@ -9,17 +9,22 @@ points that share a voxel (mean, max, min, sum, first or mode).  ``devoxelize``
 sends voxel features back to the points (each point reads its own voxel).
 
 All work is vectorised: the voxel rows are packed into one int64 key per point
-(mixed radix over the per-column ranges), sorted once, and every reduction is a
-segmented reduction over the sorted order.  The code is written against an
-array module ``xp`` (NumPy here); the segmented reductions live in
-``_segment_reduce`` so a CuPy port only needs to replace that helper.
+(:func:`cusparseconv.coords.mixed_radix_keys` over the per-column ranges),
+sorted once, and every reduction is a reduction over consecutive runs of the
+sorted order, run by the backend of the arrays
+(:meth:`~cusparseconv.backends.protocol.Backend.reduce_runs`). The rest is
+written against the backend's array module ``xp``.
 """
 
 import math
 
 import numpy as np
 
-from ._checks import native
+from ._arrays import array_module
+from ._checks import native, per_axis
+from ._dtypes import FLOAT_DTYPE_NAMES
+from .backends import backend_for
+from .coords import mixed_radix_keys
 
 __all__ = ["voxelize", "devoxelize", "REDUCTIONS"]
 
@@ -31,23 +36,9 @@ _INT32_MAX = 2**31 - 1
 _INT64_KEY_LIMIT = 2**63  # packed keys must lie in [0, 2**63)
 
 
-def _array_module(*arrays):
-    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``.
-
-    CuPy is imported only when a CuPy array is seen, so this module never
-    needs CuPy (nor a GPU) for NumPy inputs.
-    """
-    for array in arrays:
-        if type(array).__module__.split(".")[0] == "cupy":
-            import cupy
-
-            return cupy
-    return np
-
-
 def _is_float_dtype(dtype):
     # ml_dtypes.bfloat16 is not a numpy.floating subtype but is a float format.
-    return np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"
+    return dtype.name in FLOAT_DTYPE_NAMES or np.issubdtype(dtype, np.floating)
 
 
 def _is_int_dtype(dtype):
@@ -55,21 +46,8 @@ def _is_int_dtype(dtype):
 
 
 def _per_axis(name, value, ndim, xp):
-    """Broadcast a scalar or a length-``ndim`` sequence to a float64 (ndim,) array."""
-    try:
-        array = xp.asarray(value, dtype=xp.float64)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"{name} must be a number or a sequence of {ndim} numbers, got {value!r}"
-        ) from None
-    if array.ndim == 0:
-        array = xp.full((ndim,), float(array), dtype=xp.float64)
-    if array.shape != (ndim,):
-        raise ValueError(
-            f"{name} must be a number or have D = {ndim} entries (one per column of "
-            f"points), got shape {tuple(array.shape)}"
-        )
-    return array
+    """A number or a length-``ndim`` sequence as a float64 (ndim,) array."""
+    return xp.asarray(per_axis(value, ndim, name, minimum=None, kind=float), dtype=xp.float64)
 
 
 def _check_points(points, xp):
@@ -172,12 +150,10 @@ def _sort_rows(batch, cells, xp):
     lows = [int(column.min()) for column in columns]
     ranges = [int(column.max()) - low + 1 for column, low in zip(columns, lows)]
     if math.prod(ranges) <= _INT64_KEY_LIMIT:
-        # Mixed-radix packing: column 0 is the most significant digit, so the
+        # Mixed-radix keys: column 0 is the most significant digit, so the
         # numeric order of the keys is the lexicographic order of the rows.
-        key = xp.zeros((n_points,), dtype=xp.int64)
-        for column, low, size in zip(columns, lows, ranges):
-            key *= size
-            key += (column - low).astype(xp.int64)
+        key = mixed_radix_keys([(column - low).astype(xp.int64)
+                                for column, low in zip(columns, lows)], ranges)
         # The sort need not be stable: equal keys are equal rows, and "first"
         # takes the smallest point index of each voxel explicitly.
         order = xp.argsort(key)
@@ -196,18 +172,6 @@ def _sort_rows(batch, cells, xp):
     starts = xp.flatnonzero(is_start)
     voxel_of_sorted = xp.cumsum(is_start, dtype=xp.int64) - 1
     return order, starts, voxel_of_sorted
-
-
-def _segment_reduce(sorted_values, starts, reduce, xp):
-    """Reduce consecutive segments ``sorted_values[starts[i]:starts[i + 1]]`` along axis 0.
-
-    ``reduce`` is one of "sum", "max", "min"; the caller picks the dtype of
-    ``sorted_values`` (the accumulation dtype).  This is the one place that
-    uses ``ufunc.reduceat`` (missing from older CuPy releases): a GPU port
-    replaces it with a segmented-reduction kernel if needed.
-    """
-    ufunc = {"sum": xp.add, "max": xp.maximum, "min": xp.minimum}[reduce]
-    return ufunc.reduceat(sorted_values, starts, axis=0)
 
 
 def _segment_mode(sorted_labels, voxel_of_sorted, n_voxels, xp):
@@ -246,7 +210,8 @@ def _reduced_dtype(dtype, reduce, xp):
     return xp.dtype(xp.int64)
 
 
-def _reduce_feats(feats, order, starts, voxel_of_sorted, first_point, reduce, xp):
+def _reduce_feats(feats, order, starts, voxel_of_sorted, first_point, reduce, backend):
+    xp = backend.xp
     n_points = feats.shape[0]
     n_voxels = starts.shape[0]
     if reduce == "first":
@@ -262,14 +227,14 @@ def _reduce_feats(feats, order, starts, voxel_of_sorted, first_point, reduce, xp
             )
         return out
     if reduce in ("max", "min"):
-        return _segment_reduce(feats[order], starts, reduce, xp)
+        return backend.reduce_runs(feats[order], starts, reduce)
     # sum and mean accumulate in 64 bits, then cast to the output dtype.
     out_dtype = _reduced_dtype(feats.dtype, reduce, xp)
     if _is_float_dtype(feats.dtype):
         acc_dtype = xp.float64
     else:
         acc_dtype = _reduced_dtype(feats.dtype, "sum", xp)
-    sums = _segment_reduce(feats[order].astype(acc_dtype), starts, "sum", xp)
+    sums = backend.reduce_runs(feats[order].astype(acc_dtype), starts, "sum")
     if reduce == "sum":
         return sums.astype(out_dtype, copy=False)
     counts = xp.diff(xp.append(starts, n_points)).astype(xp.float64)
@@ -342,7 +307,7 @@ def voxelize(points, voxel_size, feats=None, reduce="mean", batch_index=None, or
     >>> point_to_voxel
     array([0, 0, 1])
     """
-    xp = _array_module(points, feats, batch_index)
+    xp = array_module(points, feats, batch_index)
     # native byte order on entry: results are native whatever came in
     points, feats, batch_index = (native(a) for a in (points, feats, batch_index))
     if not isinstance(reduce, str) or reduce not in REDUCTIONS:
@@ -387,11 +352,12 @@ def voxelize(points, voxel_size, feats=None, reduce="mean", batch_index=None, or
             "voxel_size or an origin closer to the points"
         )
 
+    backend = backend_for(cells, batch)
     order, starts, voxel_of_sorted = _sort_rows(batch, cells, xp)
     point_to_voxel = xp.empty((n_points,), dtype=xp.int64)
     point_to_voxel[order] = voxel_of_sorted
     # The lowest point index of each voxel (the sort is not stable).
-    first_point = _segment_reduce(order, starts, "min", xp)
+    first_point = backend.reduce_runs(order, starts, "min")
 
     coords = xp.empty((starts.shape[0], 1 + ndim), dtype=xp.int32)
     coords[:, 0] = batch[first_point]
@@ -400,7 +366,7 @@ def voxelize(points, voxel_size, feats=None, reduce="mean", batch_index=None, or
     voxel_feats = None
     if feats is not None:
         voxel_feats = _reduce_feats(
-            feats, order, starts, voxel_of_sorted, first_point, reduce, xp
+            feats, order, starts, voxel_of_sorted, first_point, reduce, backend
         )
     return coords, voxel_feats, point_to_voxel
 
@@ -432,7 +398,7 @@ def devoxelize(voxel_feats, point_to_voxel):
     ValueError
         If a shape is wrong or an entry of ``point_to_voxel`` is outside [0, M).
     """
-    xp = _array_module(voxel_feats, point_to_voxel)
+    xp = array_module(voxel_feats, point_to_voxel)
     voxel_feats = native(xp.asarray(voxel_feats))
     point_to_voxel = native(xp.asarray(point_to_voxel))
     if voxel_feats.ndim not in (1, 2):

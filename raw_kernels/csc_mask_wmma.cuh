@@ -10,15 +10,17 @@
 #include "csc_tile.cuh"
 #include "csc_exact.cuh"
 
-#ifndef CSC_MAX_MASK_WORDS
-#define CSC_MAX_MASK_WORDS 16  // |K| <= 512
+// CSC_MAX_MASK_WORDS (|K| <= 32 * CSC_MAX_MASK_WORDS), CSC_WMMA_TILE and
+// CSC_WMMA_THREADS come from cusparseconv/_kernels.py, passed as -D.
+#if !defined(CSC_MAX_MASK_WORDS) || !defined(CSC_WMMA_TILE) || !defined(CSC_WMMA_THREADS)
+#error "compile with cusparseconv._kernels.NVRTC_OPTIONS (CSC_MAX_MASK_WORDS, CSC_WMMA_*)"
 #endif
 
 // Tensor-core variant: 4 warps, a 32-row x 32-channel output tile, each warp
 // owning one 16 x 16 accumulator; the input channels advance 16 at a time.
-#define CSC_WMMA_TILE 32
+static_assert(CSC_WMMA_TILE == 2 * 16 && CSC_WMMA_THREADS == 4 * 32,
+              "4 warps, one 16 x 16 accumulator each");
 #define CSC_WMMA_K 16
-#define CSC_WMMA_THREADS 128
 
 template <typename T>
 __global__ void __launch_bounds__(CSC_WMMA_THREADS)

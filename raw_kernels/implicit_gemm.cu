@@ -21,9 +21,13 @@
 #include "csc_convert.cuh"
 #include "csc_tile.cuh"
 
-#define CSC_TILE 64      // BM = BN (pairs x output channels)
+// CSC_TILE (BM = BN: pairs x output channels), CSC_THREADS (16 x 16 threads, 4 x 4
+// outputs each) and CSC_CHUNK come from cusparseconv/_kernels.py, passed as -D.
+#if !defined(CSC_TILE) || !defined(CSC_THREADS) || !defined(CSC_CHUNK)
+#error "compile with cusparseconv._kernels.NVRTC_OPTIONS (CSC_TILE, CSC_THREADS, CSC_CHUNK)"
+#endif
+static_assert(CSC_TILE == 4 * 16 && CSC_THREADS == 16 * 16, "16 x 16 threads, 4 x 4 outputs each");
 #define CSC_TILE_K 16    // BK (input channels per stage)
-#define CSC_THREADS 256  // 16 x 16 threads, 4 x 4 outputs each
 
 __device__ __forceinline__ int csc_find_offset(const long long* __restrict__ starts,
                                                int kernel_volume, long long tile) {
@@ -86,7 +90,6 @@ implicit_gemm(const T* __restrict__ feats, const T* __restrict__ weight,
 
 // grid.x: chunks of at most CSC_CHUNK pairs of one offset (chunk_starts like tile_starts);
 // grid.y: (input-channel tile) * n_out_tiles + (output-channel tile); grid.z: group.
-#define CSC_CHUNK 1024
 
 template <typename T>
 __global__ void __launch_bounds__(CSC_THREADS)

@@ -24,9 +24,13 @@
 #include "csc_exact.cuh"
 #include "csc_mask_wmma.cuh"
 
-#define CSC_MASK_TILE 64
+// CSC_MASK_TILE and CSC_MASK_THREADS come from cusparseconv/_kernels.py, passed as -D.
+#if !defined(CSC_MASK_TILE) || !defined(CSC_MASK_THREADS)
+#error "compile with cusparseconv._kernels.NVRTC_OPTIONS (CSC_MASK_TILE, CSC_MASK_THREADS)"
+#endif
+static_assert(CSC_MASK_TILE == 4 * 16 && CSC_MASK_THREADS == 16 * 16,
+              "16 x 16 threads, 4 x 4 outputs each");
 #define CSC_MASK_TILE_K 16
-#define CSC_MASK_THREADS 256
 
 // Blocks per SM the register allocation must allow (256 threads each). Without a
 // bound, ptxas took more registers than needed once the epilogue learnt to repair

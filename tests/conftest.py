@@ -1,12 +1,22 @@
 """Shared fixtures and helpers for the cusparseconv test suite.
 
-The helpers here know nothing about the library: they make random coordinate
-sets, match two coordinate sets row by row, and compare arrays with a tolerance
-scaled to the reference. The library itself is handed to tests through the
-session-scoped ``csc`` fixture so that the oracle self-checks still run (and
-pass) while the package is missing or broken.
+The helpers here know nothing about the library's internals: they make random
+coordinate sets, match two coordinate sets row by row, and compare arrays with
+a tolerance scaled to the reference. The library itself is handed to tests
+through the session-scoped ``csc`` fixture so that the oracle self-checks
+still run (and pass) while the package is missing or broken.
+
+Backends: the one device list of the suite is ``BACKENDS``. A test that takes
+the ``backend`` fixture (or ``xp``, the array module of that backend) runs
+once per backend: ``cpu``; ``cuda-emulated`` (the GPU backend's own code with
+its kernels run by the host emulator, on NumPy arrays); ``cuda`` (CuPy arrays
+on a device; marked ``gpu``, skipped without one). The fixture routes NumPy
+arrays to its backend for the test's duration, so a test written against the
+public API needs nothing else. ``@pytest.mark.backends("cpu", ...)`` restricts
+a test to some of them (e.g. a slow check run on a subset under emulation).
 """
 
+import contextlib
 import importlib
 import os
 import zlib
@@ -48,20 +58,106 @@ def _cupy_or_skip():
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:  # pragma: no cover
             pytest.skip("no CUDA device")
-    except Exception:  # pragma: no cover
-        pytest.skip("no CUDA device")
+    except Exception as error:  # pragma: no cover - CUDARuntimeError without a driver
+        pytest.skip(f"no CUDA device ({type(error).__name__})")
     return cupy
 
 
-@pytest.fixture(
-    scope="session",
-    params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)],
-)
-def xp(request):
-    """The array module a test runs on: NumPy (CPU backend) or CuPy (GPU)."""
-    if request.param == "numpy":
-        return np
-    return _cupy_or_skip()
+#: Every backend, in the order tests run on them.
+BACKENDS = ("cpu", "cuda-emulated", "cuda")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "backends(*names): run a test taking `backend` or `xp` on these backends "
+                   "only (default: all of BACKENDS)")
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("backends")
+    names = marker.args if marker is not None else BACKENDS
+    unknown = set(names) - set(BACKENDS)
+    if unknown:
+        raise ValueError(f"unknown backends {sorted(unknown)}; expected some of {BACKENDS}")
+    metafunc.parametrize(
+        "backend", [pytest.param(name, marks=pytest.mark.gpu) if name == "cuda" else name
+                    for name in names], indirect=True)
+
+
+class BackendCase:
+    """One backend as a test sees it.
+
+    Attributes
+    ----------
+    name : str
+        "cpu", "cuda-emulated" or "cuda".
+    backend : cusparseconv.backends.protocol.Backend
+    xp : module
+        The array module of its arrays (numpy, or cupy for "cuda").
+    """
+
+    def __init__(self, name):
+        from cusparseconv.backends import get_backend
+
+        self.name = name
+        self.xp = _cupy_or_skip() if name == "cuda" else np
+        self.backend = get_backend(name)
+
+    def __repr__(self):
+        return f"<backend {self.name}>"
+
+    @property
+    def emulated(self) -> bool:
+        return self.name == "cuda-emulated"
+
+    def put(self, array):
+        """``array`` on this backend's device (``None`` stays ``None``)."""
+        return None if array is None else self.xp.asarray(array)
+
+    def get(self, array):
+        """A NumPy copy of an array of this backend."""
+        return to_numpy(array)
+
+    def supports(self, dtype) -> bool:
+        """CuPy carries bfloat16 only from v14 with ml_dtypes installed."""
+        if self.name != "cuda" or np.dtype(dtype).name != "bfloat16":
+            return True
+        try:
+            self.xp.zeros(1, dtype=dtype)
+        except Exception:
+            return False
+        return True
+
+    def kmap(self, in_coords, out_coords, offsets, stride, transposed, same_set=False):
+        """The backend's own kernel map of two host coordinate arrays."""
+        in_dev = self.put(in_coords)
+        out_dev = in_dev if same_set else self.put(out_coords)
+        return self.backend.build_kernel_map(in_dev, out_dev, np.asarray(offsets, np.int32),
+                                             tuple(stride), transposed, same_set=same_set)
+
+
+@pytest.fixture
+def backend(request, monkeypatch):
+    """The backend a test runs on (parametrised by ``pytest_generate_tests``); NumPy
+    arrays run on it for the duration of the test. Emulated launches run in the
+    cooperative mode (deterministic and fast) unless CUSPARSECONV_EMULATOR_MODE says
+    otherwise."""
+    from cusparseconv.backends import use_backend
+
+    case = BackendCase(request.param)
+    if case.emulated and "CUSPARSECONV_EMULATOR_MODE" not in os.environ:
+        monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE", "cooperative")
+    route = use_backend(case.name) if case.name != "cuda" else contextlib.nullcontext()
+    with route:
+        yield case
+
+
+@pytest.fixture
+def xp(backend):
+    """The array module a test runs on: that of its backend (numpy, or cupy)."""
+    return backend.xp
 
 
 def to_numpy(a):
@@ -82,16 +178,28 @@ SEED = 20261125
 
 @pytest.fixture
 def rng(request):
-    """A numpy Generator seeded from the fixed suite seed and the test's id,
-    so every test sees its own reproducible stream."""
-    return np.random.default_rng([SEED, zlib.crc32(request.node.nodeid.encode())])
+    """A numpy Generator seeded from the fixed suite seed and the test's id (without
+    its backend), so every test sees its own reproducible stream, the same on every
+    backend."""
+    callspec = getattr(request.node, "callspec", None)
+    params = {k: v for k, v in (callspec.params if callspec else {}).items()
+              if k != "backend"}
+    key = f"{request.node.path.name}::{request.node.originalname}{sorted(params.items())!r}"
+    return np.random.default_rng([SEED, zlib.crc32(key.encode())])
 
 
-def random_coords(rng, n, ndim=3, n_batch=2, low=-6, high=6):
+#: Random coordinate sets of the oracle suites per D: (rows, low, high).
+GEOMETRY = {1: (30, -20, 20), 2: (80, -6, 6), 3: (120, -4, 4), 4: (100, -3, 3)}
+#: Smaller sets for the gradient suite (finite differences run many products).
+GRAD_GEOMETRY = {1: (30, -20, 20), 2: (80, -6, 6), 3: (60, -3, 3), 4: (60, -2, 2)}
+
+
+def random_coords(rng, n, ndim=3, n_batch=2, low=-6, high=6, shuffle=True):
     """``n`` unique rows ``[b, x_1..x_D]`` (int32, shape (n, 1 + ndim)).
 
     Batch indices lie in ``[0, n_batch)``, coordinates in ``[low, high)``
-    (negative values included by default). Rows are in random order.
+    (negative values included by default). Rows are in random order, or
+    sorted lexicographically with ``shuffle=False``.
     """
     n_cells = n_batch * (high - low) ** ndim
     if n > n_cells:
@@ -100,6 +208,8 @@ def random_coords(rng, n, ndim=3, n_batch=2, low=-6, high=6):
         return np.zeros((0, 1 + ndim), dtype=np.int32)
     flat = rng.choice(n_cells, size=n, replace=False)
     shape = (n_batch,) + (high - low,) * ndim
+    if not shuffle:
+        flat = np.sort(flat)
     idx = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
     idx[:, 1:] += low
     return idx.astype(np.int32)
@@ -176,12 +286,25 @@ def assert_same_rows(tensor_coords, tensor_feats, ref_coords, ref_feats, rtol, e
     assert_close(feats[perm], ref_feats, rtol, err_msg=err_msg)
 
 
-RTOL = {np.float64: 1e-10, np.float32: 1e-4, np.float16: 2e-2}
+RTOL = {"float64": 1e-10, "float32": 1e-4, "float16": 2e-2, "bfloat16": 3e-2}
 
 
 def rtol_for(dtype):
     """The comparison tolerance of the suite for a feature dtype."""
-    return RTOL[np.dtype(dtype).type]
+    return RTOL[np.dtype(dtype).name]
+
+
+def bfloat16():
+    """The ml_dtypes bfloat16 dtype (the test is skipped without ml_dtypes)."""
+    return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+
+
+#: The feature dtypes of the suite, by name ("bfloat16" through ``bfloat16()``).
+DTYPE_NAMES = ("float64", "float32", "float16", "bfloat16")
+
+
+def dtype_named(name):
+    return bfloat16() if name == "bfloat16" else np.dtype(name)
 
 
 def kmap_case(rng, case, geometry, ndim=3):

@@ -1,6 +1,6 @@
-"""Brute-force reference implementations of SPEC.md, independent of the library.
+"""Brute-force reference implementations of docs/SPEC.md, independent of the library.
 
-Everything here is written from SPEC.md alone with Python dicts, sets and loops
+Everything here is written from docs/SPEC.md alone with Python dicts, sets and loops
 and computes in float64. Inputs in the tests are small (tens to a few hundred
 points), so clarity wins over speed. Coordinates are (N, 1 + D) integer arrays
 with the batch index in column 0; coordinate rows are handled as tuples of
@@ -9,7 +9,7 @@ Python ints, so floor division of negative coordinates is Python's ``//``.
 Two families of references are provided:
 
 * the dict oracle (``conv_oracle``, ``pool_oracle``, ...), a literal transcription
-  of the formulas of SPEC section 3;
+  of the formulas of docs/SPEC.md section 3;
 * a dense oracle (``conv_dense_oracle``, ``conv_correlate_oracle``) that scatters
   the features into a dense grid and convolves it with shifted sums or
   ``scipy.ndimage.correlate``; it exists to cross-check the dict oracle itself.
@@ -54,12 +54,12 @@ def ndim_of(coords):
 
 
 # ---------------------------------------------------------------------------
-# SPEC section 2: kernel offsets
+# docs/SPEC.md section 2: kernel offsets
 # ---------------------------------------------------------------------------
 
 
 def kernel_offsets_oracle(kernel_size, dilation=1, ndim=3):
-    """(K, D) int32 box-kernel offsets in SPEC order.
+    """(K, D) int32 box-kernel offsets in docs/SPEC.md order.
 
     Index grid ``j_d in [0, k_d)`` in C order (first axis slowest); offset
     ``(j_d - c_d) * r_d`` with ``c_d = (k_d - 1) // 2`` for odd ``k_d`` and 0
@@ -75,7 +75,7 @@ def kernel_offsets_oracle(kernel_size, dilation=1, ndim=3):
 
 
 # ---------------------------------------------------------------------------
-# SPEC section 3: output coordinates of every regime
+# docs/SPEC.md section 3: output coordinates of every regime
 # ---------------------------------------------------------------------------
 
 
@@ -106,7 +106,7 @@ def expand_coords(coords, offsets, scale=1):
 
 
 def generative_coords_oracle(coords, offsets, stride=1):
-    """Generative regime (SPEC section 3, as changed on 2026-11-28).
+    """Generative regime (docs/SPEC.md section 3, as changed on 2026-11-28).
 
     Every coordinate some input reaches: the outputs w for which the forward
     formula ``y_w = sum_k x_{w + K[k]}`` has at least one term, i.e.
@@ -199,13 +199,13 @@ def full_weight(weight, groups=1):
 
 
 # ---------------------------------------------------------------------------
-# SPEC section 3: the convolution
+# docs/SPEC.md section 3: the convolution
 # ---------------------------------------------------------------------------
 
 
 def conv_oracle(in_coords, feats, weight, offsets, stride, out_coords,
                 transposed=False, groups=1, bias=None):
-    """Sparse convolution, a literal transcription of SPEC section 3 (float64).
+    """Sparse convolution, a literal transcription of docs/SPEC.md section 3 (float64).
 
     Forward:     y_u = sum_{k : s*u + K[k] in C_in} x_{s*u+K[k]} @ W[k]
     Transposed:  y_w = sum_{(u, k) : s*u + K[k] == w} x_u @ W[k]
@@ -270,7 +270,7 @@ def kernel_map_oracle(in_coords, out_coords, offsets, stride=1, transposed=False
 
 
 def conv_from_pairs_oracle(feats, weight, pairs, n_out, groups=1, bias=None):
-    """Y[out] += A[in] @ W[k] over the pairs of every offset (SPEC section 5)."""
+    """Y[out] += A[in] @ W[k] over the pairs of every offset (docs/SPEC.md section 5)."""
     feats = np.asarray(feats, dtype=np.float64)
     _, c_out = weight_channels(weight, groups)
     y = np.zeros((n_out, c_out))
@@ -360,7 +360,7 @@ def conv_correlate_oracle(coords, feats, weight, kernel_size, groups=1):
     coords = np.asarray(coords, dtype=np.int64)
     ndim = coords.shape[1] - 1
     sizes = as_tuple(kernel_size, ndim)
-    assert all(k % 2 == 1 for k in sizes), "scipy centres odd kernels only like SPEC"
+    assert all(k % 2 == 1 for k in sizes), "scipy centres odd kernels only like docs/SPEC.md"
     feats = np.asarray(feats, dtype=np.float64)
     w_full = full_weight(weight, groups)
     c_in, c_out = w_full.shape[1:]

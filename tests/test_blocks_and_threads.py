@@ -7,7 +7,7 @@ import cusparseconv as csc
 
 
 def dict_conv(in_coords, out_coords, feats, weight, offsets, stride, transposed):
-    """Float64 brute force of SPEC section 3 over dictionaries."""
+    """Float64 brute force of docs/SPEC.md section 3 over dictionaries."""
     in_index = {tuple(r): i for i, r in enumerate(in_coords.tolist())}
     out_index = {tuple(r): i for i, r in enumerate(out_coords.tolist())}
     out = np.zeros((len(out_coords), weight.shape[-1]))

@@ -9,7 +9,6 @@ import pytest
 import cusparseconv as csc
 import oracle
 from conftest import assert_close, random_coords
-from cusparseconv.backends import use_backend
 
 
 @pytest.fixture
@@ -35,8 +34,8 @@ def test_decoder_reuses_the_encoder_map_and_coordinates(tensor):
     down = csc.sparse_conv(tensor, np.ones((8, 4, 4)), kernel_size=2, stride=2)
     encoder_map = csc.layer_kernel_map(tensor, kernel_size=2, stride=2)[0]
     decoder_map = csc.layer_kernel_map(down, kernel_size=2, stride=2, transposed=True)[0]
-    assert decoder_map is encoder_map.reverse()
-    assert decoder_map.reverse() is encoder_map
+    assert decoder_map is csc.reverse_kernel_map(encoder_map)
+    assert csc.reverse_kernel_map(decoder_map) is encoder_map
     up = csc.sparse_conv(down, np.ones((8, 4, 4)), kernel_size=2, stride=2, transposed=True)
     assert np.array_equal(up.coords, tensor.coords)
 
@@ -84,22 +83,20 @@ def test_finite_checks_on_request(tensor):
 
 
 
-@pytest.mark.parametrize("backend", ["cpu", "cuda-emulated"])
-def test_equal_rows_share_their_kernel_maps(backend, monkeypatch):
+@pytest.mark.backends("cpu", "cuda-emulated")
+def test_equal_rows_share_their_kernel_maps(backend):
     """The digest runs array-module generically: here on the CPU backend and on
-    the GPU backend's own code (emulated), whose map carries device tables."""
-    monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE", "cooperative")
+    the GPU backend's own code (emulated), whose map has device tables."""
     rng = np.random.default_rng(3)
     coords = random_coords(rng, 80, 3, 2, -4, 4)
     cache = csc.CoordinateCache()
-    with use_backend(backend):
-        first = csc.SparseTensor(coords, np.ones((80, 2)), cache=cache)
-        again = csc.SparseTensor(coords.copy(), np.ones((80, 2)), cache=cache)
-        assert csc.layer_kernel_map(first)[0] is csc.layer_kernel_map(again)[0]
-        permuted = coords[rng.permutation(80)]
-        other = csc.SparseTensor(permuted, np.ones((80, 2)), cache=cache)
-        assert csc.layer_kernel_map(other)[0] is not csc.layer_kernel_map(first)[0]
-        y = csc.sparse_conv(other, np.ones((27, 2, 1)))
+    first = csc.SparseTensor(coords, np.ones((80, 2)), cache=cache)
+    again = csc.SparseTensor(coords.copy(), np.ones((80, 2)), cache=cache)
+    assert csc.layer_kernel_map(first)[0] is csc.layer_kernel_map(again)[0]
+    permuted = coords[rng.permutation(80)]
+    other = csc.SparseTensor(permuted, np.ones((80, 2)), cache=cache)
+    assert csc.layer_kernel_map(other)[0] is not csc.layer_kernel_map(first)[0]
+    y = csc.sparse_conv(other, np.ones((27, 2, 1)))
     np.testing.assert_array_equal(y.coords, permuted)     # rows and order kept
     ref = oracle.conv_oracle(permuted, np.ones((80, 2)), np.ones((27, 2, 1)),
                              oracle.kernel_offsets_oracle(3), 1, permuted)
@@ -214,12 +211,13 @@ def test_kernel_map_count_is_bounded_by_the_lru(tensor):
     assert csc.layer_kernel_map(x, dilation=1)[0] is not first      # evicted, rebuilt
 
 
-def test_a_map_and_its_reverse_are_freed_without_the_cycle_collector(tensor):
+@pytest.mark.backends("cpu", "cuda-emulated")
+def test_a_map_and_its_reverse_are_freed_without_the_cycle_collector(tensor, backend):
     gc.disable()
     try:
         kmap = csc.build_kernel_map(tensor.coords, tensor.coords, csc.kernel_offsets(2), 1)
-        reverse = kmap.reverse()
-        assert reverse.reverse() is kmap
+        reverse = csc.reverse_kernel_map(kmap)
+        assert csc.reverse_kernel_map(reverse) is kmap
         refs = weakref.ref(kmap), weakref.ref(reverse)
         del kmap, reverse
         assert refs[0]() is None and refs[1]() is None

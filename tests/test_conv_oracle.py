@@ -3,8 +3,12 @@
 The first part checks the oracle itself (dict oracle vs dense grids, transposed
 vs adjoint); it needs no library. The rest runs every regime and weight variant
 of ``cusparseconv.sparse_conv`` and the low-level kernel-map products and
-compares them with the oracle in float64 (rtol 1e-10), float32 (1e-4) and
-float16 (loose).
+compares them with the oracle in float64 (rtol 1e-10), float32 (1e-4),
+float16 and bfloat16 (loose), on every backend of ``conftest.BACKENDS``
+(``cpu``, ``cuda-emulated``, ``cuda``): the GPU backend's code meets the oracle
+itself, not only the CPU backend. Every regime x weight variant x dtype runs
+on each backend (``test_conv_regime_variant`` in float64,
+``test_conv_low_precision`` in the three others).
 """
 
 import itertools
@@ -15,18 +19,16 @@ import pytest
 import oracle
 from conftest import kmap_case as shared_kmap_case
 from conftest import (
+    GEOMETRY,
     assert_close,
     assert_same_rows,
+    dtype_named,
     random_coords,
     random_feats,
     random_weight,
     rtol_for,
     to_numpy,
 )
-
-# Coordinate extents per spatial dimension: (n points, low, high), chosen so
-# that a 3^D kernel sees a few neighbours per point on average.
-GEOMETRY = {1: (30, -20, 20), 2: (80, -6, 6), 3: (120, -4, 4), 4: (100, -3, 3)}
 
 VARIANTS = ["standard", "groups", "depthwise", "depthwise4d", "bias"]
 
@@ -192,7 +194,7 @@ def test_oracle_output_coordinate_rules():
 
 
 def test_oracle_generative_set_is_every_reached_coordinate(rng):
-    """SPEC: the generative outputs are exactly the coordinates w whose forward sum
+    """docs/SPEC.md: the generative outputs are exactly the coordinates w whose forward sum
     y_w = sum_k x_{w + K[k]} has a term; checked by scanning a box around the
     inputs, with an asymmetric kernel (2x2x2) and an arbitrary one."""
     coords = random_coords(rng, 12, 3, 2, -3, 3)
@@ -242,7 +244,8 @@ def test_sparse_tensor_attributes(csc, xp, rng):
     assert to_numpy(x.coords).dtype == np.int32
     np.testing.assert_array_equal(to_numpy(x.coords), coords)
     np.testing.assert_array_equal(to_numpy(x.feats), feats)
-    x2 = csc.SparseTensor(xp.asarray(coords[:, :3]), xp.asarray(feats), stride=(2, 4))
+    x2 = csc.SparseTensor(xp.asarray(random_coords(rng, 20, 2)), xp.asarray(feats),
+                          stride=(2, 4))
     assert x2.ndim == 2 and tuple(x2.stride) == (2, 4)
     # int64 coordinates are accepted and stored as int32
     x3 = csc.SparseTensor(xp.asarray(coords.astype(np.int64)), xp.asarray(feats))
@@ -379,11 +382,13 @@ def test_conv_regime_ndim(csc, xp, rng, regime, ndim):
     run_regime(csc, xp, rng, regime, ndim, weight, groups, bias, c_in)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("regime", ["submanifold", "strided", "transposed_cached",
-                                    "transposed_generative", "generative", "explicit"])
-@pytest.mark.parametrize("variant", ["standard", "depthwise", "groups"])
-def test_conv_low_precision(csc, xp, rng, regime, variant, dtype):
+@pytest.mark.parametrize("dtype_name", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("regime", REGIMES)
+def test_conv_low_precision(csc, backend, xp, rng, regime, variant, dtype_name):
+    dtype = dtype_named(dtype_name)
+    if not backend.supports(dtype):
+        pytest.skip("this CuPy has no bfloat16 arrays (needs CuPy >= 14 and ml_dtypes)")
     weight, groups, bias, c_in = make_weight(rng, variant, 27, dtype)
     run_regime(csc, xp, rng, regime, 3, weight, groups, bias, c_in, dtype=dtype)
 

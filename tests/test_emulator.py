@@ -18,6 +18,7 @@ from cusparseconv._emulate import (  # noqa: E402
     EmulatorCompileError,
     EmulatorLaunchError,
 )
+from cusparseconv._kernels import NVRTC_OPTIONS  # noqa: E402
 
 try:
     import ml_dtypes
@@ -522,9 +523,10 @@ KERNEL_SOURCES = sorted(SELFTEST.parent.glob("*.cu"))
 
 @pytest.mark.parametrize("path", KERNEL_SOURCES, ids=[p.name for p in KERNEL_SOURCES])
 def test_kernel_source_compiles_in_emulation(path):
+    """With the launcher's options: they define the tile constants the sources use."""
     text = path.read_text()
     names = _instantiations(text)
-    m = EmulatedModule(path=str(path), name_expressions=names)
+    m = EmulatedModule(path=str(path), name_expressions=names, options=NVRTC_OPTIONS)
     for name in names:
         fn = m.get_function(name)
         assert fn.params is not None

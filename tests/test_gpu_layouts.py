@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import cusparseconv as csc
+from conftest import random_coords
 from cusparseconv import backends, tuning
 from cusparseconv.backends import cpu
 from cusparseconv.backends._launch import KernelUnavailableError, Launcher
@@ -79,13 +80,6 @@ def scrambling_backend(monkeypatch, cooperative):
     return backend, xp
 
 
-def _coords(rng, n, span=6):
-    coords = rng.integers(-span, span, size=(n, 4))
-    coords[:, 0] = rng.integers(0, 2, size=n)
-    coords = np.unique(coords, axis=0).astype(np.int32)
-    return coords[rng.permutation(len(coords))]
-
-
 REGIMES = {
     "submanifold": {}, "strided": dict(kernel_size=2, stride=2),
     "strided-3": dict(kernel_size=3, stride=2), "dilated": dict(dilation=2),
@@ -103,7 +97,7 @@ REGIMES = {
 def test_every_regime_and_algorithm_with_scrambled_layouts(scrambling_backend):
     backend, xp = scrambling_backend
     rng = np.random.default_rng(3)
-    coords = _coords(rng, 90)
+    coords = random_coords(rng, 90, 3, 2, -6, 6)
     feats = np.asfortranarray(rng.standard_normal((len(coords), 4)))     # F-ordered input
 
     def regimes():
@@ -192,7 +186,7 @@ def test_one_host_read_per_new_geometry(cooperative):
     launcher = Launcher(np, emulated=True)
     backend = CudaBackend(launcher)
     rng = np.random.default_rng(5)
-    fine = _coords(rng, 120)
+    fine = random_coords(rng, 120, 3, 2, -6, 6)
     coarse, _ = csc.coords.downsample(fine, (2, 2, 2))
     offsets = csc.kernel_offsets(2)
     before = launcher.host_reads
@@ -211,10 +205,8 @@ def test_one_host_read_per_new_geometry(cooperative):
     assert launcher.host_reads == before
     # duplicates are still found by that one read
     duplicated = np.concatenate([fine, fine[:1]])
-    keys = csc.coords.SortedKeys.__new__(csc.coords.SortedKeys)
-    keys.keys = np.sort(csc.coords.pack(duplicated))
-    keys.order = np.argsort(csc.coords.pack(duplicated), kind="stable")
-    keys.is_identity = False
+    packed = csc.coords.pack(duplicated)       # SortedKeys itself would refuse them
+    keys = csc.coords.SortedKeys._of(np.sort(packed), np.argsort(packed, kind="stable"), False)
     with pytest.raises(ValueError, match="unique rows, got 1 duplicates"):
         backend.build_kernel_map(duplicated, coarse, offsets, (2, 2, 2), False, in_keys=keys)
 
@@ -228,7 +220,7 @@ def test_bf16_mask_falls_back_below_sm80_with_one_warning(cooperative, monkeypat
     with pytest.raises(KernelUnavailableError, match="sm_80"):
         launcher.kernel("mask_gemm_bf16.cu", "mask_gemm_wmma<__nv_bfloat16>")
     rng = np.random.default_rng(9)
-    coords = _coords(rng, 70)
+    coords = random_coords(rng, 70, 3, 2, -6, 6)
     offsets = csc.kernel_offsets(3)
     kmap = backend.build_kernel_map(coords, coords, offsets, (1, 1, 1), False, same_set=True)
     reference = cpu.build_kernel_map(coords, coords, offsets, (1, 1, 1), False, same_set=True)

@@ -8,16 +8,21 @@ regime (kernel-map geometry) and weight variant: the adjoint identities
 central finite differences in float64, and the pair-table oracle. Pooling
 backward is checked against finite differences (no ties for max) and against
 the tie rule of the contract (ties go to the first active offset).
+
+Every test runs on each backend of ``conftest.BACKENDS``. Under the emulated
+GPU backend the finite differences (many forward products each) run on a
+representative subset, ``EMULATED_FD_CASES``: each weight variant and six of
+the twelve kernel-map geometries; the adjoint and oracle checks cover every
+geometry and variant there.
 """
 
 import numpy as np
 import pytest
 
 import oracle
-from conftest import (assert_close, kmap_case as _kmap_case, random_coords, random_feats,
-                      random_weight, to_numpy)
-
-GEOMETRY = {1: (30, -20, 20), 2: (80, -6, 6), 3: (60, -3, 3), 4: (60, -2, 2)}
+from conftest import GRAD_GEOMETRY, assert_close
+from conftest import kmap_case as _kmap_case
+from conftest import random_coords, random_feats, random_weight, to_numpy
 
 VARIANTS = ["standard", "groups", "depthwise", "depthwise4d"]
 
@@ -40,7 +45,7 @@ def make_weight(rng, variant, n_k, dtype=np.float64):
 
 
 def kmap_case(rng, case, ndim=3):
-    return _kmap_case(rng, case, GEOMETRY, ndim)
+    return _kmap_case(rng, case, GRAD_GEOMETRY, ndim)
 
 
 def build(csc, xp, in_coords, out_coords, offsets, stride, transposed):
@@ -90,9 +95,25 @@ def test_conv_grads_adjoint_and_oracle(csc, xp, rng, case, variant):
     assert_close(dw, oracle.conv_weight_grad_oracle(x, g, pairs, weight.shape, groups), 1e-10)
 
 
+EMULATED_FD_CASES = [("submanifold", "groups"), ("strided", "depthwise"),
+                     ("transposed_generative", "standard"), ("generative", "depthwise4d"),
+                     ("explicit", "standard"), ("transposed_strided", "groups")]
+
+
+@pytest.mark.backends("cpu", "cuda")
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case", KMAP_CASES)
 def test_conv_grads_finite_differences(csc, xp, rng, case, variant):
+    check_finite_differences(csc, xp, rng, case, variant)
+
+
+@pytest.mark.backends("cuda-emulated")
+@pytest.mark.parametrize("case, variant", EMULATED_FD_CASES)
+def test_conv_grads_finite_differences_emulated(csc, xp, rng, case, variant):
+    check_finite_differences(csc, xp, rng, case, variant)
+
+
+def check_finite_differences(csc, xp, rng, case, variant):
     in_coords, out_coords, offsets, stride, transposed = kmap_case(rng, case)
     weight, groups, c_in, c_out = make_weight(rng, variant, len(offsets))
     x = random_feats(rng, len(in_coords), c_in)

@@ -9,10 +9,10 @@ import types
 import numpy as np
 import pytest
 
-from cusparseconv.backends import _launch
-from cusparseconv.backends._kernel_args import KernelArgumentError, params_from_mangled
-from cusparseconv.backends._launch import Launcher
+from cusparseconv import _kernels
 from cusparseconv._emulate import nvrtc_check
+from cusparseconv._kernel_args import KernelArgumentError, params_from_mangled
+from cusparseconv.backends._launch import KernelUnavailableError, Launcher
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_device_launcher_checks_layout_dtype_and_device(nvrtc_ready):
 
 def test_device_launcher_refuses_kernels_above_the_device_arch(nvrtc_ready):
     launcher = Launcher(fake_cupy(arch="75"), emulated=False)
-    with pytest.raises(_launch.KernelUnavailableError, match=r"mask_gemm_bf16.cu needs sm_80 "
+    with pytest.raises(KernelUnavailableError, match=r"mask_gemm_bf16.cu needs sm_80 "
                                                              r"or newer; this device is sm_75"):
         launcher.kernel("mask_gemm_bf16.cu", "mask_gemm_wmma<__nv_bfloat16>")
     launcher.kernel("mask_gemm.cu", "mask_gemm<__nv_bfloat16>")   # SIMT exists on sm_75
@@ -144,21 +144,21 @@ def test_params_from_mangled_names():
 
 def test_nvrtc_source_hashes_the_headers(tmp_path, monkeypatch):
     copy = tmp_path / "raw_kernels"
-    shutil.copytree(_launch.kernel_dir(), copy)
-    for function in (_launch.kernel_dir, _launch.kernel_source, _launch.nvrtc_source):
+    shutil.copytree(_kernels.kernel_dir(), copy)
+    for function in (_kernels.kernel_dir, _kernels.kernel_source, _kernels.nvrtc_source):
         function.cache_clear()
-    monkeypatch.setattr(_launch, "kernel_dir", lambda: str(copy))
+    monkeypatch.setattr(_kernels, "kernel_dir", lambda: str(copy))
     try:
-        before = _launch.nvrtc_source("mask_gemm.cu")
+        before = _kernels.nvrtc_source("mask_gemm.cu")
         header = copy / "csc_tile.cuh"           # included by mask_gemm.cu and csc_mask_wmma.cuh
         header.write_text(header.read_text() + "\n// edited\n")
-        _launch.nvrtc_source.cache_clear()
-        after = _launch.nvrtc_source("mask_gemm.cu")
+        _kernels.nvrtc_source.cache_clear()
+        after = _kernels.nvrtc_source("mask_gemm.cu")
         assert before != after and before.splitlines()[:-1] == after.splitlines()[:-1]
-        unrelated = _launch.nvrtc_source("hash_table.cu")
+        unrelated = _kernels.nvrtc_source("hash_table.cu")
         (copy / "csc_mask_wmma.cuh").write_text("// changed\n")
-        _launch.nvrtc_source.cache_clear()
-        assert _launch.nvrtc_source("hash_table.cu") == unrelated   # does not include it
+        _kernels.nvrtc_source.cache_clear()
+        assert _kernels.nvrtc_source("hash_table.cu") == unrelated   # does not include it
     finally:
-        for function in (_launch.kernel_source, _launch.nvrtc_source):
+        for function in (_kernels.kernel_source, _kernels.nvrtc_source):
             function.cache_clear()

@@ -18,8 +18,8 @@ import time
 import pytest
 
 from cusparseconv._emulate import nvrtc_check
-from cusparseconv.backends._kernel_args import params_from_mangled
-from cusparseconv.backends._launch import NVRTC_OPTIONS, kernel_dir, min_arch
+from cusparseconv._kernel_args import params_from_mangled
+from cusparseconv._kernels import NVRTC_OPTIONS, kernel_dir, min_arch
 
 SOURCES = nvrtc_check.kernel_sources()
 

@@ -7,7 +7,8 @@ the NVRTC library and every include directory it reports must lie inside that
 environment, so that a toolkit on the machine (this one has CUDA 13.0 in
 /usr/local/cuda) cannot hide a missing wheel. The installed package also runs
 a kernel map under the host emulator (its kernel sources and shim headers are
-found inside site-packages).
+found inside site-packages), and every public function runs there
+(``tests/installed_api.py``).
 
 It downloads about 600 MB of wheels the first time (pip's cache makes later
 runs cheap: about 1.5 minutes on two cores, most of it unpacking); it runs in
@@ -76,3 +77,7 @@ def test_fresh_pip_install_compiles_every_kernel_without_a_toolkit(tmp_path):
                               capture_output=True, text=True, timeout=600)
     assert emulated.returncode == 0, emulated.stdout + emulated.stderr[-5000:]
     assert inside in emulated.stdout
+    public = subprocess.run([python, os.path.join(ROOT, "tests", "installed_api.py")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert public.returncode == 0, public.stdout + public.stderr[-5000:]
+    assert "every public function ran" in public.stdout

@@ -5,6 +5,7 @@ import pytest
 
 import oracle
 from conftest import (
+    GEOMETRY,
     assert_close,
     assert_same_rows,
     random_coords,
@@ -14,7 +15,6 @@ from conftest import (
     to_numpy,
 )
 
-GEOMETRY = {1: (30, -20, 20), 2: (80, -6, 6), 3: (120, -4, 4), 4: (100, -3, 3)}
 MODES = ["max", "avg", "sum"]
 
 # (kernel_size, stride) pairs whose windows always contain the point they
@@ -270,7 +270,7 @@ def test_sparse_pool_negative_features(csc, xp, rng, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_sparse_pool_window_without_active_offset_is_zero(csc, xp, rng, mode):
     """kernel 1, stride 2: an output whose only fine points are odd has no
-    active offset. SPEC is silent; the contract resolved here (and in the
+    active offset. docs/SPEC.md is silent; the contract resolved here (and in the
     library's docstring) is 0 for every mode, with a zero gradient."""
     coords = np.array([[0, 1, 1], [0, 3, 0], [0, 2, 2], [1, -1, 5]], dtype=np.int32)
     feats = -np.abs(random_feats(rng, 4, 2)) - 1.0

@@ -18,19 +18,10 @@ import pytest
 import cusparseconv as csc
 import oracle
 from conftest import assert_close, assert_same_rows, random_coords, random_feats
-from cusparseconv.backends import use_backend
 
-BACKENDS = ["cpu", "cuda-emulated"]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    """Run the test body under one backend (NumPy arrays either way)."""
-    if request.param == "cuda-emulated":
-        monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE",
-                           os.environ.get("CUSPARSECONV_EMULATOR_MODE", "cooperative"))
-    with use_backend(request.param):
-        yield request.param
+#: Tests taking ``backend`` (conftest's one backend fixture) run on the two backends
+#: that take NumPy arrays: these tests hand host buffers (big-endian, read-only, ...).
+pytestmark = pytest.mark.backends("cpu", "cuda-emulated")
 
 
 def small_tensor(rng, n=40, channels=3, dtype=np.float64, span=4):
@@ -228,8 +219,8 @@ EMULATED_ALGORITHMS = ["explicit", "explicit_sorted", "implicit", "mask"]
 
 
 @pytest.mark.parametrize("algorithm", EMULATED_ALGORITHMS)
-def test_non_finite_weights_same_result_on_every_gpu_algorithm(rng, monkeypatch, algorithm):
-    monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE", "cooperative")
+@pytest.mark.backends("cuda-emulated", "cuda")
+def test_non_finite_weights_same_result_on_every_gpu_algorithm(rng, backend, algorithm):
     coords = random_coords(rng, 60, 3, 1, -3, 3)
     offsets = csc.kernel_offsets(3)
     feats = rng.standard_normal((60, 2)).astype(np.float32)
@@ -238,9 +229,10 @@ def test_non_finite_weights_same_result_on_every_gpu_algorithm(rng, monkeypatch,
     pairs = oracle.kernel_map_oracle(coords, coords, offsets)
     with np.errstate(invalid="ignore"):
         ref = oracle.conv_from_pairs_oracle(feats, weight, pairs, 60)
-    with use_backend("cuda-emulated"), np.errstate(invalid="ignore"):
-        kmap = csc.build_kernel_map(coords, coords, offsets)
-        out = csc.conv_forward(feats, weight, kmap, algorithm=algorithm)
+    with np.errstate(invalid="ignore"):
+        kmap = csc.build_kernel_map(backend.put(coords), backend.put(coords), offsets)
+        out = backend.get(csc.conv_forward(backend.put(feats), backend.put(weight), kmap,
+                                           algorithm=algorithm))
     np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
     finite = np.isfinite(ref)
     np.testing.assert_allclose(out[finite], ref[finite], rtol=1e-4, atol=1e-4)
@@ -270,14 +262,13 @@ def test_max_pool_propagates_nan_in_any_position(backend, values):
     np.testing.assert_array_equal(grad, ref)
 
 
-@pytest.mark.parametrize("on", ["cpu", pytest.param("cuda-emulated", marks=pytest.mark.xfail(
-    strict=True, reason="segment_reduce in raw_kernels/pooling.cu of this branch keeps the "
-                        "first value over NaN; helper tc13's rewrite of that kernel propagates "
-                        "NaN: remove this marker when the branches merge"))])
-def test_global_max_pool_propagates_nan_forward_and_backward(on, monkeypatch):
-    monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE", "cooperative")
-    with use_backend(on):
-        _global_max_pool_with_nan()
+def test_global_max_pool_propagates_nan_forward_and_backward(backend, request):
+    if backend.emulated:
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="segment_reduce in raw_kernels/pooling.cu of this branch keeps "
+                                "the first value over NaN; helper tc13's rewrite of that kernel "
+                                "propagates NaN: remove this marker when the branches merge"))
+    _global_max_pool_with_nan()
 
 
 def _global_max_pool_with_nan():

@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 
-from .module import EmulatedModule, RAW_KERNELS
+from .._kernels import kernel_source
+from .module import EmulatedModule
 
 
 def _best(fn, repeat: int) -> float:
@@ -25,7 +26,7 @@ def _best(fn, repeat: int) -> float:
 
 
 def main() -> None:
-    src = (RAW_KERNELS / "emulator_selftest.cu").read_text()
+    src = kernel_source("emulator_selftest.cu")
     module = EmulatedModule(src, name_expressions=["noop", "barrier_rounds"])
     noop = module.get_function("noop")
     rounds = module.get_function("barrier_rounds")

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends._kernel_args import check_launch_args, param_names
-from ..backends._launch import kernel_dir
+from .._cachedir import private_dir
+from .._kernel_args import check_launch_args, param_names
+from .._kernels import kernel_dir
 
 __all__ = [
     "EmulatedModule",
@@ -43,10 +44,6 @@ __all__ = [
 _HERE = Path(__file__).resolve().parent
 SHIM = _HERE / "shim.h"
 STUB_INCLUDE = _HERE / "include"
-try:  # the kernel sources: raw_kernels/ of the checkout, or the installed copy
-    RAW_KERNELS = Path(kernel_dir())
-except FileNotFoundError:  # pragma: no cover - a broken install
-    RAW_KERNELS = _HERE.parent / "raw_kernels"
 
 
 # Bump when the generated entry points or the launch ABI change.
@@ -95,8 +92,6 @@ def cache_dir() -> Path:
     written, a private temporary directory of this process is used instead,
     with a one-time warning.
     """
-    from .._cachedir import private_dir
-
     path, reason = private_dir("emulator")
     if path is not None:
         return path
@@ -110,8 +105,12 @@ def cache_dir() -> Path:
 
 
 def default_include_dirs() -> tuple[str, ...]:
-    """The package's ``raw_kernels`` directory (where ``csc_common.cuh`` lives)."""
-    return (str(RAW_KERNELS),) if RAW_KERNELS.is_dir() else ()
+    """The kernel sources' directory (:func:`cusparseconv._kernels.kernel_dir`, where
+    ``csc_common.cuh`` lives); none when the sources are missing."""
+    try:
+        return (kernel_dir(),)
+    except FileNotFoundError:
+        return ()
 
 
 def _env_choice(name: str, table: dict, default: str) -> int:

@@ -12,7 +12,7 @@ through CuPy's low-level NVRTC bindings (``cupy_backends.cuda.libs.nvrtc``:
 createProgram / addNameExpression / compileProgram / getCUBIN /
 getLoweredName), which work on a machine with no GPU, with exactly the text,
 options and include directories the device launcher uses at run time
-(:func:`cusparseconv.backends._launch.nvrtc_source`, ``NVRTC_OPTIONS``,
+(:func:`cusparseconv._kernels.nvrtc_source`, ``NVRTC_OPTIONS``,
 :func:`cuda_include_dirs`) plus warnings as errors. `supported_archs` asks
 NVRTC which architectures it can target; `compile_all` compiles every file for
 every one of them it supports, in parallel processes.
@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from ..backends._launch import NVRTC_OPTIONS, kernel_dir, min_arch, nvrtc_source
+from .._kernels import NVRTC_OPTIONS, kernel_dir, min_arch, nvrtc_source
 
 __all__ = [
     "NVRTC_OPTIONS",
@@ -63,6 +63,7 @@ __all__ = [
     "nvrtc_unavailable_reason",
     "compile_source",
     "compile_all",
+    "run_nvrtc",
 ]
 
 RAW_KERNELS = Path(kernel_dir())
@@ -372,7 +373,6 @@ def compile_source(path: Path | str, arch: str, name_expressions=None, include_d
     NvrtcCompileError
         On any error or warning (warnings are compiled as errors).
     """
-    nvrtc = _nvrtc()
     path = Path(path)
     if path.parent.resolve() == RAW_KERNELS.resolve():
         text = nvrtc_source(path.name)
@@ -382,26 +382,66 @@ def compile_source(path: Path | str, arch: str, name_expressions=None, include_d
         name_expressions = parse_instantiations(text)
     if include_dirs is None:
         include_dirs = [str(RAW_KERNELS)] + cuda_include_dirs()
-    opts = [f"-arch={arch}", *NVRTC_OPTIONS, *(CHECK_OPTIONS if werror else ()),
-            *(f"-I{d}" for d in include_dirs), *options]
-    prog = nvrtc.createProgram(text, path.name, [], [])
+    options = [*(CHECK_OPTIONS if werror else ()), *(f"-I{d}" for d in include_dirs), *options]
+    compiled = run_nvrtc(text, path.name, f"-arch={arch}", name_expressions, options,
+                         output="cubin")
+    # belt and braces: -Werror should already have turned warnings into errors
+    if werror and re.search(r"\bwarning\b", compiled["log"], re.I):
+        raise NvrtcCompileError(f"NVRTC warnings on {path.name} for {arch}:\n{compiled['log']}")
+    return CompileResult(arch, len(compiled["cubin"]), compiled["lowered"], compiled["log"])
+
+
+def run_nvrtc(text: str, name: str, arch_option: str, name_expressions, options=(),
+              output: str = "cubin") -> dict:
+    """Compile ``text`` with NVRTC and the run-time options (the one place that drives
+    an NVRTC program: the compile check and the compiled-code check use it).
+
+    Parameters
+    ----------
+    text : str
+        The source.
+    name : str
+        Its file name (for messages).
+    arch_option : str
+        ``"-arch=sm_90"`` (CUBIN) or ``"-arch=compute_90"`` (PTX).
+    name_expressions : sequence of str
+    options : sequence of str
+        Added after ``NVRTC_OPTIONS`` (include directories, warnings as errors).
+    output : {"cubin", "ptx"}
+
+    Returns
+    -------
+    dict
+        ``log``, ``lowered`` (name expression -> mangled name) and the output
+        (``cubin`` bytes or ``ptx`` text).
+
+    Raises
+    ------
+    NvrtcCompileError
+        With NVRTC's log.
+    """
+    nvrtc = _nvrtc()
+    opts = [arch_option, *NVRTC_OPTIONS, *options]
+    prog = nvrtc.createProgram(text, name, [], [])
     try:
         for expr in name_expressions:
             nvrtc.addNameExpression(prog, expr)
         try:
             nvrtc.compileProgram(prog, opts)
         except Exception as exc:
-            log = nvrtc.getProgramLog(prog)
             raise NvrtcCompileError(
-                f"NVRTC failed on {path.name} for {arch} ({exc}) with options {opts} and "
-                f"name expressions {list(name_expressions)}:\n{log}") from None
-        log = nvrtc.getProgramLog(prog)
-        # belt and braces: -Werror should already have turned warnings into errors
-        if werror and re.search(r"\bwarning\b", log, re.I):
-            raise NvrtcCompileError(f"NVRTC warnings on {path.name} for {arch}:\n{log}")
-        cubin = nvrtc.getCUBIN(prog)
-        lowered = {expr: nvrtc.getLoweredName(prog, expr) for expr in name_expressions}
-        return CompileResult(arch, len(cubin), lowered, log)
+                f"NVRTC failed on {name} for {arch_option} ({exc}) with options {opts} and "
+                f"name expressions {list(name_expressions)}:\n{nvrtc.getProgramLog(prog)}"
+            ) from None
+        result = {"log": nvrtc.getProgramLog(prog),
+                  "lowered": {expr: nvrtc.getLoweredName(prog, expr)
+                              for expr in name_expressions}}
+        if output == "ptx":
+            ptx = nvrtc.getPTX(prog)
+            result["ptx"] = (ptx.decode() if isinstance(ptx, bytes) else ptx).rstrip("\0")
+        else:
+            result["cubin"] = nvrtc.getCUBIN(prog)
+        return result
     finally:
         nvrtc.destroyProgram(prog)
 

@@ -192,29 +192,14 @@ def inspect_source(path, arch: str) -> list[KernelReport]:
     RuntimeError
         When ptxas or nvdisasm fails.
     """
-    nvrtc = nvrtc_check._nvrtc()
     path = Path(path)
     text = path.read_text()
     names = nvrtc_check.parse_instantiations(text)
     include = [str(path.parent), *nvrtc_check.cuda_include_dirs()]
-    opts = [f"-arch=compute_{arch.split('_')[1]}", *nvrtc_check.NVRTC_OPTIONS,
-            *(f"-I{d}" for d in include)]
-    prog = nvrtc.createProgram(text, path.name, [], [])
-    try:
-        for expr in names:
-            nvrtc.addNameExpression(prog, expr)
-        try:
-            nvrtc.compileProgram(prog, opts)
-        except Exception as exc:
-            raise nvrtc_check.NvrtcCompileError(
-                f"NVRTC failed on {path.name} for {arch} ({exc}):\n"
-                f"{nvrtc.getProgramLog(prog)}") from None
-        ptx = nvrtc.getPTX(prog)
-        lowered = {nvrtc.getLoweredName(prog, expr): expr for expr in names}
-    finally:
-        nvrtc.destroyProgram(prog)
-    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
-    ptx = ptx.rstrip("\0")
+    compiled = nvrtc_check.run_nvrtc(text, path.name, f"-arch=compute_{arch.split('_')[1]}",
+                                     names, [f"-I{d}" for d in include], output="ptx")
+    ptx = compiled["ptx"]
+    lowered = {mangled: expr for expr, mangled in compiled["lowered"].items()}
     with tempfile.TemporaryDirectory() as tmp:
         ptx_path, cubin = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
         ptx_path.write_text(ptx)

@@ -8,7 +8,7 @@ device memory) and kernels compile as host C++ (``cusparseconv._emulate``).
 cuBLAS products are ``xp.matmul`` in both cases.
 
 Every launch is checked before it starts, the same way on both sides
-(:func:`cusparseconv.backends._kernel_args.check_launch_args`): array
+(:func:`cusparseconv._kernel_args.check_launch_args`): array
 arguments C-contiguous, of the parameter's dtype and (on a device) on the
 current device; scalars of the parameter's exact type; the grid within the
 limits of CUDA. Nothing is copied to make an argument fit.
@@ -16,45 +16,29 @@ limits of CUDA. Nothing is copied to make an argument fit.
 A source may declare the oldest architecture it compiles for with a line
 ``// csc-min-arch: sm_80``; on an older device asking for one of its kernels
 raises :class:`KernelUnavailableError` (the backend then falls back to another
-algorithm). The source handed to NVRTC carries a hash of every header it
-includes (last line), so CuPy's kernel cache (keyed by the source text and
-options) never serves a binary built from older headers.
+algorithm). Sources, their compile options and the text handed to NVRTC
+come from :mod:`cusparseconv._kernels`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import re
 import threading
-from functools import lru_cache
 
 import numpy as np
 
-from ._kernel_args import check_launch_args, param_names, params_from_mangled
+from .._kernel_args import check_launch_args, param_names, params_from_mangled
+from .._kernels import NVRTC_OPTIONS, kernel_dir, kernel_source, min_arch, nvrtc_source
 
 __all__ = [
-    "NVRTC_OPTIONS",
     "MAX_GRID",
     "KernelUnavailableError",
     "Launcher",
-    "kernel_dir",
-    "kernel_source",
-    "nvrtc_source",
-    "min_arch",
     "device_launcher",
     "emulated_launcher",
 ]
 
-#: NVRTC options shared by every kernel (the include paths are added per call):
-#: the device launcher and the compile check (``python -m cusparseconv check``,
-#: ``_emulate/nvrtc_check.py``) both use exactly these.
-NVRTC_OPTIONS = ("--std=c++17",)
 #: CUDA's grid limits (x, y, z), every architecture since sm_30.
 MAX_GRID = (2**31 - 1, 65535, 65535)
-
-_MIN_ARCH = re.compile(r"^\s*//\s*csc-min-arch:\s*sm_(\d+)\s*$", re.M)
-_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
 
 
 class KernelUnavailableError(RuntimeError):
@@ -72,59 +56,6 @@ class KernelUnavailableError(RuntimeError):
         self.filename, self.required, self.device_arch = filename, required, device_arch
         super().__init__(f"raw_kernels/{filename} needs sm_{required} or newer; this device "
                          f"is sm_{device_arch}")
-
-
-@lru_cache(maxsize=None)
-def kernel_dir() -> str:
-    """Directory of the CUDA sources: ``raw_kernels/`` of a source checkout (run from
-    the tree or an editable install), else the copy installed as
-    ``cusparseconv/raw_kernels``. Every helper (device launcher, emulator, compile
-    check) finds the sources through this function."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    checkout = os.path.join(os.path.dirname(package), "raw_kernels")
-    if os.path.isfile(os.path.join(checkout, "csc_common.cuh")):
-        return checkout
-    installed = os.path.join(package, "raw_kernels")
-    if os.path.isfile(os.path.join(installed, "csc_common.cuh")):
-        return installed
-    raise FileNotFoundError(f"CUDA kernel sources not found in {checkout} or {installed}; "
-                            f"reinstall cusparseconv")
-
-
-@lru_cache(maxsize=None)
-def kernel_source(filename: str) -> str:
-    """Text of one ``raw_kernels`` source file."""
-    with open(os.path.join(kernel_dir(), filename), encoding="utf-8") as handle:
-        return handle.read()
-
-
-def min_arch(source: str) -> int | None:
-    """The ``// csc-min-arch: sm_XX`` of a source (``XX`` as an int), or None."""
-    found = _MIN_ARCH.findall(source)
-    return max(int(v) for v in found) if found else None
-
-
-def _local_headers(source: str, seen: dict) -> None:
-    for name in _INCLUDE.findall(source):
-        path = os.path.join(kernel_dir(), name)
-        if name not in seen and os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                seen[name] = handle.read()
-            _local_headers(seen[name], seen)
-
-
-@lru_cache(maxsize=None)
-def nvrtc_source(filename: str) -> str:
-    """The text handed to NVRTC: the source followed by one comment line holding
-    the SHA-256 of every ``raw_kernels`` header it includes (recursively), so
-    that editing a header changes CuPy's cache key (line numbers unchanged)."""
-    source = kernel_source(filename)
-    headers: dict = {}
-    _local_headers(source, headers)
-    digest = hashlib.sha256()
-    for name in sorted(headers):
-        digest.update(name.encode() + b"\0" + headers[name].encode() + b"\0")
-    return f"{source.rstrip()}\n// csc-headers-sha256: {digest.hexdigest()}\n"
 
 
 class _CheckedKernel:

@@ -13,15 +13,28 @@ Layout choices that make the CPU path fast without compiled code:
   are a contiguous slice of the pair table, so the gathered rows, the BLAS
   product and the scatter-add stay in cache. Blocks write disjoint output
   rows, so they run on worker threads without changing any bit of the result.
+
+:class:`CpuBackend` is the :class:`cusparseconv.backends.protocol.Backend` over
+the functions of this module. What they derive from a kernel map (the reverse
+table, block cuts, the pair mask, per-offset flags) lives in ``_MAPS``, the
+CPU backend's weak-keyed per-map state, never on the map.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .._arrays import read_only
+from .._dtypes import accumulate_dtype
 from .._threads import parallel_for
 from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
 from ..kmap import KernelMap
+from ._array_ops import ArrayOps, reduce_runs
+from ._state import MapState, StateTable, link_reverse
+
+__all__ = ["CpuBackend", "build_kernel_map", "reverse_map", "pair_mask", "chunk_cuts",
+           "conv_forward", "conv_input_grad", "conv_weight_grad", "pool_forward",
+           "pool_backward", "segment_reduce", "accumulate_dtype", "ALGORITHMS"]
 
 _INT64_MAX = np.iinfo(np.int64).max
 #: Largest last-axis gap between consecutive offsets bridged by stepping.
@@ -203,10 +216,25 @@ def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same
     else:
         in_rows, out_rows, out_sorted = fine_all, coarse_all, coarse.is_identity
     if not out_sorted:  # rows in key order give pairs already sorted by output row
-        from ..kmap import _sort_within_offsets
         out_rows, in_rows = _sort_within_offsets(out_rows, in_rows, pair_offsets)
-    return KernelMap(in_rows, out_rows, pair_offsets, in_coords.shape[0],
-                     out_coords.shape[0], offsets, stride, transposed)
+    # int32 rows (half the memory of the int64 search results; row counts < 2**31 are
+    # checked before a build, cusparseconv._limits.check_kernel_map_size)
+    return KernelMap(in_rows.astype(np.int32), out_rows.astype(np.int32), pair_offsets,
+                     in_coords.shape[0], out_coords.shape[0], offsets, stride, transposed)
+
+
+def _sort_within_offsets(key_rows, other_rows, pair_offsets):
+    """Reorder each offset's pairs by ``key_rows``; returns (key_sorted, other_sorted)."""
+    key_sorted = key_rows.copy()
+    other_sorted = other_rows.copy()
+    for k in range(pair_offsets.shape[0] - 1):
+        start, stop = pair_offsets[k], pair_offsets[k + 1]
+        segment = key_rows[start:stop]
+        if segment.shape[0] > 1 and not bool(np.all(segment[1:] > segment[:-1])):
+            order = np.argsort(segment, kind="stable")
+            key_sorted[start:stop] = segment[order]
+            other_sorted[start:stop] = other_rows[start:stop][order]
+    return key_sorted, other_sorted
 
 
 def _in_range_after(coords: np.ndarray, offsets: np.ndarray) -> bool:
@@ -222,12 +250,103 @@ def _rows(keys: SortedKeys, rank: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
+# Per-map state: what the CPU backend derives from a kernel map
+# --------------------------------------------------------------------------
+
+#: The CPU backend's state per kernel map (weakly keyed by the map): a MapState
+#: whose ``derived`` holds ("chunk_cuts", rows) -> (bounds, cuts), "pair_mask" ->
+#: (words, neighbour), "in_monotone" -> (K,) bool, "one_pair_per_output" -> bool,
+#: and the link to the reverse table.
+_MAPS = StateTable("CPU kernel-map state")
+
+
+def _state(kmap: KernelMap) -> MapState:
+    return _MAPS.get_or_make(kmap, MapState)
+
+
+def reverse_map(kmap: KernelMap) -> KernelMap:
+    """The reverse table: input and output swapped, sorted by the new output.
+
+    The input gradient of ``kmap`` is the forward product of the reverse table
+    with transposed weights, so it runs without conflicts. Built once per map
+    (and the reverse of the reverse is the map itself while it lives).
+    """
+    reverse = _state(kmap).reverse
+    if reverse is None:
+        # the new output rows are the old input rows
+        out_rows, in_rows = _sort_within_offsets(kmap.in_rows, kmap.out_rows,
+                                                 kmap.pair_offsets)
+        reverse = KernelMap(in_rows, out_rows, kmap.pair_offsets, kmap.n_out, kmap.n_in,
+                            kmap.offsets, kmap.stride, not kmap.transposed)
+        link_reverse(_MAPS, kmap, reverse)
+    return reverse
+
+
+def chunk_cuts(kmap: KernelMap, chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split every offset's pairs by blocks of ``chunk_rows`` output rows (memoised).
+
+    Returns
+    -------
+    bounds : ndarray of int64, shape (n_chunks + 1,)
+        Output-row boundaries of the chunks.
+    cuts : ndarray of int64, shape (K, n_chunks + 1)
+        Pairs of offset k falling in chunk i are
+        ``[cuts[k, i]:cuts[k, i + 1]]`` (absolute positions in the table).
+    """
+    def make():
+        bounds = np.arange(0, kmap.n_out + chunk_rows, chunk_rows, dtype=np.int64)
+        bounds[-1] = kmap.n_out
+        bounds = np.unique(bounds)
+        cuts = np.empty((kmap.kernel_volume, bounds.shape[0]), dtype=np.int64)
+        for k in range(kmap.kernel_volume):
+            start, stop = kmap.pair_offsets[k], kmap.pair_offsets[k + 1]
+            cuts[k] = start + np.searchsorted(kmap.out_rows[start:stop], bounds)
+        return bounds, cuts
+
+    return _state(kmap).memo(("chunk_cuts", int(chunk_rows)), make)
+
+
+def pair_mask(kmap: KernelMap) -> tuple[np.ndarray, np.ndarray]:
+    """Output-major encoding (docs/SPEC.md section 4), memoised per map.
+
+    Returns
+    -------
+    mask : ndarray of uint32, shape (n_out, ceil(K / 32))
+        Bit ``k % 32`` of word ``k // 32`` is set when offset k is active.
+    neighbour : ndarray of int32, shape (n_out, K)
+        The input row paired with each (output row, offset), -1 if none.
+    """
+    def make():
+        kernel_volume = kmap.kernel_volume
+        neighbour = np.full((kmap.n_out, kernel_volume), -1, dtype=np.int32)
+        words = np.zeros((kmap.n_out, (kernel_volume + 31) // 32), dtype=np.uint32)
+        for k in range(kernel_volume):
+            in_rows, out_rows = kmap.pairs(k)
+            neighbour[out_rows, k] = in_rows
+            words[out_rows, k // 32] |= np.uint32(1 << (k % 32))
+        return read_only(words), read_only(neighbour)   # shared with every later call
+
+    return _state(kmap).memo("pair_mask", make)
+
+
+# --------------------------------------------------------------------------
 # Products
 # --------------------------------------------------------------------------
 
-def accumulate_dtype(dtype) -> np.dtype:
-    """float64 stays float64; every other float type accumulates in float32."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+def _direct(out, dtype):
+    """``out`` when the result can be computed in it directly (it has the
+    accumulation dtype), else None."""
+    return out if out is not None and out.dtype == dtype else None
+
+
+def _deliver(result, out, dtype):
+    """The result in ``dtype``: ``out`` itself when given (written here unless the
+    result was computed in it), else ``result`` cast."""
+    if out is None:
+        return result.astype(dtype, copy=False)
+    if result is not out:
+        out[...] = result
+    return out
 
 
 def _block_rows(channels: int) -> int:
@@ -236,29 +355,25 @@ def _block_rows(channels: int) -> int:
 
 
 def _in_monotone(kmap: KernelMap) -> np.ndarray:
-    """Per offset: are the input rows strictly increasing (cached on the map)?"""
-    flags = getattr(kmap, "_in_monotone", None)
-    if flags is None:
+    """Per offset: are the input rows strictly increasing (memoised per map)?"""
+    def make():
         flags = np.zeros(kmap.kernel_volume, dtype=bool)
         for k in range(kmap.kernel_volume):
             rows = kmap.pairs(k)[0]
             flags[k] = rows.shape[0] < 2 or bool(np.all(rows[1:] > rows[:-1]))
-        kmap._in_monotone = flags
-    return flags
+        return flags
+
+    return _state(kmap).memo("in_monotone", make)
 
 
 def _one_pair_per_output(kmap: KernelMap) -> bool:
-    """Does every output row have exactly one pair over all offsets (cached)?"""
-    flag = getattr(kmap, "_one_pair_per_output", None)
-    if flag is None:
-        flag = kmap.n_pairs == kmap.n_out and bool(
-            np.all(np.bincount(kmap.out_rows, minlength=kmap.n_out) == 1))
-        kmap._one_pair_per_output = flag
-    return flag
+    """Does every output row have exactly one pair over all offsets (memoised)?"""
+    return _state(kmap).memo("one_pair_per_output", lambda: kmap.n_pairs == kmap.n_out and bool(
+        np.all(np.bincount(kmap.out_rows, minlength=kmap.n_out) == 1)))
 
 
 def gather_apply_scatter(src: np.ndarray, kmap: KernelMap, apply, n_channels: int,
-                         dtype: np.dtype) -> np.ndarray:
+                         dtype: np.dtype, out: np.ndarray | None = None) -> np.ndarray:
     """``out[out_rows] += apply(k, src[in_rows])`` over every offset k.
 
     Parameters
@@ -270,6 +385,8 @@ def gather_apply_scatter(src: np.ndarray, kmap: KernelMap, apply, n_channels: in
     apply : callable (k, gathered (n, C_src)) -> (n, n_channels)
     n_channels : int
     dtype : numpy dtype of the result.
+    out : ndarray, shape (n_out, n_channels), optional
+        C-contiguous, of ``dtype``: the result is written there.
 
     Returns
     -------
@@ -277,9 +394,13 @@ def gather_apply_scatter(src: np.ndarray, kmap: KernelMap, apply, n_channels: in
     """
     n_out = kmap.n_out
     if n_out == 0 or kmap.n_pairs == 0:
-        return np.zeros((n_out, n_channels), dtype=dtype)
-    out = np.empty((n_out, n_channels), dtype=dtype)
-    bounds, cuts = kmap.chunk_cuts(_block_rows(n_channels))
+        if out is None:
+            return np.zeros((n_out, n_channels), dtype=dtype)
+        out[...] = 0
+        return out
+    if out is None:
+        out = np.empty((n_out, n_channels), dtype=dtype)
+    bounds, cuts = chunk_cuts(kmap, _block_rows(n_channels))
     in_monotone = _in_monotone(kmap)
     # Every output row paired exactly once (e.g. a transposed 2x2x2 stride-2 map):
     # products are assigned, not added, and need no zeroed accumulator.
@@ -381,7 +502,7 @@ def _choose(kmap, layout, algorithm, weight) -> str:
     return chosen
 
 
-def dense_product(src, kmap, weight, n_channels, dtype):
+def dense_product(src, kmap, weight, n_channels, dtype, out=None):
     """``out = [src[nbr[:, 0]], ..., src[nbr[:, K-1]]] @ W.reshape(K * C_in, C_out)``.
 
     Gathers every offset's input row of a block of output rows through the
@@ -389,9 +510,10 @@ def dense_product(src, kmap, weight, n_channels, dtype):
     scatter at all, at the price of the missing slots' work. Chosen when most
     (row, offset) slots hold a pair (dense volumes, 2x2x2 downsampling).
     """
-    neighbour = kmap.pair_mask()[1]
+    neighbour = pair_mask(kmap)[1]
     n_out, kernel_volume = neighbour.shape
-    out = np.empty((n_out, n_channels), dtype=dtype)
+    if out is None:
+        out = np.empty((n_out, n_channels), dtype=dtype)
     if n_out == 0:
         return out
     flat_weight = weight.reshape(kernel_volume * src.shape[1], n_channels)
@@ -416,50 +538,61 @@ def _check_algorithm(algorithm, product):
                          f"{('auto',) + ALGORITHMS[product]}, got {algorithm!r}")
 
 
-def conv_forward(feats, weight, kmap, layout, c_out, bias=None, algorithm=None):
-    """Forward product (+ bias), returned in the dtype of ``feats`` (n_out, C_out)."""
+def conv_forward(feats, weight, kmap, layout, c_out, bias=None, algorithm=None, out=None):
+    """Forward product (+ bias), returned in the dtype of ``feats`` (n_out, C_out)
+    (``out`` itself when given: the result is written into it)."""
     _check_algorithm(algorithm, "forward")
     dtype = accumulate_dtype(feats.dtype)
+    direct = _direct(out, dtype)
     src = np.ascontiguousarray(feats, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
     if _choose(kmap, layout, algorithm, weight) == "dense":
-        out = dense_product(src, kmap, weight, c_out, dtype)
+        result = dense_product(src, kmap, weight, c_out, dtype, out=direct)
     else:
-        out = gather_apply_scatter(src, kmap, _apply_for(weight, layout, False), c_out, dtype)
+        result = gather_apply_scatter(src, kmap, _apply_for(weight, layout, False), c_out,
+                                      dtype, out=direct)
     if bias is not None:
-        out += bias.astype(dtype)
-    return out.astype(feats.dtype, copy=False)
+        result += bias.astype(dtype)
+    return _deliver(result, out, feats.dtype)
 
 
-def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None):
-    """Input gradient: the forward product of the reverse table with W transposed."""
+def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None, out=None):
+    """Input gradient: the forward product of the reverse table with W transposed
+    (``out`` itself when given)."""
     _check_algorithm(algorithm, "input_grad")
     dtype = accumulate_dtype(grad_out.dtype)
+    direct = _direct(out, dtype)
     src = np.ascontiguousarray(grad_out, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
-    reverse = kmap.reverse()
+    reverse = reverse_map(kmap)
     if _choose(reverse, layout, algorithm, weight) == "dense":
-        out = dense_product(src, reverse, np.ascontiguousarray(weight.transpose(0, 2, 1)),
-                            c_in, dtype)
+        result = dense_product(src, reverse, np.ascontiguousarray(weight.transpose(0, 2, 1)),
+                               c_in, dtype, out=direct)
     else:
-        out = gather_apply_scatter(src, reverse, _apply_for(weight, layout, True), c_in, dtype)
-    return out.astype(grad_out.dtype, copy=False)
+        result = gather_apply_scatter(src, reverse, _apply_for(weight, layout, True), c_in,
+                                      dtype, out=direct)
+    return _deliver(result, out, grad_out.dtype)
 
 
 #: Pairs per weight-gradient work item (bounds the gathered blocks' size).
 _WGRAD_PAIRS = 16384
 
 
-def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None):
+def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None, out=None):
     """Weight gradient ``dW[k] = A[in]^T @ dY[out]``, deterministic at any thread count.
 
-    Returned in the dtype of ``feats`` with shape ``weight_shape``.
+    Returned in the dtype of ``feats`` with shape ``weight_shape`` (``out`` itself
+    when given).
     """
     _check_algorithm(algorithm, "weight_grad")
     dtype = accumulate_dtype(np.result_type(feats.dtype, grad_out.dtype))
     src = np.ascontiguousarray(feats, dtype=dtype)
     dst = np.ascontiguousarray(grad_out, dtype=dtype)
-    grad_weight = np.zeros(weight_shape, dtype=dtype)
+    grad_weight = _direct(out, dtype)
+    if grad_weight is None:
+        grad_weight = np.zeros(weight_shape, dtype=dtype)
+    else:
+        grad_weight[...] = 0
     items = []
     for k in range(kmap.kernel_volume):
         start, stop = int(kmap.pair_offsets[k]), int(kmap.pair_offsets[k + 1])
@@ -489,7 +622,7 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
     parallel_for(run_item, range(len(items)))
     for (k, _, _), partial in zip(items, partials):  # fixed order: deterministic sums
         grad_weight[k] += partial
-    return grad_weight.astype(feats.dtype, copy=False)
+    return _deliver(grad_weight, out, feats.dtype)
 
 
 # --------------------------------------------------------------------------
@@ -526,7 +659,7 @@ def pool_max(feats, kmap):
     argmax = np.full((n_out, channels), -1, dtype=np.int64)
     if n_out == 0 or kmap.n_pairs == 0:
         return values, argmax
-    bounds, cuts = kmap.chunk_cuts(_block_rows(channels))
+    bounds, cuts = chunk_cuts(kmap, _block_rows(channels))
     has_nan = bool(np.isnan(src).any())  # one pass here saves one per offset and block
 
     def run_block(block: int) -> None:
@@ -577,7 +710,7 @@ def pool_backward(grad_out, feats, kmap, mode):
     if mode == "avg":
         scaled = grad_out.astype(accumulate_dtype(grad_out.dtype)) / np.maximum(
             pool_counts(kmap), 1)[:, None]
-    return pool_sum(scaled, kmap.reverse()).astype(grad_out.dtype, copy=False)
+    return pool_sum(scaled, reverse_map(kmap)).astype(grad_out.dtype, copy=False)
 
 
 def scatter_rows_by_index(grad_out, argmax, n_in):
@@ -603,9 +736,40 @@ def segment_reduce(feats, segment_ids, n_segments, mode):
     starts = np.searchsorted(sorted_ids, np.arange(n_segments))
     values = np.ascontiguousarray(feats, dtype=dtype)[order]
     if mode == "max":
-        return np.maximum.reduceat(values, starts, axis=0)
-    sums = np.add.reduceat(values, starts, axis=0)
+        return reduce_runs(np, values, starts, "max")
+    sums = reduce_runs(np, values, starts, "sum")
     if mode == "mean":
         counts = np.diff(np.append(starts, values.shape[0]))
         sums /= counts[:, None]
     return sums
+
+
+# --------------------------------------------------------------------------
+# The backend object
+# --------------------------------------------------------------------------
+
+class CpuBackend(ArrayOps):
+    """:class:`cusparseconv.backends.protocol.Backend` on NumPy and SciPy: the functions
+    of this module, with their per-map state in ``_MAPS``."""
+
+    name = "cpu"
+    xp = np
+    neighbour_tables = False
+
+    build_kernel_map = staticmethod(build_kernel_map)
+    reverse = staticmethod(reverse_map)
+    pair_mask = staticmethod(pair_mask)
+    conv_forward = staticmethod(conv_forward)
+    conv_input_grad = staticmethod(conv_input_grad)
+    conv_weight_grad = staticmethod(conv_weight_grad)
+    pool_forward = staticmethod(pool_forward)
+    pool_backward = staticmethod(pool_backward)
+    segment_reduce = staticmethod(segment_reduce)
+
+    @staticmethod
+    def state_nbytes(value) -> int:
+        state = _MAPS.get(value)
+        return state.nbytes if state is not None else 0
+
+    def __repr__(self) -> str:
+        return "<CpuBackend>"

@@ -3,8 +3,8 @@
 The same object runs on a device (``cupy.RawModule``, cuBLAS through
 ``cupy.matmul``) or under host emulation (the kernels compiled as C++ and run
 on NumPy arrays standing in for device memory), so CI executes this file's
-code paths without a GPU. It implements the interface of
-:mod:`cusparseconv.backends.cpu`.
+code paths without a GPU. :class:`CudaBackend` implements
+:class:`cusparseconv.backends.protocol.Backend`.
 
 Kernel maps are built with a hash table of packed keys and two searches: the
 output-major neighbour table (pair mask, pair table sorted by output row,
@@ -20,7 +20,9 @@ and the argument. CuPy routines may return F-ordered or strided results (e.g.
 ``cumsum`` along axis 0), which the tests reproduce under emulation.
 
 Device state kept per coordinate set and per kernel map lives in one place,
-the "device state" section below.
+the "device state" section below: two weak-keyed tables of the backend
+object, never attributes of the sets or maps. The algorithms of each product
+are listed in one registry (``PRODUCT_ALGORITHMS``).
 """
 
 from __future__ import annotations
@@ -31,17 +33,25 @@ import warnings
 import numpy as np
 
 from .. import tuning
+from .._dtypes import FLOAT_DTYPE_NAMES, accumulate_dtype
+from .._kernels import KERNEL_CONSTANTS
 from ..coords import SortedKeys
 from ..kmap import KernelMap
+from ._array_ops import ArrayOps
 from ._launch import MAX_GRID, KernelUnavailableError
+from ._state import MapState, StateTable, array_nbytes, link_reverse
 
-_CTYPES = {"float32": "float", "float64": "double", "float16": "__half",
-           "bfloat16": "__nv_bfloat16"}
+_CTYPES = dict(zip(FLOAT_DTYPE_NAMES, ("__half", "__nv_bfloat16", "float", "double")))
 _EMPTY_KEY = np.uint64(0xFFFFFFFFFFFFFFFF)
-_MAX_MASK_WORDS = 16
-_TILE = 64          # implicit / mask SIMT tiles (raw_kernels/implicit_gemm.cu, mask_gemm.cu)
-_WMMA_TILE = 32
-_CHUNK = 1024       # pairs per split-K chunk
+# Tile, block and chunk sizes of the kernels (defined once, in cusparseconv/_kernels.py).
+_TILE = KERNEL_CONSTANTS["CSC_TILE"]                 # implicit_gemm / wgrad_splitk tiles
+_THREADS = KERNEL_CONSTANTS["CSC_THREADS"]
+_CHUNK = KERNEL_CONSTANTS["CSC_CHUNK"]               # pairs per split-K chunk
+_MASK_TILE = KERNEL_CONSTANTS["CSC_MASK_TILE"]       # mask_gemm (SIMT)
+_MASK_THREADS = KERNEL_CONSTANTS["CSC_MASK_THREADS"]
+_WMMA_TILE = KERNEL_CONSTANTS["CSC_WMMA_TILE"]       # mask_gemm_wmma (16-bit tensor cores)
+_WMMA_THREADS = KERNEL_CONSTANTS["CSC_WMMA_THREADS"]
+_MAX_MASK_WORDS = KERNEL_CONSTANTS["CSC_MAX_MASK_WORDS"]
 
 
 def _i32(value):
@@ -68,13 +78,94 @@ def _warn_once(key, message):
     warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-class CudaBackend:
+class _DeviceMapState(MapState):
+    """The GPU backend's state of one kernel map (beside MapState's reverse link and
+    ``derived`` memo, which holds ("tile_starts", per_tile) -> (device starts, tiles)
+    and is where a row order for the tensor-core kernels belongs).
+
+    Attributes
+    ----------
+    pair_offsets : device array of int64, shape (K + 1,)
+    neighbour : device array of int32, shape (n_out, K)
+        Input row of each (output row, offset), -1 where none.
+    position : device array of int32, shape (n_out, K)
+        Position of each (output row, offset) pair in its offset's pairs, -1 where
+        none (the deterministic scatter).
+    mask : device array of uint32, shape (n_out, ceil(K / 32))
+    """
+
+    __slots__ = ("pair_offsets", "neighbour", "position", "mask")
+
+    def __init__(self, tables: dict):
+        super().__init__()
+        self.pair_offsets = tables["pair_offsets_dev"]
+        self.neighbour = tables["neighbour"]
+        self.position = tables["position"]
+        self.mask = tables["mask"]
+
+    @property
+    def nbytes(self) -> int:
+        return super().nbytes + array_nbytes((self.pair_offsets, self.neighbour,
+                                              self.position, self.mask))
+
+
+class _HashTables(dict):
+    """The GPU backend's state of one coordinate set (SortedKeys): device id ->
+    {"table": (keys, values, mask), "duplicates": (1,) int32 device array, or None
+    once the set is known to hold no duplicates}."""
+
+
+class _Conv:
+    """A forward or input-gradient product as the algorithms see it (arrays C-contiguous
+    device arrays; ``weight4`` (K, G, group_in, group_out); ``out`` the caller's output
+    array or None)."""
+
+    __slots__ = ("src", "weight4", "kmap", "state", "groups", "group_in", "group_out",
+                 "c_dst", "bias", "out")
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+class _WeightGrad:
+    """A weight-gradient product as the algorithms see it."""
+
+    __slots__ = ("feats", "grad_out", "kmap", "state", "groups", "group_in", "group_out",
+                 "out")
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+class CudaBackend(ArrayOps):
     """Kernel maps, products and pooling on the GPU (or its emulation)."""
+
+    neighbour_tables = True
+
+    #: The algorithms of every product: name -> the method that runs it on a job
+    #: (``_Conv`` or ``_WeightGrad``). The names are those of
+    #: :data:`cusparseconv.tuning.ALGORITHMS` (checked when this module loads); an
+    #: algorithm is added as a method, an entry here and its limits in ``_limits``.
+    PRODUCT_ALGORITHMS = {
+        "forward": {"explicit": "_explicit_atomic", "explicit_sorted": "_explicit_sorted",
+                    "implicit": "_implicit", "mask": "_mask"},
+        "input_grad": {"explicit": "_explicit_atomic", "explicit_sorted": "_explicit_sorted",
+                       "implicit": "_implicit", "mask": "_mask"},
+        "weight_grad": {"explicit": "_wgrad_explicit", "splitk": "_wgrad_splitk"},
+    }
 
     def __init__(self, launcher):
         self.launcher = launcher
         self.xp = launcher.xp
         self.name = "cuda-emulated" if launcher.emulated else "cuda"
+        # device state (see the section below)
+        self._maps = StateTable(f"{self.name} kernel-map state")
+        self._sets = StateTable(f"{self.name} hash tables per coordinate set")
+
+    def __repr__(self) -> str:
+        return f"<CudaBackend {self.name}>"
 
     def _c(self, array, dtype=None):
         """``array`` as a C-contiguous array of this backend's module (no copy when it
@@ -82,30 +173,80 @@ class CudaBackend:
         return self.xp.ascontiguousarray(array, dtype=dtype)
 
     # ------------------------------------------------------------ device state
-    # Everything the backend keeps beyond a call lives here:
-    # * per coordinate set (SortedKeys): its hash table, per (backend, device),
-    #   in ``keys._hash_tables``;
-    # * per kernel map (KernelMap and its reverse): the device pair offsets, the
-    #   neighbour table, the scatter positions and the pair mask, set by
-    #   ``_attach`` only.
-    def _set_state(self, keys: SortedKeys) -> dict:
-        cached = getattr(keys, "_hash_tables", None)
-        if cached is None:
-            cached = keys._hash_tables = {}
-        return cached
+    # Everything the backend keeps beyond a call lives in two weak-keyed tables of
+    # this object (an entry goes with its key; nothing is attached to sets or maps):
+    # * ``_sets``: per coordinate set (SortedKeys), its hash table per device,
+    #   {device id: {"table": (keys, values, mask), "duplicates": array or None}};
+    # * ``_maps``: per kernel map (and its reverse), a _DeviceMapState: device pair
+    #   offsets, neighbour table, scatter positions, pair mask, the reverse link.
+    def _set_state(self, keys: SortedKeys) -> _HashTables:
+        return self._sets.get_or_make(keys, _HashTables)
 
-    @staticmethod
-    def _attach(kmap, tables):
-        kmap.pair_offsets_device = tables["pair_offsets_dev"]
-        kmap.neighbour = tables["neighbour"]
-        kmap.position = tables["position"]
-        kmap._pair_mask = (tables["mask"], tables["neighbour"])
+    def _new_map_state(self, kmap: KernelMap, tables: dict) -> _DeviceMapState:
+        state = _DeviceMapState(tables)
+        self._maps.set(kmap, state)
+        return state
+
+    def _map_state(self, kmap: KernelMap) -> _DeviceMapState:
+        """The state of ``kmap``; a map this backend did not build (another backend's on
+        the same arrays) gets its tables derived from its pairs once."""
+        state = self._maps.get(kmap)
+        if state is None:
+            state = self._new_map_state(kmap, self._tables_from_pairs(kmap, by_input=False))
+        return state
+
+    def state_nbytes(self, value) -> int:
+        """Bytes of device state kept for a kernel map or a coordinate set's keys."""
+        state = self._maps.get(value)
+        if state is not None:
+            return state.nbytes
+        entries = self._sets.get(value)
+        return sum(array_nbytes(entry["table"]) for entry in entries.values()) if entries else 0
+
+    def pair_mask(self, kmap: KernelMap):
+        """(mask (n_out, ceil(K / 32)) uint32, neighbour (n_out, K) int32), device arrays."""
+        state = self._map_state(kmap)
+        return state.mask, state.neighbour
+
+    def reverse(self, kmap: KernelMap) -> KernelMap:
+        """The reverse table (built with the map; derived from the pairs otherwise)."""
+        state = self._map_state(kmap)
+        reverse = state.reverse
+        if reverse is None:
+            tables = self._tables_from_pairs(kmap, by_input=True)
+            reverse = KernelMap(tables["partner_rows"], tables["query_rows"],
+                                tables["pair_offsets"], kmap.n_out, kmap.n_in, kmap.offsets,
+                                kmap.stride, not kmap.transposed)
+            self._new_map_state(reverse, tables)
+            link_reverse(self._maps, kmap, reverse)
+        return reverse
+
+    def _tables_from_pairs(self, kmap: KernelMap, by_input: bool) -> dict:
+        """Neighbour tables of a map from its pair table: output-major, or input-major
+        (the reverse table's) with ``by_input``."""
+        xp, kernel_volume = self.xp, kmap.kernel_volume
+        counts = kmap.pair_counts()
+        offset_of_pair = self.launcher.to_device(
+            np.repeat(np.arange(kernel_volume, dtype=np.int64), counts))
+        query, partner = ((kmap.in_rows, kmap.out_rows) if by_input
+                          else (kmap.out_rows, kmap.in_rows))
+        n_query = kmap.n_in if by_input else kmap.n_out
+        neighbour = xp.full((n_query, kernel_volume), -1, dtype=np.int32)
+        neighbour[query, offset_of_pair] = partner
+        rank, _ = self._column_ranks(neighbour, kernel_volume)
+        return self._pair_tables(neighbour, rank, counts, kernel_volume)
+
+    def _tile_starts(self, kmap: KernelMap, state: _DeviceMapState, per_tile: int):
+        """(device starts (K + 1,) int64, number of tiles): offset k's pairs split into
+        tiles of ``per_tile``, numbered from ``starts[k]`` (memoised per map)."""
+        def make():
+            starts = np.zeros(kmap.kernel_volume + 1, dtype=np.int64)
+            np.cumsum(-(-kmap.pair_counts() // per_tile), out=starts[1:])
+            return self.launcher.to_device(starts), int(starts[-1])
+
+        return state.memo(("tile_starts", per_tile), make)
 
     # ------------------------------------------------------------ utilities
-    @staticmethod
-    def accumulate_dtype(dtype) -> np.dtype:
-        return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
-
     @staticmethod
     def _ctype(dtype) -> str:
         name = np.dtype(dtype).name
@@ -142,13 +283,22 @@ class CudaBackend:
     def _dummy(self, dtype):
         return self.xp.zeros(1, dtype=dtype)
 
+    def _deliver(self, result, out, dtype):
+        """The result in ``dtype`` (C-contiguous): ``out`` itself when given (written
+        here unless the result was computed in it)."""
+        if out is None:
+            return self._c(result.astype(dtype, copy=False))
+        if result is not out:
+            out[...] = result.reshape(out.shape)
+        return out
+
     # ------------------------------------------------------------ hash table
     def _hash_table(self, keys: SortedKeys):
         """(table, duplicates) of a coordinate set on the current device; ``table`` is
         (table_keys, table_values, mask), ``duplicates`` a (1,) int32 device array,
         or None once the set is known to hold no duplicates."""
         state = self._set_state(keys)
-        slot = (self.name, self.launcher.device_id())
+        slot = self.launcher.device_id()
         entry = state.get(slot)
         if entry is not None:
             return entry["table"], entry["duplicates"]
@@ -168,7 +318,7 @@ class CudaBackend:
 
     def _hash_validated(self, keys: SortedKeys, n_duplicates: int):
         """Record the duplicate count read for a set (raising when it is not 0)."""
-        slot = (self.name, self.launcher.device_id())
+        slot = self.launcher.device_id()
         state = self._set_state(keys)
         if n_duplicates:
             state.pop(slot, None)
@@ -183,7 +333,8 @@ class CudaBackend:
         return table
 
     def lookup(self, keys: SortedKeys, query_keys):
-        """Row of each query key in the set, -1 where absent."""
+        """Row of each query key in the set, -1 where absent ((M,) int32, through the
+        set's hash table)."""
         table_keys, table_values, mask = self.hash_table(keys)
         rows = self.xp.empty(query_keys.shape[0], dtype=np.int32)
         self.launcher.launch_1d("hash_table.cu", "hash_lookup", query_keys.shape[0],
@@ -282,9 +433,9 @@ class CudaBackend:
                          in_coords.shape[0], out_coords.shape[0], offsets, stride, transposed)
         back = KernelMap(reverse["partner_rows"], reverse["query_rows"], reverse["pair_offsets"],
                          out_coords.shape[0], in_coords.shape[0], offsets, stride, not transposed)
-        self._attach(kmap, forward)
-        self._attach(back, reverse)
-        kmap._by_input, back._by_input = back, kmap
+        self._new_map_state(kmap, forward)
+        self._new_map_state(back, reverse)
+        link_reverse(self._maps, kmap, back)
         return kmap
 
     # ------------------------------------------------------------ products
@@ -305,63 +456,94 @@ class CudaBackend:
             return xp.ascontiguousarray(weight.transpose(0, 1, 3, 2))
         return xp.ascontiguousarray(weight.transpose(0, 2, 1))
 
-    def conv_forward(self, feats, weight, kmap, layout, c_out, bias=None, algorithm=None):
-        return self._product("forward", feats, weight, kmap, layout, c_out, bias, algorithm)
+    def conv_forward(self, feats, weight, kmap, layout, c_out, bias=None, algorithm=None,
+                     out=None):
+        return self._product("forward", feats, weight, kmap, layout, c_out, bias, algorithm,
+                             out)
 
-    def conv_input_grad(self, grad_out, weight, kmap, layout, c_in, algorithm=None):
+    def conv_input_grad(self, grad_out, weight, kmap, layout, c_in, algorithm=None, out=None):
         return self._product("input_grad", grad_out, self._transposed_weight(weight, layout),
-                             kmap.reverse(), layout, c_in, None, algorithm)
+                             self.reverse(kmap), layout, c_in, None, algorithm, out)
 
-    def _product(self, product, src, weight, kmap, layout, c_dst, bias, algorithm):
-        """dst[out] += src[in] @ W[k] over ``kmap`` (forward, or input gradient on the
-        reverse table with W transposed)."""
-        xp = self.xp
-        forced = tuning.forced_algorithm(product, algorithm)
-        src = self._c(src)
-        weight = self._c(weight.astype(src.dtype, copy=False))
-        if bias is not None:
-            bias = self._c(bias.astype(src.dtype, copy=False))
-        if kmap.n_out == 0:
-            return xp.zeros((0, c_dst), dtype=src.dtype)
-        if layout == "depthwise":
-            return self._depthwise(src, weight, kmap, bias)
-        groups, group_in, group_out, weight4 = self._split_layout(weight, layout)
-        n_words = kmap._pair_mask[0].shape[1]
-        acc_size = self.accumulate_dtype(src.dtype).itemsize
+    @staticmethod
+    def _limits(product, job, acc_size) -> tuple[dict, dict]:
+        """(workspace bytes per algorithm, reason per algorithm that cannot run ``job``)."""
+        kmap = job.kmap
+        if product == "weight_grad":
+            groups, group_in, group_out = job.groups, job.group_in, job.group_out
+            max_count = int(kmap.pair_counts().max())
+            workspace = {
+                "explicit": kmap.kernel_volume * (max_count * (group_in + group_out)
+                                                  + group_in * group_out) * groups * acc_size,
+                "splitk": kmap.kernel_volume * groups * group_in * group_out * acc_size,
+            }
+            unusable = {}
+            splitk_tiles = _ceil_div(group_in, _TILE) * _ceil_div(group_out, _TILE)
+            if groups > MAX_GRID[2] or splitk_tiles > MAX_GRID[1]:
+                unusable["splitk"] = (f"its grid ({splitk_tiles} channel tiles, {groups} "
+                                      f"groups) exceeds CUDA's limits {MAX_GRID[1:]}")
+            return workspace, unusable
+        groups, group_in, group_out, c_dst = job.groups, job.group_in, job.group_out, job.c_dst
         max_count = int(kmap.pair_counts().max()) if kmap.n_pairs else 0
         explicit_bytes = (kmap.kernel_volume * max_count * (group_in + group_out) * groups
                           + kmap.n_out * c_dst) * acc_size
         workspace = {"explicit": explicit_bytes, "explicit_sorted": explicit_bytes,
                      "implicit": kmap.n_out * c_dst * acc_size,
-                     "mask": kmap.n_out * c_dst * np.dtype(src.dtype).itemsize}
+                     "mask": kmap.n_out * c_dst * np.dtype(job.src.dtype).itemsize}
         unusable = {}
         if groups > MAX_GRID[2]:
             for name in ("implicit", "mask"):
                 unusable[name] = (f"it maps the {groups} groups to gridDim.z, at most "
                                   f"{MAX_GRID[2]}")
-        if n_words > _MAX_MASK_WORDS:
+        if job.state.mask.shape[1] > _MAX_MASK_WORDS:
             unusable["mask"] = (f"the kernel has {kmap.kernel_volume} offsets (mask supports "
                                 f"up to {32 * _MAX_MASK_WORDS})")
-        candidates = [c for c in tuning.ALGORITHMS[product] if c not in unusable]
+        return workspace, unusable
+
+    def _choose_and_run(self, product, job, algorithm, dtype, heuristic):
+        """Choose an algorithm of ``product`` for ``job`` (forced, tuned or heuristic)
+        among those of PRODUCT_ALGORITHMS that can run it, and run it."""
+        forced = tuning.forced_algorithm(product, algorithm)
+        workspace, unusable = self._limits(product, job, accumulate_dtype(dtype).itemsize)
         if forced is not None and forced in unusable:
             raise ValueError(f"algorithm {forced!r} cannot run this {product}: "
                              f"{unusable[forced]}")
-        sixteen_bit = np.dtype(src.dtype).itemsize == 2
-        heuristic = "mask" if "mask" in candidates and (
-            sixteen_bit or tuning.is_deterministic()) else "implicit"
-        runners = {
-            "explicit": lambda: self._explicit(src, weight4, kmap, groups, c_dst, bias, False),
-            "explicit_sorted": lambda: self._explicit(src, weight4, kmap, groups, c_dst, bias,
-                                                      True),
-            "implicit": lambda: self._implicit(src, weight4, kmap, groups, group_in, group_out,
-                                               bias),
-            "mask": lambda: self._mask(src, weight4, kmap, groups, group_in, group_out, bias),
-        }
-        bucket = tuning.shape_bucket(product, kmap.n_in, kmap.n_out, kmap.n_pairs,
-                                     group_in * groups, c_dst, kmap.kernel_volume,
-                                     np.dtype(src.dtype).name, self._device_name())
+        methods = self.PRODUCT_ALGORITHMS[product]
+        candidates = [name for name in methods if name not in unusable]
+        runners = {name: (lambda method=methods[name]: getattr(self, method)(job))
+                   for name in candidates}
+        kmap = job.kmap
+        if product == "weight_grad":
+            c_src, c_dst = job.groups * job.group_in, job.groups * job.group_out
+        else:
+            c_src, c_dst = job.groups * job.group_in, job.c_dst
+        bucket = tuning.shape_bucket(product, kmap.n_in, kmap.n_out, kmap.n_pairs, c_src,
+                                     c_dst, kmap.kernel_volume, np.dtype(dtype).name,
+                                     self._device_name())
         return self._run_chosen(product, candidates, forced, bucket, heuristic, runners,
                                 workspace)
+
+    def _product(self, product, src, weight, kmap, layout, c_dst, bias, algorithm, out):
+        """dst[out] += src[in] @ W[k] over ``kmap`` (forward, or input gradient on the
+        reverse table with W transposed)."""
+        xp = self.xp
+        src = self._c(src)
+        weight = self._c(weight.astype(src.dtype, copy=False))
+        if bias is not None:
+            bias = self._c(bias.astype(src.dtype, copy=False))
+        if kmap.n_out == 0:
+            tuning.forced_algorithm(product, algorithm)      # still checks the name
+            return out if out is not None else xp.zeros((0, c_dst), dtype=src.dtype)
+        state = self._map_state(kmap)
+        if layout == "depthwise":
+            tuning.forced_algorithm(product, algorithm)
+            return self._depthwise(src, weight, kmap, state, bias, out)
+        groups, group_in, group_out, weight4 = self._split_layout(weight, layout)
+        job = _Conv(src=src, weight4=weight4, kmap=kmap, state=state, groups=groups,
+                    group_in=group_in, group_out=group_out, c_dst=c_dst, bias=bias, out=out)
+        sixteen_bit = np.dtype(src.dtype).itemsize == 2
+        heuristic = "mask" if sixteen_bit or tuning.is_deterministic() else "implicit"
+        return self._choose_and_run(product, job, algorithm, src.dtype, heuristic)
 
     def _run_chosen(self, product, candidates, forced, bucket, heuristic, runners, workspace):
         """Choose an algorithm (forced, tuned or heuristic) and run it; a candidate
@@ -388,12 +570,13 @@ class CudaBackend:
                 if not candidates:
                     raise
 
-    def _finish(self, acc, bias, dtype):
-        """T(acc + bias) through the finish_rows kernel."""
-        xp = self.xp
+    def _finish(self, acc, bias, dtype, out=None):
+        """T(acc + bias) through the finish_rows kernel, into ``out`` when given (``acc``
+        itself when it needs nothing)."""
         if np.dtype(dtype) == acc.dtype and bias is None:
             return acc
-        out = xp.empty(acc.shape, dtype=dtype)
+        if out is None:
+            out = self.xp.empty(acc.shape, dtype=dtype)
         has_bias = bias is not None
         self.launcher.launch_1d(
             "gather_scatter.cu", f"finish_rows<{self._ctype(dtype)}>", acc.size,
@@ -401,27 +584,48 @@ class CudaBackend:
              bias if has_bias else self._dummy(dtype), _i32(int(has_bias)), out))
         return out
 
-    def _gather(self, src, rows, kmap, max_count):
+    def _accumulator(self, job, zeroed: bool):
+        """(n_out, c_dst) accumulator of a product: ``job.out`` itself when the result
+        can be accumulated there (accumulation dtype, no bias to add after)."""
+        xp, acc_dtype = self.xp, accumulate_dtype(job.src.dtype)
+        out = job.out
+        if out is not None and out.dtype == acc_dtype and job.bias is None:
+            if zeroed:
+                out[...] = 0
+            return out
+        shape = (job.kmap.n_out, job.c_dst)
+        return xp.zeros(shape, dtype=acc_dtype) if zeroed else xp.empty(shape, dtype=acc_dtype)
+
+    def _gather(self, src, rows, kmap, state, max_count):
         """(K, max_count, C) gathered rows of every offset, zero-padded, accumulation type."""
         xp = self.xp
-        acc_dtype = self.accumulate_dtype(src.dtype)
+        acc_dtype = accumulate_dtype(src.dtype)
         channels = src.shape[1]
         out = xp.empty((kmap.kernel_volume, max_count, channels), dtype=acc_dtype)
         self.launcher.launch_1d(
             "gather_scatter.cu",
             f"gather_padded<{self._ctype(src.dtype)}, {self._ctype(acc_dtype)}>", out.size,
-            (src, _i32(channels), _i32(0), _i32(channels), rows, kmap.pair_offsets_device,
+            (src, _i32(channels), _i32(0), _i32(channels), rows, state.pair_offsets,
              _i32(kmap.kernel_volume), _i64(max_count), out))
         return out
 
-    def _explicit(self, src, weight4, kmap, groups, c_dst, bias, deterministic):
+    def _explicit_atomic(self, job):
+        return self._explicit(job, deterministic=False)
+
+    def _explicit_sorted(self, job):
+        return self._explicit(job, deterministic=True)
+
+    def _explicit(self, job, deterministic):
         xp = self.xp
-        acc_dtype = self.accumulate_dtype(src.dtype)
+        src, weight4, kmap, state = job.src, job.weight4, job.kmap, job.state
+        groups, c_dst = job.groups, job.c_dst
+        acc_dtype = accumulate_dtype(src.dtype)
         kernel_volume = kmap.kernel_volume
         max_count = int(kmap.pair_counts().max()) if kmap.n_pairs else 0
         if max_count == 0:
-            return self._finish(xp.zeros((kmap.n_out, c_dst), dtype=acc_dtype), bias, src.dtype)
-        gathered = self._gather(src, kmap.in_rows, kmap, max_count)
+            return self._finish(self._accumulator(job, zeroed=True), job.bias, src.dtype,
+                                job.out)
+        gathered = self._gather(src, kmap.in_rows, kmap, state, max_count)
         weight_acc = weight4.astype(acc_dtype)
         if groups == 1:
             products = xp.matmul(gathered, weight_acc[:, 0])
@@ -434,43 +638,40 @@ class CudaBackend:
         products = xp.ascontiguousarray(products)
         ctype = self._ctype(acc_dtype)
         if deterministic:
-            acc = xp.empty((kmap.n_out, c_dst), dtype=acc_dtype)
+            acc = self._accumulator(job, zeroed=False)
             self.launcher.launch_1d(
                 "gather_scatter.cu", f"scatter_sorted<{ctype}>", acc.size,
-                (products, kmap.position, _i64(kmap.n_out), _i32(kernel_volume),
+                (products, state.position, _i64(kmap.n_out), _i32(kernel_volume),
                  _i64(max_count), _i32(c_dst), _i32(c_dst), _i32(0), acc))
         else:
-            acc = xp.zeros((kmap.n_out, c_dst), dtype=acc_dtype)
+            acc = self._accumulator(job, zeroed=True)
             self.launcher.launch_1d(
                 "gather_scatter.cu", f"scatter_add_pairs<{ctype}>", products.size,
-                (products, kmap.out_rows, kmap.pair_offsets_device, _i32(kernel_volume),
+                (products, kmap.out_rows, state.pair_offsets, _i32(kernel_volume),
                  _i64(max_count), _i32(c_dst), _i32(c_dst), _i32(0), acc))
-        return self._finish(acc, bias, src.dtype)
+        return self._finish(acc, job.bias, src.dtype, job.out)
 
-    def _tile_starts(self, kmap, per_tile):
-        starts = np.zeros(kmap.kernel_volume + 1, dtype=np.int64)
-        np.cumsum(-(-kmap.pair_counts() // per_tile), out=starts[1:])
-        return starts
-
-    def _implicit(self, src, weight4, kmap, groups, group_in, group_out, bias):
-        xp = self.xp
-        acc_dtype = self.accumulate_dtype(src.dtype)
-        acc = xp.zeros((kmap.n_out, groups * group_out), dtype=acc_dtype)
-        starts = self._tile_starts(kmap, _TILE)
+    def _implicit(self, job):
+        src, kmap, state = job.src, job.kmap, job.state
+        groups, group_in, group_out = job.groups, job.group_in, job.group_out
+        acc = self._accumulator(job, zeroed=True)
+        starts, n_tiles = self._tile_starts(kmap, state, _TILE)
         self.launcher.launch(
             "implicit_gemm.cu", f"implicit_gemm<{self._ctype(src.dtype)}>",
-            (int(starts[-1]), _ceil_div(group_out, _TILE), groups), (256,),
-            (src, weight4, kmap.in_rows, kmap.out_rows, kmap.pair_offsets_device,
-             self.launcher.to_device(starts), _i32(kmap.kernel_volume), _i32(groups),
-             _i32(group_in), _i32(group_out), acc))
-        return self._finish(acc, bias, src.dtype)
+            (n_tiles, _ceil_div(group_out, _TILE), groups), (_THREADS,),
+            (src, job.weight4, kmap.in_rows, kmap.out_rows, state.pair_offsets, starts,
+             _i32(kmap.kernel_volume), _i32(groups), _i32(group_in), _i32(group_out), acc))
+        return self._finish(acc, job.bias, src.dtype, job.out)
 
-    def _mask(self, src, weight4, kmap, groups, group_in, group_out, bias):
+    def _mask(self, job):
         xp = self.xp
-        mask, neighbour = kmap._pair_mask
-        out = xp.empty((kmap.n_out, groups * group_out), dtype=src.dtype)
+        src, kmap, state, bias = job.src, job.kmap, job.state, job.bias
+        groups, group_in, group_out = job.groups, job.group_in, job.group_out
+        mask, neighbour = state.mask, state.neighbour
+        out = job.out if job.out is not None else xp.empty((kmap.n_out, groups * group_out),
+                                                           dtype=src.dtype)
         has_bias = bias is not None
-        args = (src, weight4, neighbour, mask, _i32(mask.shape[1]), _i64(kmap.n_out),
+        args = (src, job.weight4, neighbour, mask, _i32(mask.shape[1]), _i64(kmap.n_out),
                 _i32(kmap.kernel_volume), _i32(groups), _i32(group_in), _i32(group_out),
                 bias if has_bias else self._dummy(src.dtype), _i32(int(has_bias)), out)
         ctype = self._ctype(src.dtype)
@@ -478,101 +679,107 @@ class CudaBackend:
             grid = (_ceil_div(kmap.n_out, _WMMA_TILE), _ceil_div(group_out, _WMMA_TILE), groups)
             source = "mask_gemm_bf16.cu" if ctype == "__nv_bfloat16" else "mask_gemm.cu"
             try:
-                self.launcher.launch(source, f"mask_gemm_wmma<{ctype}>", grid, (128,), args)
+                self.launcher.launch(source, f"mask_gemm_wmma<{ctype}>", grid,
+                                     (_WMMA_THREADS,), args)
                 return out
             except KernelUnavailableError as error:
                 _warn_once(("wmma", ctype, error.device_arch),
                            f"cusparseconv: tensor-core mask GEMM for {np.dtype(src.dtype).name} "
                            f"is not available ({error}); using the SIMT mask GEMM")
-        grid = (_ceil_div(kmap.n_out, _TILE), _ceil_div(group_out, _TILE), groups)
-        self.launcher.launch("mask_gemm.cu", f"mask_gemm<{ctype}>", grid, (256,), args)
+        grid = (_ceil_div(kmap.n_out, _MASK_TILE), _ceil_div(group_out, _MASK_TILE), groups)
+        self.launcher.launch("mask_gemm.cu", f"mask_gemm<{ctype}>", grid, (_MASK_THREADS,),
+                             args)
         return out
 
-    def _depthwise(self, src, weight, kmap, bias):
+    def _depthwise(self, src, weight, kmap, state, bias, out=None):
         xp = self.xp
         channels = src.shape[1]
-        out = xp.empty((kmap.n_out, channels), dtype=src.dtype)
+        if out is None:
+            out = xp.empty((kmap.n_out, channels), dtype=src.dtype)
         has_bias = bias is not None
         self.launcher.launch_1d(
             "depthwise.cu", f"depthwise_forward<{self._ctype(src.dtype)}>", out.size,
-            (src, weight, kmap.neighbour, _i64(kmap.n_out), _i32(kmap.kernel_volume),
+            (src, weight, state.neighbour, _i64(kmap.n_out), _i32(kmap.kernel_volume),
              _i32(channels), bias if has_bias else self._dummy(src.dtype), _i32(int(has_bias)),
              out))
         return out
 
-    def conv_weight_grad(self, feats, grad_out, kmap, layout, weight_shape, algorithm=None):
+    def conv_weight_grad(self, feats, grad_out, kmap, layout, weight_shape, algorithm=None,
+                         out=None):
         xp = self.xp
-        forced = tuning.forced_algorithm("weight_grad", algorithm)
         dtype = feats.dtype
         feats = self._c(feats)
         grad_out = self._c(grad_out.astype(dtype, copy=False))
-        acc_dtype = self.accumulate_dtype(dtype)
+        acc_dtype = accumulate_dtype(dtype)
         if kmap.n_pairs == 0:
-            return xp.zeros(weight_shape, dtype=dtype)
+            tuning.forced_algorithm("weight_grad", algorithm)   # still checks the name
+            if out is None:
+                return xp.zeros(weight_shape, dtype=dtype)
+            out[...] = 0
+            return out
+        state = self._map_state(kmap)
+        direct = out if out is not None and out.dtype == acc_dtype else None
         if layout == "depthwise":
+            tuning.forced_algorithm("weight_grad", algorithm)
             channels = feats.shape[1]
-            grad = xp.empty((kmap.kernel_volume, channels), dtype=acc_dtype)
+            grad = (direct.reshape(kmap.kernel_volume, channels) if direct is not None
+                    else xp.empty((kmap.kernel_volume, channels), dtype=acc_dtype))
             self.launcher.launch(
                 "depthwise.cu", f"depthwise_wgrad<{self._ctype(dtype)}>",
                 (kmap.kernel_volume, _ceil_div(channels, 32), 1), (256,),
-                (feats, grad_out, kmap.in_rows, kmap.out_rows, kmap.pair_offsets_device,
+                (feats, grad_out, kmap.in_rows, kmap.out_rows, state.pair_offsets,
                  _i32(channels), grad))
-            return self._c(grad.astype(dtype).reshape(weight_shape))
+            return self._deliver(grad.reshape(weight_shape), out, dtype)
         if layout == "grouped":
-            kernel_volume, groups, group_in, group_out = weight_shape
+            _, groups, group_in, group_out = weight_shape
         else:
-            (kernel_volume, group_in, group_out), groups = weight_shape, 1
-        acc_size = acc_dtype.itemsize
-        max_count = int(kmap.pair_counts().max())
-        workspace = {
-            "explicit": kernel_volume * (max_count * (group_in + group_out)
-                                         + group_in * group_out) * groups * acc_size,
-            "splitk": kernel_volume * groups * group_in * group_out * acc_size,
-        }
-        splitk_tiles = _ceil_div(group_in, _TILE) * _ceil_div(group_out, _TILE)
-        candidates = ["explicit", "splitk"]
-        if groups > MAX_GRID[2] or splitk_tiles > MAX_GRID[1]:
-            candidates.remove("splitk")
-            if forced == "splitk":
-                raise ValueError(f"algorithm 'splitk' cannot run this weight gradient: its grid "
-                                 f"({splitk_tiles} channel tiles, {groups} groups) exceeds "
-                                 f"CUDA's limits {MAX_GRID[1:]}")
-        runners = {
-            "explicit": lambda: self._wgrad_explicit(feats, grad_out, kmap, groups, group_in,
-                                                     group_out),
-            "splitk": lambda: self._wgrad_splitk(feats, grad_out, kmap, groups, group_in,
-                                                 group_out),
-        }
-        bucket = tuning.shape_bucket("weight_grad", kmap.n_in, kmap.n_out, kmap.n_pairs,
-                                     groups * group_in, groups * group_out, kernel_volume,
-                                     np.dtype(dtype).name, self._device_name())
+            (_, group_in, group_out), groups = weight_shape, 1
+        job = _WeightGrad(feats=feats, grad_out=grad_out, kmap=kmap, state=state,
+                          groups=groups, group_in=group_in, group_out=group_out, out=direct)
         # splitk by default: explicit pads every offset to the largest pair count
         # (the centre offset pairs every row) and gathers both sides
-        grad = self._run_chosen("weight_grad", candidates, forced, bucket, "splitk", runners,
-                                workspace)
-        return self._c(grad.astype(dtype).reshape(weight_shape))
+        grad = self._choose_and_run("weight_grad", job, algorithm, dtype, "splitk")
+        return self._deliver(grad.reshape(weight_shape), out, dtype)
 
-    def _wgrad_explicit(self, feats, grad_out, kmap, groups, group_in, group_out):
+    def _wgrad_accumulator(self, job, zeroed: bool):
+        """(K, G, group_in, group_out) accumulator: the caller's ``out`` when it has the
+        accumulation dtype."""
+        shape = (job.kmap.kernel_volume, job.groups, job.group_in, job.group_out)
+        if job.out is not None:
+            acc = job.out.reshape(shape)
+            if zeroed:
+                acc[...] = 0
+            return acc
+        dtype = accumulate_dtype(job.feats.dtype)
+        return self.xp.zeros(shape, dtype=dtype) if zeroed else self.xp.empty(shape, dtype)
+
+    def _wgrad_explicit(self, job):
         xp = self.xp
+        kmap, state, groups = job.kmap, job.state, job.groups
         kernel_volume = kmap.kernel_volume
         max_count = int(kmap.pair_counts().max())
-        inputs = self._gather(feats, kmap.in_rows, kmap, max_count)
-        grads = self._gather(grad_out, kmap.out_rows, kmap, max_count)
-        inputs = inputs.reshape(kernel_volume, max_count, groups, group_in).transpose(0, 2, 3, 1)
-        grads = grads.reshape(kernel_volume, max_count, groups, group_out).transpose(0, 2, 1, 3)
+        inputs = self._gather(job.feats, kmap.in_rows, kmap, state, max_count)
+        grads = self._gather(job.grad_out, kmap.out_rows, kmap, state, max_count)
+        inputs = inputs.reshape(kernel_volume, max_count, groups, job.group_in).transpose(
+            0, 2, 3, 1)
+        grads = grads.reshape(kernel_volume, max_count, groups, job.group_out).transpose(
+            0, 2, 1, 3)
+        if job.out is not None:
+            return xp.matmul(inputs, grads, out=self._wgrad_accumulator(job, zeroed=False))
         return self._c(xp.matmul(inputs, grads))  # (K, G, gin, gout)
 
-    def _wgrad_splitk(self, feats, grad_out, kmap, groups, group_in, group_out):
-        xp = self.xp
-        acc = xp.zeros((kmap.kernel_volume, groups, group_in, group_out),
-                       dtype=self.accumulate_dtype(feats.dtype))
-        starts = self._tile_starts(kmap, _CHUNK)
-        grid = (int(starts[-1]), _ceil_div(group_in, _TILE) * _ceil_div(group_out, _TILE), groups)
+    def _wgrad_splitk(self, job):
+        kmap, state = job.kmap, job.state
+        groups, group_in, group_out = job.groups, job.group_in, job.group_out
+        acc = self._wgrad_accumulator(job, zeroed=True)
+        starts, n_chunks = self._tile_starts(kmap, state, _CHUNK)
+        grid = (n_chunks, _ceil_div(group_in, _TILE) * _ceil_div(group_out, _TILE), groups)
         self.launcher.launch(
-            "implicit_gemm.cu", f"wgrad_splitk<{self._ctype(feats.dtype)}>", grid, (256,),
-            (feats, grad_out, kmap.in_rows, kmap.out_rows, kmap.pair_offsets_device,
-             self.launcher.to_device(starts), _i32(kmap.kernel_volume), _i32(groups),
-             _i32(group_in), _i32(group_out), acc))
+            "implicit_gemm.cu", f"wgrad_splitk<{self._ctype(job.feats.dtype)}>", grid,
+            (_THREADS,),
+            (job.feats, job.grad_out, kmap.in_rows, kmap.out_rows, state.pair_offsets,
+             starts, _i32(kmap.kernel_volume), _i32(groups), _i32(group_in), _i32(group_out),
+             acc))
         return acc
 
     # ------------------------------------------------------------ pooling
@@ -583,7 +790,7 @@ class CudaBackend:
         argmax = xp.empty((kmap.n_out, channels), dtype=np.int64)
         self.launcher.launch_1d(
             "pooling.cu", f"pool_max<{self._ctype(feats.dtype)}>", out.size,
-            (self._c(feats), kmap.neighbour, _i64(kmap.n_out),
+            (self._c(feats), self._map_state(kmap).neighbour, _i64(kmap.n_out),
              _i32(kmap.kernel_volume), _i32(channels), out, argmax))
         return out, argmax
 
@@ -593,7 +800,7 @@ class CudaBackend:
         out = xp.empty((kmap.n_out, channels), dtype=feats.dtype)
         self.launcher.launch_1d(
             "pooling.cu", f"pool_sum<{self._ctype(feats.dtype)}>", out.size,
-            (self._c(feats), kmap.neighbour, _i64(kmap.n_out),
+            (self._c(feats), self._map_state(kmap).neighbour, _i64(kmap.n_out),
              _i32(kmap.kernel_volume), _i32(channels), _i32(int(average)), out))
         return out
 
@@ -605,7 +812,7 @@ class CudaBackend:
     def pool_backward(self, grad_out, feats, kmap, mode):
         xp = self.xp
         dtype = grad_out.dtype
-        acc_dtype = self.accumulate_dtype(dtype)
+        acc_dtype = accumulate_dtype(dtype)
         if mode == "max":
             _, argmax = self._pool_max(feats, kmap)
             grad_in = xp.zeros((kmap.n_in, grad_out.shape[1]), dtype=acc_dtype)
@@ -616,9 +823,9 @@ class CudaBackend:
             return self._c(grad_in.astype(dtype))
         scaled = grad_out.astype(acc_dtype)
         if mode == "avg":
-            counts = xp.sum(kmap.neighbour >= 0, axis=1)
+            counts = xp.sum(self._map_state(kmap).neighbour >= 0, axis=1)
             scaled = scaled / xp.maximum(counts, 1)[:, None].astype(acc_dtype)
-        return self._c(self._pool_sum(self._c(scaled), kmap.reverse(), False).astype(dtype))
+        return self._c(self._pool_sum(self._c(scaled), self.reverse(kmap), False).astype(dtype))
 
     def segment_reduce(self, feats, segment_ids, n_segments, mode):
         xp = self.xp
@@ -634,3 +841,16 @@ class CudaBackend:
              self._c(starts, np.int64), _i64(n_segments), _i32(channels),
              _i32({"sum": 0, "mean": 1, "max": 2}[mode]), out))
         return out
+
+
+def _check_registry() -> None:
+    """The algorithm names of PRODUCT_ALGORITHMS are tuning.ALGORITHMS' (what the tuner,
+    CUSPARSECONV_ALGORITHM and the docs name)."""
+    names = {product: tuple(methods) for product, methods in
+             CudaBackend.PRODUCT_ALGORITHMS.items()}
+    if names != tuning.ALGORITHMS:
+        raise RuntimeError(f"CudaBackend.PRODUCT_ALGORITHMS {names} and tuning.ALGORITHMS "
+                           f"{tuning.ALGORITHMS} disagree")
+
+
+_check_registry()

@@ -17,6 +17,8 @@ import warnings
 import numpy as np
 import torch
 
+from .._arrays import is_cupy
+
 __all__ = ["to_array", "from_array", "use_torch_allocator"]
 
 
@@ -88,7 +90,7 @@ def from_array(array) -> torch.Tensor:
                 warnings.filterwarnings("ignore", message=".*not writable.*")
                 return torch.from_numpy(array)
         return torch.from_numpy(array)
-    if type(array).__module__.split(".")[0] == "cupy":
+    if is_cupy(array):
         if array.dtype.name == "bfloat16":
             return torch.from_dlpack(array.view(np.int16)).view(torch.bfloat16)
         return torch.from_dlpack(array)

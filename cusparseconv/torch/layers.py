@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..conv import weight_layout
+from ..conv import weight_layout, weight_shape_for
 from ..offsets import kernel_offsets
 from .convert import host_array
 from .functional import conv, pool, pool_global, upsample_nearest
@@ -66,15 +66,7 @@ class SparseConv(nn.Module):
             kernel_volume = offsets.shape[0]
         else:
             kernel_volume = kernel_offsets(kernel_size, dilation, ndim).shape[0]
-        if groups == 1:
-            shape = (kernel_volume, in_channels, out_channels)
-        elif groups == in_channels == out_channels:
-            shape = (kernel_volume, in_channels)
-        else:
-            if in_channels % groups or out_channels % groups:
-                raise ValueError(f"groups ({groups}) must divide in_channels ({in_channels}) "
-                                 f"and out_channels ({out_channels})")
-            shape = (kernel_volume, groups, in_channels // groups, out_channels // groups)
+        shape = weight_shape_for(kernel_volume, in_channels, out_channels, groups)
         weight_layout(shape, kernel_volume, in_channels, groups)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation

@@ -24,6 +24,8 @@ import re
 
 import numpy as np
 
+from ._arrays import is_cupy
+
 __all__ = [
     "KernelArgumentError",
     "params_from_mangled",
@@ -411,7 +413,7 @@ def array_layout(arg):
     ``__cuda_array_interface__``)."""
     if isinstance(arg, np.ndarray):
         return arg.dtype, bool(arg.flags.c_contiguous), None
-    if type(arg).__module__.split(".")[0] == "cupy" and hasattr(arg, "flags"):
+    if is_cupy(arg) and hasattr(arg, "flags"):
         return arg.dtype, bool(arg.flags.c_contiguous), arg.device.id   # fast path
     interface = getattr(arg, "__cuda_array_interface__", None)
     if interface is None:
