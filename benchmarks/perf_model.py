@@ -276,8 +276,8 @@ def predictions(coords, channels: int = 64, devices=(H100_SXM, H200_SXM), shapes
     variant = tc.VARIANTS[tc.default_variant(n, channels, channels, np.float16)]
     kernel = shapes[variant.kernel("__half")]
     steps = {}
-    for direction, m in (("forward", kmap), ("input_grad", kmap.reverse())):
-        mask, _ = m.pair_mask()
+    for direction, m in (("forward", kmap), ("input_grad", csc.reverse_kernel_map(kmap))):
+        mask, _ = csc.pair_mask(m)
         order = tc.row_order_by_mask(launcher, mask)
         steps[direction] = (tc.tile_offset_steps(mask, order, variant.rows),
                             tc.tile_offset_steps(mask, None, variant.rows))

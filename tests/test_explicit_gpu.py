@@ -174,7 +174,7 @@ def test_grouped_convolution_and_input_gradient(launcher):
     out = ex.product(launcher, src, weight, *pairs, kmap.n_out, groups=2, position=position)
     assert_close(out, pair_oracle(kmap, src, weight, groups=2), np.float16)
     # input gradient: the product on the reverse map with the weights transposed
-    reverse = kmap.reverse()
+    reverse = csc.reverse_kernel_map(kmap)
     reverse_pairs, reverse_position = device_pairs(reverse)
     grad_out = rng.standard_normal((kmap.n_out, 8)).astype(np.float16)
     weight_t = np.ascontiguousarray(weight.transpose(0, 1, 3, 2))

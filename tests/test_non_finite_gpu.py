@@ -97,7 +97,7 @@ def test_tensor_core_gemm_non_finite_weights(dtype, c_src, c_dst, variant):
     src = rng.standard_normal((kmap.n_in, c_src)).astype(dtype)
     weight = poison(rng.standard_normal((27, c_src, c_dst)) * 0.3).astype(dtype)
     bias = rng.standard_normal(c_dst).astype(dtype)
-    mask, neighbour = kmap.pair_mask()
+    mask, neighbour = csc.pair_mask(kmap)
     order = tc.row_order_by_mask(launcher, mask)
     out = tc.implicit_gemm(launcher, src, weight, neighbour, mask, bias, order, variant=variant,
                            allow_tf32=True)
@@ -115,9 +115,9 @@ def test_tensor_core_input_gradient_non_finite_weights():
     grad_out = rng.standard_normal((kmap.n_out, 16)).astype(np.float16)
     weight = poison(rng.standard_normal((27, 8, 16)) * 0.3).astype(np.float16)
     weight[3, 2, 7] = np.inf
-    reverse = kmap.reverse()
+    reverse = csc.reverse_kernel_map(kmap)
     weight_t = np.ascontiguousarray(weight.transpose(0, 2, 1))
-    mask, neighbour = reverse.pair_mask()
+    mask, neighbour = csc.pair_mask(reverse)
     grad_in = tc.implicit_gemm(launcher, grad_out, weight_t, neighbour, mask,
                                row_order=tc.row_order_by_mask(launcher, mask))
     assert_same_non_finite(grad_in, pair_product(reverse, grad_out, weight_t), np.float16)
@@ -130,7 +130,7 @@ def test_tensor_core_non_finite_features_reach_only_their_pairs():
     src = rng.standard_normal((kmap.n_in, 16)).astype(np.float16)
     src[0, 3], src[1, :] = np.nan, np.inf
     weight = (rng.standard_normal((27, 16, 16)) * 0.3).astype(np.float16)
-    mask, neighbour = kmap.pair_mask()
+    mask, neighbour = csc.pair_mask(kmap)
     out = tc.implicit_gemm(launcher, src, weight, neighbour, mask)
     assert_same_non_finite(out, pair_product(kmap, src, weight), np.float16)
 
@@ -142,7 +142,7 @@ def test_tensor_core_finite_results_do_not_change_with_a_poisoned_column():
     launcher = emulated_launcher()
     src = rng.standard_normal((kmap.n_in, 16)).astype(np.float16)
     weight = (rng.standard_normal((27, 16, 16)) * 0.3).astype(np.float16)
-    mask, neighbour = kmap.pair_mask()
+    mask, neighbour = csc.pair_mask(kmap)
     clean = tc.implicit_gemm(launcher, src, weight, neighbour, mask)
     weight[0, :, 0] = np.inf
     out = tc.implicit_gemm(launcher, src, weight, neighbour, mask)
@@ -173,7 +173,7 @@ def test_mask_gemm_non_finite_weights(dtype):
     assert np.isfinite(ref).any() and not np.isfinite(ref).all()
     assert_same_non_finite(out, ref, dtype)
     weight_t = np.ascontiguousarray(weight.transpose(0, 2, 1))
-    assert_same_non_finite(grad_in, pair_product(kmap_cpu.reverse(), grad_out, weight_t), dtype)
+    assert_same_non_finite(grad_in, pair_product(csc.reverse_kernel_map(kmap_cpu), grad_out, weight_t), dtype)
 
 
 def test_mask_gemm_grouped_non_finite_weights():
