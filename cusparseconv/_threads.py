@@ -25,6 +25,7 @@ Concurrency and processes:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -117,6 +118,39 @@ def get_num_threads() -> int:
     return _state["threads"]
 
 
+def _pin_blas_locked() -> None:
+    if _state["controller"] is None:
+        _state["controller"] = _threadpoolctl.ThreadpoolController()
+    if _state["blas_users"] == 0:
+        # BLAS is pinned to one thread inside every block, whatever the worker
+        # count: a BLAS product split over threads may sum in another order.
+        _state["blas_limiter"] = _state["controller"].limit(limits=1, user_api="blas")
+    _state["blas_users"] += 1
+
+
+def _unpin_blas_locked() -> None:
+    _state["blas_users"] -= 1
+    if _state["blas_users"] == 0 and _state["blas_limiter"] is not None:
+        _state["blas_limiter"].restore_original_limits()
+        _state["blas_limiter"] = None
+
+
+@contextlib.contextmanager
+def blas_pinned():
+    """BLAS pinned to one thread while the block runs, as inside :func:`parallel_for`
+    (no-op without threadpoolctl and on our worker threads, which already hold the pin)."""
+    if _threadpoolctl is None or getattr(_worker, "active", False):
+        yield
+        return
+    with _lock:
+        _pin_blas_locked()
+    try:
+        yield
+    finally:
+        with _lock:
+            _unpin_blas_locked()
+
+
 def _acquire():
     """Register one running call: (pool or None, threads); pins BLAS if needed."""
     with _lock:
@@ -126,22 +160,13 @@ def _acquire():
             pool = _state["pool"] = _Pool(threads)
         if pool is not None:
             pool.users += 1
-        if _state["controller"] is None:
-            _state["controller"] = _threadpoolctl.ThreadpoolController()
-        if _state["blas_users"] == 0:
-            # BLAS is pinned to one thread inside every block, whatever the worker
-            # count: a BLAS product split over threads may sum in another order.
-            _state["blas_limiter"] = _state["controller"].limit(limits=1, user_api="blas")
-        _state["blas_users"] += 1
+        _pin_blas_locked()
     return pool, threads
 
 
 def _release(pool) -> None:
     with _lock:
-        _state["blas_users"] -= 1
-        if _state["blas_users"] == 0 and _state["blas_limiter"] is not None:
-            _state["blas_limiter"].restore_original_limits()
-            _state["blas_limiter"] = None
+        _unpin_blas_locked()
         if pool is not None:
             pool.users -= 1
             if pool.retired and pool.users == 0:

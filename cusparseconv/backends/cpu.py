@@ -9,10 +9,14 @@ Layout choices that make the CPU path fast without compiled code:
   offset's positions and step a few places instead of searching again. For a
   submanifold map (same set in and out, symmetric kernel) only half of the
   offsets are searched: the pairs of ``-d`` are the swapped pairs of ``d``.
-* Products run per block of output rows: for each offset, the block's pairs
-  are a contiguous slice of the pair table, so the gathered rows, the BLAS
-  product and the scatter-add stay in cache. Blocks write disjoint output
-  rows, so they run on worker threads without changing any bit of the result.
+* Products run per block of output rows (:mod:`._cpu_plan`): for each offset,
+  the block's pairs are a contiguous slice of the pair table; their input rows
+  are gathered (or, when cheaper, the window of consecutive input rows they
+  span is used as it is) and multiplied into the block's product buffer, and
+  one sparse reduction sums each output row's products in offset order. The
+  buffer stays in cache. Blocks write disjoint output rows, so they run on
+  worker threads without changing any bit of the result. A cost model
+  calibrated on the machine (:mod:`._cpu_cost`) makes the choices.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._threads import parallel_for
+from ._cpu_plan import choose_dense, plan_for
 from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
 from ..kmap import KernelMap
 
@@ -324,6 +329,71 @@ def gather_apply_scatter(src: np.ndarray, kmap: KernelMap, apply, n_channels: in
     return out
 
 
+def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_channels: int,
+                           dtype: np.dtype) -> np.ndarray:
+    """``out[u] = sum_k apply(k, src[in_k(u)])``, summed in offset order per output row.
+
+    Per block of output rows (:func:`._cpu_plan.plan_for`): one product per
+    offset into the block's buffer, from the gathered input rows or from the
+    window of input rows they span, then one sparse reduction of the buffer
+    into the block's output rows.
+
+    Parameters
+    ----------
+    src : ndarray, shape (n_in, C_src)
+        Source rows, C-contiguous, in the accumulation dtype.
+    kmap : KernelMap
+        Pairs sorted by output row within each offset.
+    apply_into : callable (k, rows (n, C_src), out (n, n_channels)) -> None
+        Writes the product of offset k for ``rows`` into ``out``.
+    n_channels : int
+    dtype : numpy dtype of the result.
+
+    Returns
+    -------
+    out : ndarray, shape (n_out, n_channels)
+    """
+    n_out = kmap.n_out
+    if n_out == 0 or kmap.n_pairs == 0:
+        return np.zeros((n_out, n_channels), dtype=dtype)
+    plan = plan_for(kmap, src.shape[1], n_channels, dtype)
+    out = np.empty((n_out, n_channels), dtype=dtype)
+    in_rows_all = kmap.in_rows
+
+    def run_block(block) -> None:
+        products = np.empty((block.n_products, n_channels), dtype=dtype)
+        for k, window, start, length, base in block.items:
+            if window:
+                rows = src[start:start + length]
+            else:
+                rows = src.take(in_rows_all[start:start + length], axis=0)
+            apply_into(k, rows, products[base:base + length])
+        out[block.first:block.last] = (block.reduction(dtype) @ products)[:-1]
+
+    parallel_for(run_block, plan.blocks)
+    return out
+
+
+def _into_standard(weight):
+    def apply_into(k, rows, out):
+        np.matmul(rows, weight[k], out=out)
+    return apply_into
+
+
+def _into(apply):
+    def apply_into(k, rows, out):
+        out[...] = apply(k, rows)
+    return apply_into
+
+
+def _apply_into_for(weight: np.ndarray, layout: str, transpose: bool):
+    if layout == "standard":
+        if transpose:
+            weight = np.ascontiguousarray(weight.transpose(0, 2, 1))
+        return _into_standard(weight)
+    return _into(_apply_for(weight, layout, transpose))
+
+
 def _matmul_standard(weight):
     return lambda k, rows: rows @ weight[k]
 
@@ -357,20 +427,19 @@ def _apply_for(weight: np.ndarray, layout: str, transpose: bool):
 
 ALGORITHMS = {"forward": ("blocked", "dense"), "input_grad": ("blocked", "dense"),
               "weight_grad": ("blocked",)}
-#: Fraction of (row, offset) slots holding a pair above which the dense
-#: algorithm (one gather of every offset's rows, one GEMM per block) wins.
-DENSE_THRESHOLD = 0.6
 
 
 def _choose(kmap, layout, algorithm, weight) -> str:
+    """``algorithm`` if given, else the one the cost model predicts faster on this machine
+    (:func:`._cpu_plan.choose_dense`)."""
     if algorithm not in (None, "auto"):
         if algorithm == "dense" and layout != "standard":
             raise ValueError(f"algorithm 'dense' supports the standard weight layout only, "
                              f"got a {layout} weight")
         chosen = algorithm
     else:
-        slots = kmap.n_out * kmap.kernel_volume
-        dense = layout == "standard" and slots and kmap.n_pairs >= DENSE_THRESHOLD * slots
+        dense = layout == "standard" and choose_dense(kmap, weight.shape[1], weight.shape[2],
+                                                      weight.dtype)
         chosen = "dense" if dense else "blocked"
     if chosen == "dense" and not np.isfinite(weight).all():
         # The dense product multiplies the zeros of missing (row, offset) slots by
@@ -425,7 +494,8 @@ def conv_forward(feats, weight, kmap, layout, c_out, bias=None, algorithm=None):
     if _choose(kmap, layout, algorithm, weight) == "dense":
         out = dense_product(src, kmap, weight, c_out, dtype)
     else:
-        out = gather_apply_scatter(src, kmap, _apply_for(weight, layout, False), c_out, dtype)
+        out = gather_multiply_reduce(src, kmap, _apply_into_for(weight, layout, False), c_out,
+                                     dtype)
     if bias is not None:
         out += bias.astype(dtype)
     return out.astype(feats.dtype, copy=False)
@@ -438,11 +508,13 @@ def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None):
     src = np.ascontiguousarray(grad_out, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
     reverse = kmap.reverse()
-    if _choose(reverse, layout, algorithm, weight) == "dense":
-        out = dense_product(src, reverse, np.ascontiguousarray(weight.transpose(0, 2, 1)),
-                            c_in, dtype)
+    transposed = np.ascontiguousarray(weight.transpose(0, 2, 1)) if layout == "standard" \
+        else weight
+    if _choose(reverse, layout, algorithm, transposed) == "dense":
+        out = dense_product(src, reverse, transposed, c_in, dtype)
     else:
-        out = gather_apply_scatter(src, reverse, _apply_for(weight, layout, True), c_in, dtype)
+        out = gather_multiply_reduce(src, reverse, _apply_into_for(weight, layout, True), c_in,
+                                     dtype)
     return out.astype(grad_out.dtype, copy=False)
 
 
