@@ -365,7 +365,7 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
         for k, window, start, length, base in block.items:
             if window:
                 rows = src[start:start + length]
-            else:
+            else:  # gathered just before its product: still in cache when multiplied
                 rows = src.take(in_rows_all[start:start + length], axis=0)
             apply_into(k, rows, products[base:base + length])
         out[block.first:block.last] = (block.reduction(dtype) @ products)[:-1]
@@ -520,6 +520,8 @@ def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None):
 
 #: Pairs per weight-gradient work item (bounds the gathered blocks' size).
 _WGRAD_PAIRS = 16384
+#: Pairs gathered and multiplied at once inside a work item.
+_WGRAD_CHUNK = 2048
 
 
 def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None):
@@ -553,10 +555,27 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
         def product(a, b):
             return a.T @ b
 
+    in_rows_all, out_rows_all = kmap.in_rows, kmap.out_rows
+
+    def rows_of(table, rows):
+        # consecutive rows (e.g. the centre offset of a submanifold map) are a slice
+        first = int(rows[0])
+        if int(rows[-1]) - first == rows.shape[0] - 1 and (
+                rows.shape[0] < 3 or rows[rows.shape[0] // 2] == first + rows.shape[0] // 2):
+            if rows.shape[0] < 3 or bool(np.all(rows[1:] > rows[:-1])):
+                return table[first:first + rows.shape[0]]
+        return table.take(rows, axis=0)
+
     def run_item(index: int) -> None:
+        # sub-chunks of _WGRAD_CHUNK pairs: the gathered rows stay in cache
         k, first, last = items[index]
-        partials[index] = product(src.take(kmap.in_rows[first:last], axis=0),
-                                  dst.take(kmap.out_rows[first:last], axis=0))
+        partial = None
+        for begin in range(first, last, _WGRAD_CHUNK):
+            end = min(last, begin + _WGRAD_CHUNK)
+            term = product(rows_of(src, in_rows_all[begin:end]),
+                           rows_of(dst, out_rows_all[begin:end]))
+            partial = term if partial is None else partial + term
+        partials[index] = partial
 
     parallel_for(run_item, range(len(items)))
     for (k, _, _), partial in zip(items, partials):  # fixed order: deterministic sums
