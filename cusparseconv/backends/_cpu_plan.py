@@ -36,7 +36,7 @@ import numpy as np
 
 from ._cpu_cost import DENSE_MARGIN, costs
 
-__all__ = ["Plan", "Block", "plan_for", "choose_dense"]
+__all__ = ["Plan", "Block", "plan_for", "choose_dense", "add_products"]
 
 #: Bytes of one block's product buffer the block size aims at (fits in L2 with its sources).
 _BUFFER_BYTES = 2 << 20
@@ -60,33 +60,20 @@ class Block:
         lands in rows ``[base, base + length)`` of the buffer.
     n_products : int
         Rows of the product buffer.
-    rows : ndarray of int32, shape (n_products,)
-        The output row (minus ``first``) each product row is summed into;
-        ``last - first`` (a sink row, dropped) for window rows without a pair.
+    column_starts : ndarray of int, shape (n_products + 1,)
+        The sum in compressed-column form over the plan's :attr:`Plan.rows`:
+        product row j is added to output row ``first + rows[i]`` for ``i`` in
+        ``[column_starts[j], column_starts[j + 1])`` (one entry for a pair, none
+        for a window row without a pair).
     """
 
-    __slots__ = ("first", "last", "items", "n_products", "rows", "_matrices")
+    __slots__ = ("first", "last", "items", "n_products", "column_starts")
 
-    def __init__(self, first, last, items, n_products, rows):
+    def __init__(self, first, last, items, n_products, column_starts):
         self.first, self.last = int(first), int(last)
         self.items = items
         self.n_products = int(n_products)
-        self.rows = rows
-        self._matrices = {}
-
-    def reduction(self, dtype):
-        """The sum as a ``scipy.sparse.csc_array`` ``(last - first + 1, n_products)`` of
-        ones in ``dtype``, one entry per column (memoized)."""
-        key = np.dtype(dtype).str
-        matrix = self._matrices.get(key)
-        if matrix is None:
-            import scipy.sparse
-            matrix = scipy.sparse.csc_array(
-                (np.ones(self.n_products, dtype=dtype), self.rows,
-                 np.arange(self.n_products + 1, dtype=np.int32)),
-                shape=(self.last - self.first + 1, max(self.n_products, 1)))
-            matrix = self._matrices.setdefault(key, matrix)
-        return matrix
+        self.column_starts = column_starts
 
 
 class Plan:
@@ -95,18 +82,31 @@ class Plan:
     Attributes
     ----------
     blocks : list of Block
+    rows : ndarray of int32, shape (n_pairs,)
+        Row entries of every block's sum: the output row of each pair, minus
+        its block's first row, in the order of the blocks' product rows.
     predicted_s : float
         Predicted single-thread seconds of the blocked product.
     dense_predicted_s : float
         Predicted single-thread seconds of the dense product.
     """
 
-    __slots__ = ("blocks", "predicted_s", "dense_predicted_s")
+    __slots__ = ("blocks", "rows", "predicted_s", "dense_predicted_s", "_ones")
 
-    def __init__(self, blocks, predicted_s, dense_predicted_s):
+    def __init__(self, blocks, rows, predicted_s, dense_predicted_s):
         self.blocks = blocks
+        self.rows = rows
         self.predicted_s = predicted_s
         self.dense_predicted_s = dense_predicted_s
+        self._ones = {}
+
+    def ones(self, dtype) -> np.ndarray:
+        """The entries' values (all one) in ``dtype``, shape (n_pairs,) (memoized)."""
+        key = np.dtype(dtype).str
+        found = self._ones.get(key)
+        if found is None:
+            found = self._ones.setdefault(key, np.ones(self.rows.shape[0], dtype=dtype))
+        return found
 
 
 def _block_shift(kmap, c_out: int, itemsize: int) -> int:
@@ -166,32 +166,37 @@ def _build(kmap, c_in: int, c_out: int, dtype) -> Plan:
     np.cumsum(lengths[:-1], axis=0, out=bases[1:])
     n_products = lengths.sum(axis=0)
 
-    # the reduction as a CSC matrix with one entry per product row: the output row (in the
-    # block) the product belongs to, or the block's sink row (one past its last) for the
-    # window rows without a pair; every output row then sums its products in buffer
-    # order, the offset order.
+    # the sum in compressed-column form: column j of a block's sum is its product row j,
+    # with one entry (the output row in the block) for a pair and none for a window row
+    # without a pair; every output row then sums its products in buffer order, the
+    # offset order.
     block_base = np.zeros(n_blocks + 1, dtype=np.int64)
     np.cumsum(n_products, out=block_base[1:])
-    rows_of_products = np.repeat(np.diff(bounds).astype(np.int32), n_products)
-    mask = np.int32(block_size - 1)
-    for k in range(kernel_volume):
-        begin, end = int(pair_offsets[k]), int(pair_offsets[k + 1])
-        if begin == end:
-            continue
-        out_k = out_rows[begin:end]
-        block_of_pair = out_k >> shift
-        item_base = block_base[:-1] + bases[k]
-        if window[k].all():
-            dest = in_rows[begin:end] + (item_base - in_first[k]).astype(index)[block_of_pair]
-        elif not window[k].any():
-            dest = np.arange(begin, end, dtype=index) + \
-                (item_base - starts[k]).astype(index)[block_of_pair]
-        else:
-            is_window = window[k][block_of_pair]
-            dest = np.where(is_window, in_rows[begin:end], np.arange(begin, end, dtype=index)) \
-                + np.where(window[k], item_base - in_first[k],
-                           item_base - starts[k]).astype(index)[block_of_pair]
-        rows_of_products[dest] = out_k & mask
+    total = int(block_base[-1])
+    # entries per product row: one for a gathered row; for a window, one at each paired row
+    if window.any():
+        dest = np.empty(kmap.n_pairs, dtype=index)
+        for k in range(kernel_volume):
+            begin, end = int(pair_offsets[k]), int(pair_offsets[k + 1])
+            if begin == end:
+                continue
+            block_of_pair = out_rows[begin:end] >> shift
+            item_base = block_base[:-1] + bases[k]
+            shift_k = np.where(window[k], item_base - in_first[k], item_base - starts[k])
+            source = in_rows[begin:end] if window[k].all() else np.where(
+                window[k][block_of_pair], in_rows[begin:end], np.arange(begin, end, dtype=index))
+            np.add(source, shift_k.astype(index)[block_of_pair], out=dest[begin:end])
+        column_starts = np.zeros(total + 1, dtype=index)
+        np.cumsum(np.bincount(dest, minlength=total), out=column_starts[1:])
+    else:
+        column_starts = np.arange(total + 1, dtype=index)
+    # the entries (output row within the block) in product order: block, then offset
+    segment_start = starts.T.ravel()
+    segment_length = (stops - starts).T.ravel()
+    order = np.repeat((segment_start - (np.cumsum(segment_length) - segment_length))
+                      .astype(index), segment_length)
+    order += np.arange(kmap.n_pairs, dtype=index)
+    rows = np.take((out_rows & (block_size - 1)).astype(np.int32), order)
 
     blocks = []
     present = (stops > starts).T.tolist()
@@ -202,11 +207,45 @@ def _build(kmap, c_in: int, c_out: int, dtype) -> Plan:
     for b in range(n_blocks):
         items = [(k, w, s, n, base) for k, p, w, s, n, base in zip(
             offsets, present[b], windows[b], item_start[b], item_lengths[b], item_bases[b]) if p]
-        blocks.append(Block(bounds_list[b], bounds_list[b + 1], items, block_base_list[b + 1]
-                            - block_base_list[b],
-                            rows_of_products[block_base_list[b]:block_base_list[b + 1]]))
+        blocks.append(Block(bounds_list[b], bounds_list[b + 1], items,
+                            block_base_list[b + 1] - block_base_list[b],
+                            column_starts[block_base_list[b]:block_base_list[b + 1] + 1]))
     dense_predicted = model.dense_row * kmap.n_out
-    return Plan(blocks, predicted, dense_predicted)
+    return Plan(blocks, rows, predicted, dense_predicted)
+
+
+try:  # SciPy's compiled sparse x dense product, accumulating into a given output
+    from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs
+except ImportError:  # pragma: no cover - a SciPy without it: the public API below
+    _csc_matvecs = None
+
+
+def add_products(plan: Plan, block: Block, products: np.ndarray, out: np.ndarray,
+                 compiled: bool = True) -> None:
+    """``out += S @ products``: add each product row to its output row, in order.
+
+    Parameters
+    ----------
+    plan, block : the plan and the block the products belong to.
+    products : ndarray, shape (block.n_products, C), C-contiguous
+    out : ndarray, shape (block.last - block.first, C), C-contiguous, float32 or
+        float64 like ``products``; usually zeros.
+    compiled : bool
+        Use SciPy's compiled column loop directly (no temporary); False goes
+        through ``scipy.sparse.csc_array`` (the same sums in the same order).
+    """
+    starts = block.column_starts
+    ones = plan.ones(products.dtype)
+    if compiled and _csc_matvecs is not None:
+        _csc_matvecs(out.shape[0], block.n_products, out.shape[1], starts, plan.rows, ones,
+                     products.reshape(-1), out.reshape(-1))
+        return
+    import scipy.sparse
+    first, last = int(starts[0]), int(starts[-1])
+    matrix = scipy.sparse.csc_array(
+        (ones[first:last], plan.rows[first:last], starts - first),
+        shape=(out.shape[0], max(block.n_products, 1)))
+    out += matrix @ products
 
 
 def plan_for(kmap, c_in: int, c_out: int, dtype) -> Plan:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._threads import parallel_for
-from ._cpu_plan import choose_dense, plan_for
+from ._cpu_plan import add_products, choose_dense, plan_for
 from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
 from ..kmap import KernelMap
 
@@ -357,7 +357,7 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
     if n_out == 0 or kmap.n_pairs == 0:
         return np.zeros((n_out, n_channels), dtype=dtype)
     plan = plan_for(kmap, src.shape[1], n_channels, dtype)
-    out = np.empty((n_out, n_channels), dtype=dtype)
+    out = np.zeros((n_out, n_channels), dtype=dtype)
     in_rows_all = kmap.in_rows
 
     def run_block(block) -> None:
@@ -368,7 +368,7 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
             else:  # gathered just before its product: still in cache when multiplied
                 rows = src.take(in_rows_all[start:start + length], axis=0)
             apply_into(k, rows, products[base:base + length])
-        out[block.first:block.last] = (block.reduction(dtype) @ products)[:-1]
+        add_products(plan, block, products, out[block.first:block.last])
 
     parallel_for(run_block, plan.blocks)
     return out
