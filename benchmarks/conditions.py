@@ -22,8 +22,13 @@ repository root. Three parts, each ours and spconv (CPU) side by side in one run
     stride-2 and transposed convolutions of 32 and 64 channels, batch norm,
     ReLU, a linear head, cross-entropy, SGD) on crops of a real scan, new
     coordinates every step, in our layers (``cusparseconv.torch``), in spconv's
+    (torch at its default thread count, and at one thread: ``spconv_torch1``)
     and, as a reference, a per-voxel MLP of the same widths in plain torch;
     step times (median, 90th percentile, p90 / median) quiet and under load.
+
+In the ``load`` part spconv runs with torch at one thread (its fastest
+setting without environment variables: with two, its own OpenMP runtime and
+torch's spin against each other, see ``benchmarks/README.md``).
 
 Nothing sets an environment variable: torch, spconv and cusparseconv run with
 their defaults (thread counts: torch's and ours both default to the cores of
@@ -51,6 +56,9 @@ from benchmarks import workloads as wl
 from benchmarks.load import busy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: torch's threads while spconv runs in the load part (its fastest setting without
+#: environment variables; the training loop runs spconv both ways)
+SPCONV_TORCH_THREADS = 1
 
 FULL = {"layers": [("table-5mm", "subm3", 32), ("motorcycle-1cm", "subm3", 32),
                    ("frog-2x", "subm3", 32), ("table-5mm", "down2", 32)],
@@ -81,7 +89,9 @@ def part_load(plan, loads, csc, spconv_libs, orders):
         for procs in loads:
             fns = {"ours.mapfwd": layer.mapfwd, "ours.fwdbwd": layer.fwdbwd}
             if peer is not None and peer.valid:
-                fns.update({"spconv.mapfwd": peer.mapfwd, "spconv.fwdbwd": peer.fwdbwd})
+                fns.update({f"spconv.{op}": suite.with_torch_threads(
+                    peer.torch, SPCONV_TORCH_THREADS, getattr(peer, op))
+                    for op in ("mapfwd", "fwdbwd")})
             with busy(procs) as load:
                 timing = bc.measure(fns, plan["repeats"], 1)
             entry["by_load"][procs] = {"load": load.report() if procs else None,
@@ -314,15 +324,22 @@ def part_train(plan, loads, torch, spconv_libs):
     nets = {"ours": OursNet(torch), "torch_mlp": TorchMLP(torch)}
     if spconv_libs is not None:
         nets["spconv"] = SpconvNet(torch, spconv_libs[1])
+        nets["spconv_torch1"] = SpconvNet(torch, spconv_libs[1])
     result = {"scan": plan["train_scan"], "voxels_per_step": [len(c) for c in crops],
               "widths": WIDTHS, "by_load": {}}
     for procs in loads:
         got = {}
         with busy(procs) as load:
             for name, net in nets.items():     # one after another, same load
-                got[name] = _step_summary(train_steps(torch, net, crops, targets,
-                                                      plan["train_steps"],
-                                                      plan["train_warmup"]))
+                before = torch.get_num_threads()
+                if name == "spconv_torch1":
+                    torch.set_num_threads(1)
+                try:
+                    got[name] = _step_summary(train_steps(torch, net, crops, targets,
+                                                          plan["train_steps"],
+                                                          plan["train_warmup"]))
+                finally:
+                    torch.set_num_threads(before)
         got["load"] = load.report() if procs else None
         result["by_load"][procs] = got
         print(f"train, {procs} busy: " + "; ".join(

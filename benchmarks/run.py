@@ -147,6 +147,21 @@ def load_torch():
         return None
 
 
+def with_torch_threads(torch, threads, fn):
+    """``fn`` run with torch's intra-op thread count set to ``threads`` (restored after)."""
+    if not threads:
+        return fn
+
+    def call():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+    return call
+
+
 def rows_index(reference, query):
     """Positions in ``reference`` (M, 4) of the rows of ``query`` (n, 4); -1 if absent."""
     reference = np.asarray(reference, dtype=np.int64)
@@ -667,7 +682,8 @@ def run_layer(args, csc, torch, spconv_libs, orders, workload, layer_name, chann
             continue
         fns = {"ours": layer.build_map if op == "map" else getattr(layer, op)}
         if "spconv" in peers and not (op == "map" and layer_name == "up2"):
-            fns["spconv"] = getattr(peers["spconv"], op)
+            fns["spconv"] = with_torch_threads(torch, args.spconv_torch_threads,
+                                               getattr(peers["spconv"], op))
         for name, timing in bc.measure(fns, repeats, args.warmup).items():
             entry[name][op] = timing_summary(timing["times_s"])
         if "dense" in peers and op in ("fwd", "fwdbwd"):  # slow: fewer runs, after its check
@@ -713,7 +729,9 @@ def run_unet(args, torch, spconv_libs, orders, workload, seed):
     else:
         entry["spconv"]["skipped"] = args.spconv_reason
     for op in ("fwd", "fwdbwd"):
-        fns = {"ours": getattr(ours, op), **{n: getattr(p, op) for n, p in peers.items()}}
+        fns = {"ours": getattr(ours, op),
+               **{n: with_torch_threads(torch, args.spconv_torch_threads, getattr(p, op))
+                  for n, p in peers.items()}}
         for name, timing in bc.measure(fns, args.net_repeats, args.warmup).items():
             entry[name][op] = timing_summary(timing["times_s"])
     entry["ours"]["peak_mib"] = peak_rss_growth(ours.fwdbwd)
@@ -862,6 +880,10 @@ def parse_args(argv=None):
     parser.add_argument("--tag", default="", help="appended to the output file names")
     parser.add_argument("--threads", type=int, default=2,
                         help="threads of every library (default 2)")
+    parser.add_argument("--spconv-torch-threads", type=int, default=1,
+                        help="torch's thread count while spconv runs (default 1: spconv's "
+                             "fastest setting without environment variables, see "
+                             "benchmarks/README.md; 0 keeps --threads)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per layer")
     parser.add_argument("--no-spconv", action="store_true", help="do not time spconv")
     parser.add_argument("--no-dense", dest="dense", action="store_false",
@@ -977,7 +999,7 @@ def main(argv=None):
            "spconv": spconv_libs[2] if spconv_libs else None,
            "spconv_skipped": args.spconv_reason, "quick": args.quick,
            "held_out": args.held_out, "sweep": args.sweep, "channel_sweep": args.channel_sweep,
-           "load_procs": args.load,
+           "load_procs": args.load, "spconv_torch_threads": args.spconv_torch_threads,
            "repeats": args.repeats, "net_repeats": args.net_repeats, "warmup": args.warmup,
            "thread_environment": bc.thread_environment(),
            "loadavg_start": os.getloadavg(),

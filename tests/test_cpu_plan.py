@@ -79,9 +79,8 @@ def test_every_plan_matches_the_oracle(mixed_scene, monkeypatch, costs):
         assert all(m == {True} for m in modes if m)
     elif costs["take_row"] == 0.0:  # a window only where its rows are all paired
         for block in plan.blocks:
-            starts = block.column_starts
-            for _, window, _, length, base in block.items:
-                assert not window or starts[base + length] - starts[base] == length
+            for _, window, _, length, _, begin, end in block.items:
+                assert not window or length == end - begin
     else:  # the case this test is for: one offset both ways
         assert any(m == {True, False} for m in modes)
     out = csc.conv_forward(feats, weight, kmap, algorithm="blocked")

@@ -41,7 +41,7 @@ __all__ = ["Costs", "costs", "DENSE_MARGIN"]
 #: The dense product is chosen only when predicted this much faster than the blocked one.
 DENSE_MARGIN = 0.85
 _ROWS = 2048          # rows of the calibration products (about one block's item)
-_REPEATS = 5
+_REPEATS = 7
 _TABLE_ROWS = 65536   # source rows of the gathers (beyond L2 at C >= 16, like real inputs)
 
 _memo: dict = {}
@@ -79,12 +79,16 @@ class Costs:
                                      for name in self.__slots__) + ")")
 
 
-def _fastest(function, repeats: int = _REPEATS) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
+def _fastest_of_each(functions: dict, rounds: int = _REPEATS) -> dict:
+    """The fastest run of each function over ``rounds`` rounds that run every function
+    once in turn: constants measured side by side see the same phases of a busy
+    machine, so their ratios (what the plans compare) stay steady."""
+    best = dict.fromkeys(functions, float("inf"))
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -99,38 +103,41 @@ def _measure(c_in: int, c_out: int, kernel_volume: int, dtype: np.dtype) -> Cost
     rows = np.sort(rng.choice(_TABLE_ROWS, _ROWS, replace=False))
     gathered = table[:_ROWS].copy()
     out = np.empty((_ROWS, c_out), dtype=dtype)
+
+    # the sum: ~9 entries per row scattered over a block's products
+    per_row = 9
+    products = rng.standard_normal((_ROWS * per_row, c_out)).astype(dtype)
+    indices = rng.permutation(_ROWS * per_row).reshape(_ROWS, per_row)
+    indices.sort(axis=1)
+    matrix = scipy.sparse.csr_array(
+        (np.ones(indices.size, dtype=dtype), indices.ravel().astype(np.int32),
+         np.arange(0, indices.size + 1, per_row, dtype=np.int32)),
+        shape=(_ROWS, products.shape[0]))
+
+    # the dense product: |K| gathers per row and one (n, |K| c_in) @ (|K| c_in, c_out)
+    dense_rows = max(64, min(_ROWS, (1 << 19) // max(kernel_volume * c_in, 1)))
+    neighbour = rng.integers(-1, _TABLE_ROWS, (dense_rows, kernel_volume))
+    neighbour.sort(axis=0)
+    flat_weight = rng.standard_normal((kernel_volume * c_in, c_out)).astype(dtype)
+    dense_out = np.empty((dense_rows, c_out), dtype=dtype)
+
+    def dense():
+        block = table.take(neighbour, axis=0, mode="wrap")
+        block[neighbour < 0] = 0
+        np.matmul(block.reshape(dense_rows, -1), flat_weight, out=dense_out)
+
     with blas_pinned():   # one BLAS thread, as inside the products
-        small = _fastest(lambda: np.matmul(gathered[:16], weight, out=out[:16]))
-        large = _fastest(lambda: np.matmul(gathered, weight, out=out))
-        gemm_row = max(large - small, 1e-12) / (_ROWS - 16)
-        gemm_call = max(small - 16 * gemm_row, 0.0)
-        take_row = _fastest(lambda: table.take(rows, axis=0)) / _ROWS
-
-        # the reduction: ~9 entries per row scattered over a block's products
-        per_row = 9
-        products = rng.standard_normal((_ROWS * per_row, c_out)).astype(dtype)
-        indices = rng.permutation(_ROWS * per_row).reshape(_ROWS, per_row)
-        indices.sort(axis=1)
-        matrix = scipy.sparse.csr_array(
-            (np.ones(indices.size, dtype=dtype), indices.ravel().astype(np.int32),
-             np.arange(0, indices.size + 1, per_row, dtype=np.int32)),
-            shape=(_ROWS, products.shape[0]))
-        reduce_entry = _fastest(lambda: matrix @ products) / indices.size
-
-        # the dense product: |K| gathers per row and one (n, |K| c_in) @ (|K| c_in, c_out)
-        dense_rows = max(64, min(_ROWS, (1 << 19) // max(kernel_volume * c_in, 1)))
-        neighbour = rng.integers(-1, _TABLE_ROWS, (dense_rows, kernel_volume))
-        neighbour.sort(axis=0)
-        flat_weight = rng.standard_normal((kernel_volume * c_in, c_out)).astype(dtype)
-        dense_out = np.empty((dense_rows, c_out), dtype=dtype)
-
-        def dense():
-            block = table.take(neighbour, axis=0, mode="wrap")
-            block[neighbour < 0] = 0
-            np.matmul(block.reshape(dense_rows, -1), flat_weight, out=dense_out)
-
-        dense_row = _fastest(dense) / dense_rows
-    return Costs(gemm_call, gemm_row, take_row, reduce_entry, dense_row)
+        best = _fastest_of_each({
+            "small": lambda: np.matmul(gathered[:16], weight, out=out[:16]),
+            "large": lambda: np.matmul(gathered, weight, out=out),
+            "take": lambda: table.take(rows, axis=0),
+            "reduce": lambda: matrix @ products,
+            "dense": dense,
+        })
+    gemm_row = max(best["large"] - best["small"], 1e-12) / (_ROWS - 16)
+    gemm_call = max(best["small"] - 16 * gemm_row, 0.0)
+    return Costs(gemm_call, gemm_row, best["take"] / _ROWS, best["reduce"] / indices.size,
+                 best["dense"] / dense_rows)
 
 
 def costs(c_in: int, c_out: int, kernel_volume: int, dtype) -> Costs:

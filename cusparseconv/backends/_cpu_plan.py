@@ -12,19 +12,26 @@ runs per block of consecutive output rows, each block on one worker thread:
      them (a plain slice: no gather, but the rows in between that have no
      pair are multiplied too);
 
-2. one sparse reduction ``out[block] = R @ products``: row r of ``R`` holds a
-   one at the product of each pair of output row r, in offset order, so
-   every output row sums its terms in the order of the offsets (the blocked
-   algorithm before this one did the same with a scatter-add per offset).
+2. one sparse sum ``out[block] += S @ products`` (:func:`add_products`): column
+   j of ``S`` has a one at the output row of product row j (none for a window
+   row without a pair), so every output row sums its terms in the order of
+   the offsets, as the blocked algorithm before this one did with a
+   scatter-add per offset.
 
 Which of the two, per block and offset, comes from the cost model
 (:mod:`cusparseconv.backends._cpu_cost`): the window when multiplying its
-extra rows costs less than gathering the paired ones. A plan depends only on
-the map, the shape and the measured costs, never on the thread count, so the
+extra rows costs less than gathering the paired ones. The dense product
+(every slot of a block's neighbour table, one GEMM) is chosen instead when
+predicted clearly faster (:func:`choose_dense`). A plan depends only on the
+map, the shape and the measured costs, never on the thread count, so the
 result is the same at any thread count.
 
-Plans are memoized per map in a weak-keyed table (a map's plan goes when the
-map goes): :func:`plan_for`.
+Making a plan is cheap (per offset, one search of the block bounds and one
+pass over its input rows); the per-pair layout of a block (its sum's entries,
+or its neighbour table for the dense product) is made by the first call that
+runs the block, on the worker thread that runs it, and kept. Plans are
+memoized per map in a weak-keyed table (a map's plans go when the map goes):
+:func:`plan_for`.
 """
 
 from __future__ import annotations
@@ -45,6 +52,11 @@ _MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS = 256, 16384
 _plans = weakref.WeakKeyDictionary()   # kmap -> {key: Plan}
 _lock = threading.Lock()
 
+try:  # SciPy's compiled sparse x dense product, accumulating into a given output
+    from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs
+except ImportError:  # pragma: no cover - a SciPy without it: the public API below
+    _csc_matvecs = None
+
 
 class Block:
     """One block of output rows ``[first, last)`` and its products.
@@ -53,27 +65,62 @@ class Block:
     ----------
     first, last : int
         Output rows of the block.
-    items : list of (k, window, start, length, base)
-        One product per offset with pairs here: ``window`` True multiplies the
-        input rows ``[start, start + length)``; False gathers the input rows of
-        pairs ``[start, start + length)`` of the map. Either way the product
+    items : list of (k, window, start, length, base, begin, end)
+        One product per offset with pairs here, whose pairs are
+        ``[begin, end)`` of the map: ``window`` True multiplies the input rows
+        ``[start, start + length)``; False gathers the input rows of the pairs
+        (then ``start, length == begin, end - begin``). Either way the product
         lands in rows ``[base, base + length)`` of the buffer.
     n_products : int
         Rows of the product buffer.
-    column_starts : ndarray of int, shape (n_products + 1,)
-        The sum in compressed-column form over the plan's :attr:`Plan.rows`:
-        product row j is added to output row ``first + rows[i]`` for ``i`` in
-        ``[column_starts[j], column_starts[j + 1])`` (one entry for a pair, none
-        for a window row without a pair).
     """
 
-    __slots__ = ("first", "last", "items", "n_products", "column_starts")
+    __slots__ = ("first", "last", "items", "n_products", "_sum", "_neighbours")
 
-    def __init__(self, first, last, items, n_products, column_starts):
+    def __init__(self, first, last, items, n_products):
         self.first, self.last = int(first), int(last)
         self.items = items
         self.n_products = int(n_products)
-        self.column_starts = column_starts
+        self._sum = None
+        self._neighbours = None
+
+    def sum_layout(self, kmap) -> tuple[np.ndarray, np.ndarray]:
+        """The block's sum in compressed-column form (made on first use, then kept).
+
+        Returns
+        -------
+        column_starts : ndarray of int32, shape (n_products + 1,)
+            Product row j is added to output row ``first + rows[i]`` for ``i``
+            in ``[column_starts[j], column_starts[j + 1])``: one entry for a
+            pair, none for a window row without a pair.
+        rows : ndarray of int32, shape (pairs in the block,)
+        """
+        layout = self._sum
+        if layout is None:
+            in_rows, out_rows = kmap.in_rows, kmap.out_rows
+            counts = np.ones(self.n_products, dtype=np.int32)
+            entries = []
+            for _, window, start, length, base, begin, end in self.items:
+                entries.append(out_rows[begin:end])
+                if window and length != end - begin:   # rows without a pair: no entry
+                    counts[base:base + length] = 0
+                    counts[base + (in_rows[begin:end] - start)] = 1
+            column_starts = np.zeros(self.n_products + 1, dtype=np.int32)
+            np.cumsum(counts, out=column_starts[1:])
+            rows = (np.concatenate(entries) - self.first).astype(np.int32)
+            layout = self._sum = (column_starts, rows)
+        return layout
+
+    def neighbours(self, kmap) -> np.ndarray:
+        """(last - first, |K|) int32: the input row paired with each (row, offset), -1 if
+        none (made on first use, then kept)."""
+        table = self._neighbours
+        if table is None:
+            table = np.full((self.last - self.first, kmap.kernel_volume), -1, dtype=np.int32)
+            for k, _, _, _, _, begin, end in self.items:
+                table[kmap.out_rows[begin:end] - self.first, k] = kmap.in_rows[begin:end]
+            self._neighbours = table
+        return table
 
 
 class Plan:
@@ -82,61 +129,80 @@ class Plan:
     Attributes
     ----------
     blocks : list of Block
-    rows : ndarray of int32, shape (n_pairs,)
-        Row entries of every block's sum: the output row of each pair, minus
-        its block's first row, in the order of the blocks' product rows.
     predicted_s : float
         Predicted single-thread seconds of the blocked product.
     dense_predicted_s : float
         Predicted single-thread seconds of the dense product.
     """
 
-    __slots__ = ("blocks", "rows", "predicted_s", "dense_predicted_s", "_ones")
+    __slots__ = ("blocks", "predicted_s", "dense_predicted_s", "_ones")
 
-    def __init__(self, blocks, rows, predicted_s, dense_predicted_s):
+    def __init__(self, blocks, predicted_s, dense_predicted_s):
         self.blocks = blocks
-        self.rows = rows
         self.predicted_s = predicted_s
         self.dense_predicted_s = dense_predicted_s
         self._ones = {}
 
-    def ones(self, dtype) -> np.ndarray:
-        """The entries' values (all one) in ``dtype``, shape (n_pairs,) (memoized)."""
+    def ones(self, size: int, dtype) -> np.ndarray:
+        """At least ``size`` ones in ``dtype`` (the entries' values; memoized)."""
         key = np.dtype(dtype).str
         found = self._ones.get(key)
-        if found is None:
-            found = self._ones.setdefault(key, np.ones(self.rows.shape[0], dtype=dtype))
+        if found is None or found.shape[0] < size:
+            longest = max(max((b.n_products for b in self.blocks), default=0), size)
+            found = self._ones[key] = np.ones(longest, dtype=dtype)
         return found
 
 
-def _block_shift(kmap, c_out: int, itemsize: int) -> int:
-    """log2 of the output rows per block: a power of two near ``_BUFFER_BYTES`` of products."""
+def add_products(plan: Plan, block: Block, kmap, products: np.ndarray, out: np.ndarray,
+                 compiled: bool = True) -> None:
+    """``out += S @ products``: add each product row to its output row, in order.
+
+    Parameters
+    ----------
+    plan, block : the plan and the block the products belong to.
+    kmap : KernelMap the plan was made for.
+    products : ndarray, shape (block.n_products, C), C-contiguous
+    out : ndarray, shape (block.last - block.first, C), C-contiguous, float32 or
+        float64 like ``products``; usually zeros.
+    compiled : bool
+        Use SciPy's compiled column loop directly (no temporary); False goes
+        through ``scipy.sparse.csc_array`` (the same sums in the same order).
+    """
+    column_starts, rows = block.sum_layout(kmap)
+    ones = plan.ones(rows.shape[0], products.dtype)[:rows.shape[0]]
+    if compiled and _csc_matvecs is not None:
+        _csc_matvecs(out.shape[0], block.n_products, out.shape[1], column_starts, rows, ones,
+                     products.reshape(-1), out.reshape(-1))
+        return
+    import scipy.sparse
+    matrix = scipy.sparse.csc_array((ones, rows, column_starts),
+                                    shape=(out.shape[0], max(block.n_products, 1)))
+    out += matrix @ products
+
+
+def _block_rows(kmap, c_out: int, itemsize: int) -> int:
+    """Output rows per block: about ``_BUFFER_BYTES`` of products."""
     pairs_per_row = kmap.n_pairs / max(kmap.n_out, 1)
     rows = _BUFFER_BYTES / max(pairs_per_row * c_out * itemsize, 1)
-    rows = min(_MAX_BLOCK_ROWS, max(_MIN_BLOCK_ROWS, rows))
-    return int(np.floor(np.log2(rows)))
+    return int(min(_MAX_BLOCK_ROWS, max(_MIN_BLOCK_ROWS, rows)))
 
 
 def _build(kmap, c_in: int, c_out: int, dtype) -> Plan:
-    itemsize = np.dtype(dtype).itemsize
     model = costs(c_in, c_out, kmap.kernel_volume, dtype)
-    shift = _block_shift(kmap, c_out, itemsize)
-    block_size = 1 << shift
-    bounds = np.minimum(np.arange(0, kmap.n_out + block_size, block_size, dtype=np.int64),
+    block_rows = _block_rows(kmap, c_out, np.dtype(dtype).itemsize)
+    bounds = np.minimum(np.arange(0, kmap.n_out + block_rows, block_rows, dtype=np.int64),
                         kmap.n_out)
     bounds = bounds[:np.searchsorted(bounds, kmap.n_out) + 1]
     n_blocks = bounds.shape[0] - 1
     kernel_volume = kmap.kernel_volume
     in_rows, out_rows, pair_offsets = kmap.in_rows, kmap.out_rows, kmap.pair_offsets
-    # positions into the concatenated product buffers fit int32 unless the map is huge
-    index = np.int32 if kmap.n_pairs < 2 ** 30 and kmap.n_in < 2 ** 30 else np.int64
 
     # per (offset, block): pair range, first / last input row, window or gather
     starts = np.empty((kernel_volume, n_blocks), dtype=np.int64)
     stops = np.empty((kernel_volume, n_blocks), dtype=np.int64)
     lengths = np.zeros((kernel_volume, n_blocks), dtype=np.int64)
     window = np.zeros((kernel_volume, n_blocks), dtype=bool)
-    in_first = np.zeros((kernel_volume, n_blocks), dtype=np.int64)
+    item_start = np.zeros((kernel_volume, n_blocks), dtype=np.int64)
     predicted = 0.0
     for k in range(kernel_volume):
         begin, end = int(pair_offsets[k]), int(pair_offsets[k + 1])
@@ -155,7 +221,7 @@ def _build(kmap, c_in: int, c_out: int, dtype) -> Plan:
         window_cost = span * model.gemm_row
         use_window = present & monotone & (window_cost <= gather_cost)
         window[k] = use_window
-        in_first[k] = first_in
+        item_start[k] = np.where(use_window, first_in, starts[k])
         lengths[k] = np.where(use_window, span, count)
         predicted += float(np.where(use_window, window_cost, gather_cost)[present].sum()
                            + model.gemm_call * present.sum())
@@ -164,88 +230,22 @@ def _build(kmap, c_in: int, c_out: int, dtype) -> Plan:
     # product rows of (offset, block): stacked in offset order within each block
     bases = np.zeros_like(lengths)
     np.cumsum(lengths[:-1], axis=0, out=bases[1:])
-    n_products = lengths.sum(axis=0)
-
-    # the sum in compressed-column form: column j of a block's sum is its product row j,
-    # with one entry (the output row in the block) for a pair and none for a window row
-    # without a pair; every output row then sums its products in buffer order, the
-    # offset order.
-    block_base = np.zeros(n_blocks + 1, dtype=np.int64)
-    np.cumsum(n_products, out=block_base[1:])
-    total = int(block_base[-1])
-    # entries per product row: one for a gathered row; for a window, one at each paired row
-    if window.any():
-        dest = np.empty(kmap.n_pairs, dtype=index)
-        for k in range(kernel_volume):
-            begin, end = int(pair_offsets[k]), int(pair_offsets[k + 1])
-            if begin == end:
-                continue
-            block_of_pair = out_rows[begin:end] >> shift
-            item_base = block_base[:-1] + bases[k]
-            shift_k = np.where(window[k], item_base - in_first[k], item_base - starts[k])
-            source = in_rows[begin:end] if window[k].all() else np.where(
-                window[k][block_of_pair], in_rows[begin:end], np.arange(begin, end, dtype=index))
-            np.add(source, shift_k.astype(index)[block_of_pair], out=dest[begin:end])
-        column_starts = np.zeros(total + 1, dtype=index)
-        np.cumsum(np.bincount(dest, minlength=total), out=column_starts[1:])
-    else:
-        column_starts = np.arange(total + 1, dtype=index)
-    # the entries (output row within the block) in product order: block, then offset
-    segment_start = starts.T.ravel()
-    segment_length = (stops - starts).T.ravel()
-    order = np.repeat((segment_start - (np.cumsum(segment_length) - segment_length))
-                      .astype(index), segment_length)
-    order += np.arange(kmap.n_pairs, dtype=index)
-    rows = np.take((out_rows & (block_size - 1)).astype(np.int32), order)
+    n_products = lengths.sum(axis=0).tolist()
 
     blocks = []
     present = (stops > starts).T.tolist()
-    item_start = np.where(window, in_first, starts).T.tolist()
-    windows, item_lengths, item_bases = window.T.tolist(), lengths.T.tolist(), bases.T.tolist()
-    bounds_list, block_base_list = bounds.tolist(), block_base.tolist()
+    begins, ends = starts.T.tolist(), stops.T.tolist()
+    windows, item_starts = window.T.tolist(), item_start.T.tolist()
+    item_lengths, item_bases = lengths.T.tolist(), bases.T.tolist()
+    bounds_list = bounds.tolist()
     offsets = range(kernel_volume)
     for b in range(n_blocks):
-        items = [(k, w, s, n, base) for k, p, w, s, n, base in zip(
-            offsets, present[b], windows[b], item_start[b], item_lengths[b], item_bases[b]) if p]
-        blocks.append(Block(bounds_list[b], bounds_list[b + 1], items,
-                            block_base_list[b + 1] - block_base_list[b],
-                            column_starts[block_base_list[b]:block_base_list[b + 1] + 1]))
+        items = [(k, w, s, n, base, begin, end) for k, p, w, s, n, base, begin, end in zip(
+            offsets, present[b], windows[b], item_starts[b], item_lengths[b], item_bases[b],
+            begins[b], ends[b]) if p]
+        blocks.append(Block(bounds_list[b], bounds_list[b + 1], items, n_products[b]))
     dense_predicted = model.dense_row * kmap.n_out
-    return Plan(blocks, rows, predicted, dense_predicted)
-
-
-try:  # SciPy's compiled sparse x dense product, accumulating into a given output
-    from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs
-except ImportError:  # pragma: no cover - a SciPy without it: the public API below
-    _csc_matvecs = None
-
-
-def add_products(plan: Plan, block: Block, products: np.ndarray, out: np.ndarray,
-                 compiled: bool = True) -> None:
-    """``out += S @ products``: add each product row to its output row, in order.
-
-    Parameters
-    ----------
-    plan, block : the plan and the block the products belong to.
-    products : ndarray, shape (block.n_products, C), C-contiguous
-    out : ndarray, shape (block.last - block.first, C), C-contiguous, float32 or
-        float64 like ``products``; usually zeros.
-    compiled : bool
-        Use SciPy's compiled column loop directly (no temporary); False goes
-        through ``scipy.sparse.csc_array`` (the same sums in the same order).
-    """
-    starts = block.column_starts
-    ones = plan.ones(products.dtype)
-    if compiled and _csc_matvecs is not None:
-        _csc_matvecs(out.shape[0], block.n_products, out.shape[1], starts, plan.rows, ones,
-                     products.reshape(-1), out.reshape(-1))
-        return
-    import scipy.sparse
-    first, last = int(starts[0]), int(starts[-1])
-    matrix = scipy.sparse.csc_array(
-        (ones[first:last], plan.rows[first:last], starts - first),
-        shape=(out.shape[0], max(block.n_products, 1)))
-    out += matrix @ products
+    return Plan(blocks, predicted, dense_predicted)
 
 
 def plan_for(kmap, c_in: int, c_out: int, dtype) -> Plan:

@@ -362,13 +362,13 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
 
     def run_block(block) -> None:
         products = np.empty((block.n_products, n_channels), dtype=dtype)
-        for k, window, start, length, base in block.items:
+        for k, window, start, length, base, _, _ in block.items:
             if window:
                 rows = src[start:start + length]
             else:  # gathered just before its product: still in cache when multiplied
                 rows = src.take(in_rows_all[start:start + length], axis=0)
             apply_into(k, rows, products[base:base + length])
-        add_products(plan, block, products, out[block.first:block.last])
+        add_products(plan, block, kmap, products, out[block.first:block.last])
 
     parallel_for(run_block, plan.blocks)
     return out
@@ -454,28 +454,31 @@ def dense_product(src, kmap, weight, n_channels, dtype):
     """``out = [src[nbr[:, 0]], ..., src[nbr[:, K-1]]] @ W.reshape(K * C_in, C_out)``.
 
     Gathers every offset's input row of a block of output rows through the
-    neighbour table (zero where a pair is missing) and multiplies once: no
-    scatter at all, at the price of the missing slots' work. Chosen when most
-    (row, offset) slots hold a pair (dense volumes, 2x2x2 downsampling).
+    block's neighbour table (zero where a pair is missing; made on first use by
+    the thread that runs the block) and multiplies once: no scatter at all, at
+    the price of the missing slots' work. Chosen when the cost model predicts
+    it clearly faster (dense volumes).
     """
-    neighbour = kmap.pair_mask()[1]
-    n_out, kernel_volume = neighbour.shape
+    n_out, kernel_volume = kmap.n_out, kmap.kernel_volume
     out = np.empty((n_out, n_channels), dtype=dtype)
     if n_out == 0:
         return out
+    if kmap.n_pairs == 0:
+        out[...] = 0
+        return out
     flat_weight = weight.reshape(kernel_volume * src.shape[1], n_channels)
-    rows = int(min(8192, max(256, (1 << 19) // (kernel_volume * src.shape[1]))))
+    plan = plan_for(kmap, src.shape[1], n_channels, dtype)
 
-    def run_block(block: int) -> None:
-        first, last = block * rows, min(n_out, (block + 1) * rows)
-        index = neighbour[first:last]
+    def run_block(block) -> None:
+        index = block.neighbours(kmap)
         gathered = src.take(index, axis=0, mode="wrap")  # -1 reads the last row...
         missing = index < 0
         if missing.any():
             gathered[missing] = 0                          # ...and is zeroed here
-        np.matmul(gathered.reshape(last - first, -1), flat_weight, out=out[first:last])
+        np.matmul(gathered.reshape(index.shape[0], -1), flat_weight,
+                  out=out[block.first:block.last])
 
-    parallel_for(run_block, range(-(-n_out // rows)))
+    parallel_for(run_block, plan.blocks)
     return out
 
 
