@@ -239,3 +239,50 @@ def test_torch_adapter_runs_the_core_with_torchs_thread_count(monkeypatch):
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == {1}
+
+
+# --------------------------------------------------------------------------- maps
+
+def brute_force_pairs(in_coords, out_coords, offsets, stride, transposed):
+    """{k: sorted [(in_row, out_row)]} by enumeration (SPEC section 4)."""
+    fine, coarse = (out_coords, in_coords) if transposed else (in_coords, out_coords)
+    fine_index = {tuple(r): i for i, r in enumerate(fine.tolist())}
+    pairs = {}
+    for c_row, u in enumerate(coarse.tolist()):
+        for k, off in enumerate(offsets.tolist()):
+            v = (u[0],) + tuple(s * a + o for s, a, o in zip(stride, u[1:], off))
+            if v in fine_index:
+                pair = (c_row, fine_index[v]) if transposed else (fine_index[v], c_row)
+                pairs.setdefault(k, []).append(pair)
+    return {k: sorted(v, key=lambda p: p[1]) for k, v in pairs.items()}
+
+
+@pytest.mark.parametrize("stride,offsets,transposed", [
+    ((2, 2, 2), "k2", False), ((2, 2, 2), "k2", True),
+    ((3, 2, 1), "cell", False), ((3, 2, 1), "cell", True),
+    ((2, 2, 2), "partial", False),
+])
+def test_partition_maps_match_enumeration(stride, offsets, transposed):
+    """Kernels inside one stride cell (each fine voxel has at most one coarse voxel, which
+    the plans' windows rely on being monotone): negative and shuffled coordinates, several
+    batches, output sets missing some parents."""
+    rng = np.random.default_rng(5)
+    fine = np.unique(np.concatenate([rng.integers(0, 3, (400, 1)),
+                                     rng.integers(-9, 9, (400, 3))], axis=1), axis=0)
+    fine = fine[rng.permutation(len(fine))].astype(np.int32)
+    if offsets == "k2":
+        offsets = csc.kernel_offsets(2)
+    elif offsets == "cell":
+        offsets = np.stack(np.meshgrid(*[np.arange(s) for s in stride], indexing="ij"),
+                           -1).reshape(-1, 3).astype(np.int32)[::-1].copy()
+    else:
+        offsets = np.array([[1, 0, 1], [0, 0, 0], [1, 1, 1]], dtype=np.int32)
+    coarse = np.unique(np.concatenate([fine[:, :1], fine[:, 1:] // np.array(stride)], axis=1),
+                       axis=0)
+    coarse = coarse[rng.permutation(len(coarse))[: len(coarse) * 3 // 4]].astype(np.int32)
+    in_coords, out_coords = (coarse, fine) if transposed else (fine, coarse)
+    kmap = csc.build_kernel_map(in_coords, out_coords, offsets, stride, transposed)
+    expected = brute_force_pairs(in_coords, out_coords, offsets, stride, transposed)
+    for k in range(len(offsets)):
+        in_rows, out_rows = kmap.pairs(k)
+        assert list(zip(in_rows.tolist(), out_rows.tolist())) == expected.get(k, []), k
