@@ -7,7 +7,9 @@ time of each grows linearly with the rows it touches:
 name           call                                         cost
 =============  ===========================================  =======================
 ``gemm``       ``rows (n, C_in) @ W (C_in, C_out)``         ``call + n * gemm_row``
-``take``       ``src.take(rows, axis=0)`` of n rows          ``n * take_row``
+``take``       ``src.take(rows, axis=0)`` of n rows, before  ``n * take_row``
+               their product (what it adds to the product
+               of as many consecutive rows)
 ``reduce``     ``csr (m, P) @ products (P, C)``, one entry   ``nnz * reduce_entry``
                per pair
 ``dense``      one output row of the dense product:         ``dense_row``
@@ -100,7 +102,9 @@ def _measure(c_in: int, c_out: int, kernel_volume: int, dtype: np.dtype) -> Cost
     rng = np.random.default_rng(0)
     table = rng.standard_normal((_TABLE_ROWS, c_in)).astype(dtype)
     weight = rng.standard_normal((c_in, c_out)).astype(dtype)
-    rows = np.sort(rng.choice(_TABLE_ROWS, _ROWS, replace=False))
+    # the rows a block gathers for one offset: increasing, about half of a range (the
+    # pairs of one offset over a block of output rows of a scan)
+    rows = np.sort(rng.choice(2 * _ROWS, _ROWS, replace=False))
     gathered = table[:_ROWS].copy()
     out = np.empty((_ROWS, c_out), dtype=dtype)
 
@@ -126,17 +130,34 @@ def _measure(c_in: int, c_out: int, kernel_volume: int, dtype: np.dtype) -> Cost
         block[neighbour < 0] = 0
         np.matmul(block.reshape(dense_rows, -1), flat_weight, out=dense_out)
 
+    # a window: a slice of the table multiplied as it is (a different slice each time, as
+    # the blocks of a product are); a gather: the rows taken, then multiplied while hot
+    places = iter(range(1 << 62))
+
+    def place() -> int:    # a different part of the table each time, as blocks are
+        return (next(places) * 2 * _ROWS) % (_TABLE_ROWS - 2 * _ROWS)
+
+    def window():
+        first = place()
+        np.matmul(table[first:first + _ROWS], weight, out=out)
+
+    def gather():
+        np.matmul(table.take(rows + place(), axis=0), weight, out=out)
+
     with blas_pinned():   # one BLAS thread, as inside the products
+        small = _fastest_of_each(
+            {"small": lambda: np.matmul(gathered[:16], weight, out=out[:16])}, 3 * _REPEATS)
         best = _fastest_of_each({
-            "small": lambda: np.matmul(gathered[:16], weight, out=out[:16]),
-            "large": lambda: np.matmul(gathered, weight, out=out),
-            "take": lambda: table.take(rows, axis=0),
+            "window": window,
+            "gather": gather,
             "reduce": lambda: matrix @ products,
             "dense": dense,
-        })
-    gemm_row = max(best["large"] - best["small"], 1e-12) / (_ROWS - 16)
+        }) | small
+    gemm_row = max(best["window"] - best["small"], 1e-12) / (_ROWS - 16)
     gemm_call = max(best["small"] - 16 * gemm_row, 0.0)
-    return Costs(gemm_call, gemm_row, best["take"] / _ROWS, best["reduce"] / indices.size,
+    # what gathering adds to a product of the same rows (the GEMM packs its rows anyway)
+    take_row = max(best["gather"] - best["window"], 0.0) / _ROWS
+    return Costs(gemm_call, gemm_row, take_row, best["reduce"] / indices.size,
                  best["dense"] / dense_rows)
 
 
