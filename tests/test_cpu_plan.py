@@ -286,3 +286,29 @@ def test_partition_maps_match_enumeration(stride, offsets, transposed):
     for k in range(len(offsets)):
         in_rows, out_rows = kmap.pairs(k)
         assert list(zip(in_rows.tolist(), out_rows.tolist())) == expected.get(k, []), k
+
+
+def test_submanifold_input_gradient_reads_the_map_mirrored(mixed_scene, monkeypatch):
+    """A submanifold map of a symmetric kernel is its own reverse with the offsets
+    mirrored: the input gradient runs over it (no reverse table) and equals the
+    gradient over the reverse table; other maps are not marked."""
+    from cusparseconv.backends import cpu
+    rng = np.random.default_rng(6)
+    coords = mixed_scene[rng.permutation(len(mixed_scene))]
+    kmap = csc.build_kernel_map(coords, coords, csc.kernel_offsets(3))
+    mirror = _cpu_plan.mirror_of(kmap)
+    assert mirror is not None and sorted(mirror.tolist()) == list(range(27))
+    assert np.array_equal(csc.kernel_offsets(3)[mirror], -csc.kernel_offsets(3))
+    weight = rng.normal(size=(27, 5, 3))
+    grad_out = rng.normal(size=(len(coords), 3))
+    monkeypatch.setattr(type(kmap), "reverse", lambda self: pytest.fail("reverse built"))
+    mirrored = csc.conv_input_grad(grad_out, weight, kmap)
+    grouped = csc.conv_input_grad(rng.normal(size=(len(coords), 4)),
+                                  rng.normal(size=(27, 2, 2, 2)), kmap, groups=2)
+    monkeypatch.undo()
+    monkeypatch.setattr(cpu, "mirror_of", lambda kmap: None)
+    np.testing.assert_allclose(mirrored, csc.conv_input_grad(grad_out, weight, kmap),
+                               rtol=1e-12, atol=1e-12)
+    assert grouped.shape == (len(coords), 4)
+    down = csc.build_kernel_map(coords, coords, csc.kernel_offsets(3), stride=2)
+    assert _cpu_plan.mirror_of(down) is None

@@ -43,14 +43,35 @@ import numpy as np
 
 from ._cpu_cost import DENSE_MARGIN, costs
 
-__all__ = ["Plan", "Block", "plan_for", "choose_dense", "add_products"]
+__all__ = ["Plan", "Block", "plan_for", "choose_dense", "add_products", "note_mirror",
+           "mirror_of"]
 
 #: Bytes of one block's product buffer the block size aims at (fits in L2 with its sources).
 _BUFFER_BYTES = 2 << 20
 _MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS = 256, 16384
 
 _plans = weakref.WeakKeyDictionary()   # kmap -> {key: Plan}
+_mirrors = weakref.WeakKeyDictionary()  # kmap -> mirror permutation of its offsets
 _lock = threading.Lock()
+
+
+def note_mirror(kmap, mirror: np.ndarray) -> None:
+    """Record that ``kmap``'s reverse table is ``kmap`` itself with offset k read as
+    ``mirror[k]`` (a submanifold map of a symmetric kernel, as its builder knows).
+
+    Parameters
+    ----------
+    mirror : ndarray of int, shape (K,)
+        An involution: the pairs of offset ``mirror[k]`` are the swapped pairs of k.
+    """
+    with _lock:
+        _mirrors[kmap] = np.asarray(mirror)
+
+
+def mirror_of(kmap):
+    """The mirror permutation noted for ``kmap`` (:func:`note_mirror`), or None."""
+    with _lock:
+        return _mirrors.get(kmap)
 
 try:  # SciPy's compiled sparse x dense product, accumulating into a given output
     from scipy.sparse._sparsetools import csc_matvecs as _csc_matvecs

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._threads import parallel_for
-from ._cpu_plan import add_products, choose_dense, plan_for
+from ._cpu_plan import add_products, choose_dense, mirror_of, note_mirror, plan_for
 from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
 from ..kmap import KernelMap
 
@@ -210,8 +210,16 @@ def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same
     if not out_sorted:  # rows in key order give pairs already sorted by output row
         from ..kmap import _sort_within_offsets
         out_rows, in_rows = _sort_within_offsets(out_rows, in_rows, pair_offsets)
-    return KernelMap(in_rows, out_rows, pair_offsets, in_coords.shape[0],
+    kmap = KernelMap(in_rows, out_rows, pair_offsets, in_coords.shape[0],
                      out_coords.shape[0], offsets, stride, transposed)
+    if symmetric is not None:
+        # the pairs of -d are the swapped pairs of d: the reverse table is this map with
+        # the offsets mirrored (conv_input_grad uses it instead of building the reverse)
+        mirror = np.arange(kernel_volume)
+        for k, source in symmetric[1].items():
+            mirror[k], mirror[source] = source, k
+        note_mirror(kmap, mirror)
+    return kmap
 
 
 def _in_range_after(coords: np.ndarray, offsets: np.ndarray) -> bool:
@@ -505,12 +513,21 @@ def conv_forward(feats, weight, kmap, layout, c_out, bias=None, algorithm=None):
 
 
 def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None):
-    """Input gradient: the forward product of the reverse table with W transposed."""
+    """Input gradient: the forward product of the reverse table with W transposed.
+
+    For a submanifold map of a symmetric kernel the reverse table is the map
+    itself with the offsets mirrored (:func:`._cpu_plan.mirror_of`): the product
+    then runs over the map with ``W[mirror[k]]^T`` and reuses its plan.
+    """
     _check_algorithm(algorithm, "input_grad")
     dtype = accumulate_dtype(grad_out.dtype)
     src = np.ascontiguousarray(grad_out, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
-    reverse = kmap.reverse()
+    mirror = mirror_of(kmap)
+    if mirror is not None:
+        reverse, weight = kmap, np.ascontiguousarray(weight[mirror])
+    else:
+        reverse = kmap.reverse()
     transposed = np.ascontiguousarray(weight.transpose(0, 2, 1)) if layout == "standard" \
         else weight
     if _choose(reverse, layout, algorithm, transposed) == "dense":
