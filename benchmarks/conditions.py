@@ -400,6 +400,51 @@ def write_markdown(path, env, report):
         f.write("\n".join(lines) + "\n")
 
 
+def write_chart(path, env, report):
+    """Slowdowns under load (left) and training-step times (right)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    labels, values = [], {}
+    for e in report.get("load") or []:
+        for procs, got in e["by_load"].items():
+            if str(procs) == "0":
+                continue
+            labels.append(f"{e['workload']} {e['layer']} C{e['channels']}, {procs} busy")
+            for key, factor in got.get("slowdown", {}).items():
+                values.setdefault(key, []).append(factor)
+    if labels:
+        y = np.arange(len(labels))
+        height = 0.8 / max(len(values), 1)
+        for i, (key, factors) in enumerate(sorted(values.items())):
+            axes[0].barh(y + (i - (len(values) - 1) / 2) * height, factors, height, label=key)
+        axes[0].set_yticks(y)
+        axes[0].set_yticklabels(labels, fontsize=7)
+        axes[0].axvline(1.0, color="black", linewidth=0.8)
+        axes[0].set_xlabel("time under load / quiet time")
+        axes[0].legend(fontsize=7)
+        axes[0].invert_yaxis()
+    train = report.get("train")
+    if train:
+        data, names = [], []
+        for procs, got in train["by_load"].items():
+            for name, v in got.items():
+                if name == "load":
+                    continue
+                data.append(np.asarray(v["times_s"]) * 1e3)
+                names.append(f"{name}\n{procs} busy")
+        axes[1].boxplot(data, whis=(0, 90))
+        axes[1].set_xticks(range(1, len(names) + 1))
+        axes[1].set_xticklabels(names, fontsize=7, rotation=45)
+        axes[1].set_yscale("log")
+        axes[1].set_ylabel("training step, ms (whiskers: min and p90)")
+    fig.suptitle(f"cusparseconv vs spconv under load, {env['cpu']}, {env['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run")
@@ -459,7 +504,13 @@ def main(argv=None):
     with open(base + ".json", "w") as f:
         json.dump({"environment": env, **report}, f, indent=1, default=str)
     write_markdown(base + ".md", env, report)
-    print(f"# wrote {base}.json, {base}.md")
+    written = [base + ".json", base + ".md"]
+    try:
+        write_chart(base + ".png", env, report)
+        written.append(base + ".png")
+    except ImportError as exc:
+        print(f"# no chart: {exc} (pip install matplotlib)")
+    print("# wrote " + ", ".join(written))
     return 0
 
 

@@ -119,16 +119,18 @@ class Block:
         layout = self._sum
         if layout is None:
             in_rows, out_rows = kmap.in_rows, kmap.out_rows
-            counts = np.ones(self.n_products, dtype=np.int32)
+            column_starts = np.zeros(self.n_products + 1, dtype=np.int32)
+            counts = column_starts[1:]
+            counts[:] = 1
             entries = []
             for _, window, start, length, base, begin, end in self.items:
                 entries.append(out_rows[begin:end])
                 if window and length != end - begin:   # rows without a pair: no entry
                     counts[base:base + length] = 0
-                    counts[base + (in_rows[begin:end] - start)] = 1
-            column_starts = np.zeros(self.n_products + 1, dtype=np.int32)
-            np.cumsum(counts, out=column_starts[1:])
-            rows = (np.concatenate(entries) - self.first).astype(np.int32)
+                    counts[in_rows[begin:end] - (start - base)] = 1
+            np.cumsum(counts, out=counts)
+            rows = np.empty(sum(e.shape[0] for e in entries), dtype=np.int32)
+            np.subtract(np.concatenate(entries), self.first, out=rows, casting="unsafe")
             layout = self._sum = (column_starts, rows)
         return layout
 
