@@ -728,8 +728,10 @@ def run_unet(args, torch, spconv_libs, orders, workload, seed):
         peers["spconv"] = peer
     else:
         entry["spconv"]["skipped"] = args.spconv_reason
+    # both networks with torch at the same thread count (their batch norms, ReLUs and
+    # concatenations are torch's); the sparse convolutions use each library's threads
     for op in ("fwd", "fwdbwd"):
-        fns = {"ours": getattr(ours, op),
+        fns = {"ours": with_torch_threads(torch, args.spconv_torch_threads, getattr(ours, op)),
                **{n: with_torch_threads(torch, args.spconv_torch_threads, getattr(p, op))
                   for n, p in peers.items()}}
         for name, timing in bc.measure(fns, args.net_repeats, args.warmup).items():
@@ -743,13 +745,23 @@ def run_unet(args, torch, spconv_libs, orders, workload, seed):
 
 
 def add_ratios(entry):
-    """peer time / our time per operation (> 1: cusparseconv is faster)."""
+    """peer time / our time per operation (> 1: cusparseconv is faster), of the medians
+    (``ratio_<peer>``) and, for spconv, the median of the run-by-run ratios ours / spconv
+    (``paired_ours_over_spconv``: the two runs of a pair are back to back, so they see
+    the same phase of a shared machine)."""
     for peer in ("spconv", "dense"):
         ratios = {}
         for op in ("map", "mapfwd", "fwd", "fwdbwd"):
             if op in entry["ours"] and op in entry[peer]:
                 ratios[op] = entry[peer][op]["median_s"] / entry["ours"][op]["median_s"]
         entry[f"ratio_{peer}"] = ratios
+    paired = {}
+    for op in ("map", "mapfwd", "fwd", "fwdbwd"):
+        ours, peer = entry["ours"].get(op), entry["spconv"].get(op)
+        if ours and peer and "times_s" in ours and "times_s" in peer:
+            paired[op] = statistics.median(a / b for a, b in zip(ours["times_s"],
+                                                                 peer["times_s"]))
+    entry["paired_ours_over_spconv"] = paired
 
 
 def machine_name():
@@ -873,6 +885,7 @@ def parse_args(argv=None):
     parser.add_argument("--no-suite", action="store_true",
                         help="leave out the suite's own rows (with --sweep / --channel-sweep)")
     parser.add_argument("--no-unet", action="store_true", help="leave out the network rows")
+    parser.add_argument("--unet-only", action="store_true", help="only the network rows")
     parser.add_argument("--load", type=int, default=0, metavar="N",
                         help="run everything under N busy processes (benchmarks.load)")
     parser.add_argument("--out-dir", default=os.path.join(HERE, "results"),
@@ -883,7 +896,8 @@ def parse_args(argv=None):
     parser.add_argument("--spconv-torch-threads", type=int, default=1,
                         help="torch's thread count while spconv runs (default 1: spconv's "
                              "fastest setting without environment variables, see "
-                             "benchmarks/README.md; 0 keeps --threads)")
+                             "benchmarks/README.md; 0 keeps --threads); the network rows run "
+                             "both networks with torch at this count")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per layer")
     parser.add_argument("--no-spconv", action="store_true", help="do not time spconv")
     parser.add_argument("--no-dense", dest="dense", action="store_false",
@@ -1022,6 +1036,8 @@ def main(argv=None):
         print("\n".join(table_rows([entry])[2:]) + (f"   agree {agree}" if agree else "")
               + f"  [{entry['wall_s']:.1f} s]", flush=True)
 
+    if args.unet_only:
+        rows = []
     with busy(args.load) as load:
         print(TABLE_HEAD)
         for workload, layer_name, channels, repeats in rows:

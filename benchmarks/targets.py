@@ -1,7 +1,7 @@
 """Issue 15's targets read off the suite's JSON files: which rows meet them, which not.
 
-``python -m benchmarks.targets AFTER.json [--before BEFORE.json] [--held-out HELD.json]
-[--conditions CONDITIONS.json] [--out SUMMARY.md]``
+``python -m benchmarks.targets AFTER.json [AFTER2.json ...] [--before BEFORE.json ...]
+[--held-out HELD.json] [--conditions CONDITIONS.json] [--out SUMMARY.md]``
 
 For every layer row of ``AFTER`` (a ``run.py`` result): occupancy, ours and
 spconv for map + forward and forward + backward, the time ratios ours / spconv
@@ -28,6 +28,11 @@ TRAIN_P90 = 1.5             # p90 / median step time, quiet machine
 
 
 def _ratio(entry, op):
+    """ours / spconv: the median of the run-by-run ratios when recorded (the two runs of
+    a pair see the same phase of a shared machine), else the ratio of the medians."""
+    paired = entry.get("paired_ours_over_spconv", {}).get(op)
+    if paired is not None:
+        return paired
     ours, peer = entry.get("ours", {}).get(op), entry.get("spconv", {}).get(op)
     if not ours or not peer or not isinstance(ours, dict) or "median_s" not in peer:
         return None
@@ -152,26 +157,37 @@ def conditions_tables(report):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("after")
-    parser.add_argument("--before", default=None)
+    parser.add_argument("after", nargs="+")
+    parser.add_argument("--before", nargs="+", default=None)
     parser.add_argument("--held-out", default=None)
     parser.add_argument("--conditions", default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    with open(args.after) as f:
-        after = json.load(f)
+    runs = []
+    for path in args.after:
+        with open(path) as f:
+            runs.append(json.load(f))
+    after = {"results": [e for run in runs for e in run["results"]]}
     before = None
     if args.before:
-        with open(args.before) as f:
-            before = json.load(f)["results"]
-    env = after["environment"]
-    lines = [f"# Issue 15 targets: {env['date']}, {env['cpu']}, {env['threads']} threads, "
-             f"spconv {env.get('spconv')} (torch at {env.get('spconv_torch_threads')} thread(s) "
-             f"while it runs), load average {env.get('loadavg_start')} -> "
-             f"{env.get('loadavg_end')}, sgemm {env.get('sgemm_gflops_start', 0):.0f} / "
-             f"{env.get('sgemm_gflops_end', 0):.0f} GFLOP/s (start / end)", ""]
+        before = []
+        for path in args.before:
+            with open(path) as f:
+                before += json.load(f)["results"]
+    lines = ["# Issue 15 targets", ""]
+    for path, run in zip(args.after, runs):
+        env = run["environment"]
+        lines.append(f"- `{path.rsplit('/', 1)[-1]}`: {env['date']}, {env['cpu']}, "
+                     f"{env['threads']} threads, spconv {env.get('spconv')} (torch at "
+                     f"{env.get('spconv_torch_threads')} thread(s) while it runs), load average "
+                     f"{[round(v, 1) for v in env.get('loadavg_start', [])]} -> "
+                     f"{[round(v, 1) for v in env.get('loadavg_end', [])]}, sgemm "
+                     f"{env.get('sgemm_gflops_start', 0):.0f} / "
+                     f"{env.get('sgemm_gflops_end', 0):.0f} GFLOP/s (start / end)")
+    lines.append("")
     table, tally = layer_table(after["results"], before)
-    lines += ["## Layers (medians; ✓ meets the target, ✗ does not)", ""] + table + [""]
+    lines += ["## Layers (times: medians; ratios: median of the run-by-run ratios where "
+              "recorded; ✓ meets the target, ✗ does not)", ""] + table + [""]
     lines += [f"- map + fwd <= {TARGET_RATIO} x spconv (subm3, gen3): "
               f"{tally['mapfwd'][0]} of {tally['mapfwd'][1]} rows",
               f"- fwd + bwd <= {TARGET_RATIO} x spconv (subm3, gen3): "
