@@ -34,6 +34,9 @@ def _ratio(entry, op):
     if paired is not None:
         return paired
     ours, peer = entry.get("ours", {}).get(op), entry.get("spconv", {}).get(op)
+    if isinstance(ours, dict) and isinstance(peer, dict) and ours.get("times_s") and \
+            peer.get("times_s"):   # runs of run.py are interleaved: pair them
+        return statistics.median(a / b for a, b in zip(ours["times_s"], peer["times_s"]))
     if not ours or not peer or not isinstance(ours, dict) or "median_s" not in peer:
         return None
     return ours["median_s"] / peer["median_s"]
