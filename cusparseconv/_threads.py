@@ -10,6 +10,20 @@ result is bit-identical at any thread count. Without it, chunks run one after
 another and BLAS uses its own threads (deterministic for a fixed BLAS thread
 count, but a BLAS product split differently may round differently).
 
+How the work is shared: the calling thread and ``get_num_threads() - 1``
+pool workers take the items of a call one at a time from a shared counter
+(workers block on a queue while idle: nothing spins). The calling thread
+starts on the first item at once, so a call never waits for a worker to wake
+up, and on a busy machine the threads that get a core take the items of
+those that do not.
+
+Thread count: :func:`set_num_threads`, else ``CUSPARSECONV_NUM_THREADS``, else
+the cores this process may run on. When the caller is a framework with its
+own thread pool (the PyTorch adapter passes ``torch.get_num_threads()``
+through :func:`framework_threads`) and the count was not set by either of the
+first two, calls made inside it use the framework's count, so that its
+threads and ours do not oversubscribe the cores.
+
 Concurrency and processes:
 
 * Any number of threads may call the library at once, and
@@ -25,6 +39,7 @@ Concurrency and processes:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -35,7 +50,7 @@ except ImportError:  # pragma: no cover - exercised when the extra is absent
     _threadpoolctl = None
 
 
-def _default_threads() -> int:
+def _env_threads() -> int | None:
     value = os.environ.get("CUSPARSECONV_NUM_THREADS")
     if value:
         try:
@@ -47,6 +62,13 @@ def _default_threads() -> int:
         if count < 1:
             raise ValueError(f"CUSPARSECONV_NUM_THREADS must be >= 1, got {count}")
         return count
+    return None
+
+
+def _default_threads() -> int:
+    count = _env_threads()
+    if count is not None:
+        return count
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
@@ -57,23 +79,25 @@ class _Pool:
     """A worker pool and the number of calls using it (retired pools shut down
     when their last call ends)."""
 
-    __slots__ = ("executor", "users", "retired")
+    __slots__ = ("executor", "workers", "users", "retired")
 
-    def __init__(self, threads: int):
-        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="cusparseconv")
+    def __init__(self, workers: int):
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="cusparseconv")
+        self.workers = workers
         self.users = 0
         self.retired = False
 
 
 _state = {
     "threads": _default_threads(),
-    "pool": None,            # _Pool for the current thread count (> 1), built on first use
+    "explicit": _env_threads() is not None,  # set by the user (call or variable)
+    "pool": None,            # _Pool of workers (threads - 1 or more), built on first use
     "controller": None,      # threadpoolctl.ThreadpoolController, built on first use
     "blas_users": 0,         # running calls that need BLAS pinned to one thread
     "blas_limiter": None,    # the limiter that pinned it (restores the previous count)
 }
 _lock = threading.Lock()
-_worker = threading.local()  # .active is True on our worker threads
+_worker = threading.local()  # .active: inside our items; .hint: a framework's thread count
 
 
 def _after_fork_in_child() -> None:
@@ -103,65 +127,151 @@ def set_num_threads(n: int) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     with _lock:
-        old = _state["pool"]
-        _state["pool"] = None
+        _retire_pool_locked()
         _state["threads"] = n
-        if old is not None:
-            old.retired = True
-            if old.users == 0:
-                old.executor.shutdown(wait=False)
+        _state["explicit"] = True
+
+
+def _retire_pool_locked() -> None:
+    old = _state["pool"]
+    _state["pool"] = None
+    if old is not None:
+        old.retired = True
+        if old.users == 0:
+            old.executor.shutdown(wait=False)
 
 
 def get_num_threads() -> int:
-    """Number of threads the CPU backend uses."""
+    """Number of threads the CPU backend uses (in this thread, see
+    :func:`framework_threads`)."""
+    return _threads_now()
+
+
+def _threads_now() -> int:
+    hint = getattr(_worker, "hint", None)
+    if hint is not None and not _state["explicit"]:
+        return hint
     return _state["threads"]
+
+
+@contextlib.contextmanager
+def framework_threads(n: int):
+    """Calls from this thread inside the block use ``n`` threads, the size of the
+    calling framework's own pool (e.g. ``torch.get_num_threads()``), unless the
+    count was set with :func:`set_num_threads` or ``CUSPARSECONV_NUM_THREADS``.
+
+    Parameters
+    ----------
+    n : int
+        The framework's thread count (>= 1).
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    previous = getattr(_worker, "hint", None)
+    _worker.hint = n
+    try:
+        yield
+    finally:
+        _worker.hint = previous
+
+
+def _pin_blas_locked() -> None:
+    if _state["controller"] is None:
+        _state["controller"] = _threadpoolctl.ThreadpoolController()
+    if _state["blas_users"] == 0:
+        # BLAS is pinned to one thread inside every block, whatever the worker
+        # count: a BLAS product split over threads may sum in another order.
+        _state["blas_limiter"] = _state["controller"].limit(limits=1, user_api="blas")
+    _state["blas_users"] += 1
+
+
+def _unpin_blas_locked() -> None:
+    _state["blas_users"] -= 1
+    if _state["blas_users"] == 0 and _state["blas_limiter"] is not None:
+        _state["blas_limiter"].restore_original_limits()
+        _state["blas_limiter"] = None
+
+
+@contextlib.contextmanager
+def blas_pinned():
+    """BLAS pinned to one thread while the block runs, as inside :func:`parallel_for`
+    (no-op without threadpoolctl and on our worker threads, which already hold the pin)."""
+    if _threadpoolctl is None or getattr(_worker, "active", False):
+        yield
+        return
+    with _lock:
+        _pin_blas_locked()
+    try:
+        yield
+    finally:
+        with _lock:
+            _unpin_blas_locked()
 
 
 def _acquire():
     """Register one running call: (pool or None, threads); pins BLAS if needed."""
+    threads = _threads_now()
     with _lock:
-        threads = _state["threads"]
         pool = _state["pool"]
-        if threads > 1 and pool is None:
-            pool = _state["pool"] = _Pool(threads)
+        if threads > 1 and (pool is None or pool.workers < threads - 1):
+            _retire_pool_locked()
+            pool = _state["pool"] = _Pool(threads - 1)
         if pool is not None:
             pool.users += 1
-        if _state["controller"] is None:
-            _state["controller"] = _threadpoolctl.ThreadpoolController()
-        if _state["blas_users"] == 0:
-            # BLAS is pinned to one thread inside every block, whatever the worker
-            # count: a BLAS product split over threads may sum in another order.
-            _state["blas_limiter"] = _state["controller"].limit(limits=1, user_api="blas")
-        _state["blas_users"] += 1
+        _pin_blas_locked()
     return pool, threads
 
 
 def _release(pool) -> None:
     with _lock:
-        _state["blas_users"] -= 1
-        if _state["blas_users"] == 0 and _state["blas_limiter"] is not None:
-            _state["blas_limiter"].restore_original_limits()
-            _state["blas_limiter"] = None
+        _unpin_blas_locked()
         if pool is not None:
             pool.users -= 1
             if pool.retired and pool.users == 0:
                 pool.executor.shutdown(wait=False)
 
 
-def _run_marked(function, item):
-    _worker.active = True
-    try:
-        function(item)
-    finally:
-        _worker.active = False
+class _Items:
+    """The items of one call, handed out one at a time to whichever thread asks."""
+
+    __slots__ = ("function", "items", "next", "lock", "error")
+
+    def __init__(self, function, items):
+        self.function, self.items = function, items
+        self.next = 0
+        self.lock = threading.Lock()
+        self.error = None
+
+    def drain(self) -> None:
+        """Run items until none is left (or one failed); mark the thread as ours."""
+        was_active = getattr(_worker, "active", False)
+        _worker.active = True
+        try:
+            while True:
+                with self.lock:
+                    index = self.next
+                    if index >= len(self.items) or self.error is not None:
+                        return
+                    self.next = index + 1
+                try:
+                    self.function(self.items[index])
+                except BaseException as error:  # noqa: BLE001 - re-raised by the caller
+                    with self.lock:
+                        if self.error is None:
+                            self.error = error
+                    return
+        finally:
+            _worker.active = was_active
 
 
 def parallel_for(function, items) -> None:
-    """Call ``function(item)`` for every item, on the worker threads when useful.
+    """Call ``function(item)`` for every item, on the calling thread and the workers.
 
     ``function`` must write its results to places no other item writes, so the
-    outcome is independent of scheduling. Called from one of the workers
-    (nested use), the items run on that worker.
+    outcome is independent of scheduling. Called from inside an item (nested
+    use), the items run on that thread. The first exception raised by an item
+    is raised here once every thread has stopped (no item keeps writing after
+    the call returns).
     """
     items = list(items)
     if _threadpoolctl is None or getattr(_worker, "active", False):
@@ -176,9 +286,14 @@ def parallel_for(function, items) -> None:
             for item in items:
                 function(item)
         else:
-            futures = [pool.executor.submit(_run_marked, function, item) for item in items]
-            wait(futures)  # all of them, even when one fails: none keeps writing after we return
-            for future in futures:
-                future.result()
+            work = _Items(function, items)
+            helpers = [pool.executor.submit(work.drain)
+                       for _ in range(min(threads, len(items)) - 1)]
+            work.drain()
+            wait(helpers)  # all of them, even after a failure: none writes after we return
+            for helper in helpers:
+                helper.result()
+            if work.error is not None:
+                raise work.error
     finally:
         _release(pool)

@@ -68,3 +68,43 @@ def test_rows_index():
     reference = np.array([[0, 1, 2, 3], [0, 5, 5, 5], [1, 1, 2, 3]])
     query = np.array([[1, 1, 2, 3], [0, 9, 9, 9], [0, 1, 2, 3]])
     assert rows_index(reference, query).tolist() == [2, -1, 0]
+
+
+def test_quick_run_rows_carry_occupancy_and_sgemm_fraction(quick_run):
+    out_dir, _ = quick_run
+    (path,) = glob.glob(os.path.join(out_dir, "run-*-quick.json"))
+    with open(path) as f:
+        report = json.load(f)
+    assert report["environment"]["sgemm_gflops_start"] > 0
+    for entry in report["results"]:
+        if entry["layer"] == "unet":
+            continue
+        assert 0 < entry["occupancy"] <= 1
+        assert entry["sgemm_gflops"] > 0
+        assert set(entry["ours"]["sgemm_fraction"]) == {"fwd", "fwdbwd"}
+        if entry["layer"] != "up2":
+            assert entry["ours"]["mapfwd"]["median_s"] > 0
+
+
+def test_targets_summary_of_the_quick_run(quick_run, tmp_path):
+    from benchmarks import targets
+    out_dir, _ = quick_run
+    (path,) = glob.glob(os.path.join(out_dir, "run-*-quick.json"))
+    summary = tmp_path / "summary.md"
+    assert targets.main([path, "--before", path, "--out", str(summary)]) == 0
+    text = summary.read_text()
+    assert "## Layers" in text and "| motorcycle-2cm | suite | subm3 |" in text
+    assert "strided forward <= 1.0 x spconv" in text
+
+
+def test_load_generator_runs_and_stops():
+    from benchmarks.load import busy
+    with busy(1) as load:
+        processes = list(load._processes)
+        assert all(p.is_alive() for p in processes)
+    report = load.report()
+    assert report["procs"] == 1 and report["iterations_per_s_per_proc"] >= 0
+    assert not any(p.is_alive() for p in processes)
+    with pytest.raises(ValueError, match="procs"):
+        with busy(-1):
+            pass

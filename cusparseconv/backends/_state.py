@@ -73,14 +73,16 @@ class StateTable:
 
 
 def array_nbytes(value) -> int:
-    """Bytes of the arrays in ``value`` (an array, or tuples, lists and dicts of them)."""
+    """Bytes of the arrays in ``value`` (an array, or tuples, lists and dicts of them, or
+    an object with a ``state_nbytes()`` method)."""
     if isinstance(value, dict):
         return sum(array_nbytes(v) for v in value.values())
     if isinstance(value, (tuple, list)):
         return sum(array_nbytes(v) for v in value)
     if hasattr(value, "dtype") and hasattr(value, "nbytes"):
         return int(value.nbytes)
-    return 0
+    state_nbytes = getattr(value, "state_nbytes", None)  # e.g. a CPU product plan
+    return int(state_nbytes()) if callable(state_nbytes) else 0
 
 
 class MapState:

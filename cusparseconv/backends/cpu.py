@@ -9,15 +9,20 @@ Layout choices that make the CPU path fast without compiled code:
   offset's positions and step a few places instead of searching again. For a
   submanifold map (same set in and out, symmetric kernel) only half of the
   offsets are searched: the pairs of ``-d`` are the swapped pairs of ``d``.
-* Products run per block of output rows: for each offset, the block's pairs
-  are a contiguous slice of the pair table, so the gathered rows, the BLAS
-  product and the scatter-add stay in cache. Blocks write disjoint output
-  rows, so they run on worker threads without changing any bit of the result.
+* Products run per block of output rows (:mod:`._cpu_plan`): for each offset,
+  the block's pairs are a contiguous slice of the pair table; their input rows
+  are gathered (or, when cheaper, the window of consecutive input rows they
+  span is used as it is) and multiplied into the block's product buffer, and
+  one sparse reduction sums each output row's products in offset order. The
+  buffer stays in cache. Blocks write disjoint output rows, so they run on
+  worker threads without changing any bit of the result. A cost model
+  calibrated on the machine (:mod:`._cpu_cost`) makes the choices.
 
 :class:`CpuBackend` is the :class:`cusparseconv.backends.protocol.Backend` over
 the functions of this module. What they derive from a kernel map (the reverse
-table, block cuts, the pair mask, per-offset flags) lives in ``_MAPS``, the
-CPU backend's weak-keyed per-map state, never on the map.
+table, block cuts, the pair mask, product plans, the offset mirror of a
+symmetric submanifold map) lives in ``_MAPS``, the CPU backend's weak-keyed
+per-map state, never on the map.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ import numpy as np
 from .._arrays import read_only
 from .._dtypes import accumulate_dtype
 from .._threads import parallel_for
+from ._cpu_plan import add_products, choose_dense, mirror_of, note_mirror, plan_for
 from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
 from ..kmap import KernelMap
 from ._array_ops import ArrayOps, reduce_runs
-from ._state import MapState, StateTable, link_reverse
+from ._cpu_state import MAPS, state_of
+from ._state import MapState, link_reverse
 
 __all__ = ["CpuBackend", "build_kernel_map", "reverse_map", "pair_mask", "chunk_cuts",
            "conv_forward", "conv_input_grad", "conv_weight_grad", "pool_forward",
@@ -219,8 +226,16 @@ def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same
         out_rows, in_rows = _sort_within_offsets(out_rows, in_rows, pair_offsets)
     # int32 rows (half the memory of the int64 search results; row counts < 2**31 are
     # checked before a build, cusparseconv._limits.check_kernel_map_size)
-    return KernelMap(in_rows.astype(np.int32), out_rows.astype(np.int32), pair_offsets,
+    kmap = KernelMap(in_rows.astype(np.int32), out_rows.astype(np.int32), pair_offsets,
                      in_coords.shape[0], out_coords.shape[0], offsets, stride, transposed)
+    if symmetric is not None:
+        # the pairs of -d are the swapped pairs of d: the reverse table is this map with
+        # the offsets mirrored (conv_input_grad uses it instead of building the reverse)
+        mirror = np.arange(kernel_volume)
+        for k, source in symmetric[1].items():
+            mirror[k], mirror[source] = source, k
+        note_mirror(kmap, mirror)
+    return kmap
 
 
 def _sort_within_offsets(key_rows, other_rows, pair_offsets):
@@ -257,11 +272,11 @@ def _rows(keys: SortedKeys, rank: np.ndarray) -> np.ndarray:
 #: whose ``derived`` holds ("chunk_cuts", rows) -> (bounds, cuts), "pair_mask" ->
 #: (words, neighbour), "in_monotone" -> (K,) bool, "one_pair_per_output" -> bool,
 #: and the link to the reverse table.
-_MAPS = StateTable("CPU kernel-map state")
+_MAPS = MAPS
 
 
 def _state(kmap: KernelMap) -> MapState:
-    return _MAPS.get_or_make(kmap, MapState)
+    return state_of(kmap)
 
 
 def reverse_map(kmap: KernelMap) -> KernelMap:
@@ -445,6 +460,76 @@ def gather_apply_scatter(src: np.ndarray, kmap: KernelMap, apply, n_channels: in
     return out
 
 
+def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_channels: int,
+                           dtype: np.dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """``out[u] = sum_k apply(k, src[in_k(u)])``, summed in offset order per output row.
+
+    Per block of output rows (:func:`._cpu_plan.plan_for`): one product per
+    offset into the block's buffer, from the gathered input rows or from the
+    window of input rows they span, then one sparse reduction of the buffer
+    into the block's output rows.
+
+    Parameters
+    ----------
+    src : ndarray, shape (n_in, C_src)
+        Source rows, C-contiguous, in the accumulation dtype.
+    kmap : KernelMap
+        Pairs sorted by output row within each offset.
+    apply_into : callable (k, rows (n, C_src), out (n, n_channels)) -> None
+        Writes the product of offset k for ``rows`` into ``out``.
+    n_channels : int
+    dtype : numpy dtype of the result.
+    out : ndarray, shape (n_out, n_channels), optional
+        C-contiguous, of ``dtype``: the result is written there.
+
+    Returns
+    -------
+    out : ndarray, shape (n_out, n_channels)
+    """
+    n_out = kmap.n_out
+    if out is None:
+        out = np.zeros((n_out, n_channels), dtype=dtype)
+    else:
+        out[...] = 0
+    if n_out == 0 or kmap.n_pairs == 0:
+        return out
+    plan = plan_for(kmap, src.shape[1], n_channels, dtype)
+    in_rows_all = kmap.in_rows
+
+    def run_block(block) -> None:
+        products = np.empty((block.n_products, n_channels), dtype=dtype)
+        for k, window, start, length, base, _, _ in block.items:
+            if window:
+                rows = src[start:start + length]
+            else:  # gathered just before its product: still in cache when multiplied
+                rows = src.take(in_rows_all[start:start + length], axis=0)
+            apply_into(k, rows, products[base:base + length])
+        add_products(plan, block, kmap, products, out[block.first:block.last])
+
+    parallel_for(run_block, plan.blocks)
+    return out
+
+
+def _into_standard(weight):
+    def apply_into(k, rows, out):
+        np.matmul(rows, weight[k], out=out)
+    return apply_into
+
+
+def _into(apply):
+    def apply_into(k, rows, out):
+        out[...] = apply(k, rows)
+    return apply_into
+
+
+def _apply_into_for(weight: np.ndarray, layout: str, transpose: bool):
+    if layout == "standard":
+        if transpose:
+            weight = np.ascontiguousarray(weight.transpose(0, 2, 1))
+        return _into_standard(weight)
+    return _into(_apply_for(weight, layout, transpose))
+
+
 def _matmul_standard(weight):
     return lambda k, rows: rows @ weight[k]
 
@@ -478,20 +563,19 @@ def _apply_for(weight: np.ndarray, layout: str, transpose: bool):
 
 ALGORITHMS = {"forward": ("blocked", "dense"), "input_grad": ("blocked", "dense"),
               "weight_grad": ("blocked",)}
-#: Fraction of (row, offset) slots holding a pair above which the dense
-#: algorithm (one gather of every offset's rows, one GEMM per block) wins.
-DENSE_THRESHOLD = 0.6
 
 
 def _choose(kmap, layout, algorithm, weight) -> str:
+    """``algorithm`` if given, else the one the cost model predicts faster on this machine
+    (:func:`._cpu_plan.choose_dense`)."""
     if algorithm not in (None, "auto"):
         if algorithm == "dense" and layout != "standard":
             raise ValueError(f"algorithm 'dense' supports the standard weight layout only, "
                              f"got a {layout} weight")
         chosen = algorithm
     else:
-        slots = kmap.n_out * kmap.kernel_volume
-        dense = layout == "standard" and slots and kmap.n_pairs >= DENSE_THRESHOLD * slots
+        dense = layout == "standard" and choose_dense(kmap, weight.shape[1], weight.shape[2],
+                                                      weight.dtype)
         chosen = "dense" if dense else "blocked"
     if chosen == "dense" and not np.isfinite(weight).all():
         # The dense product multiplies the zeros of missing (row, offset) slots by
@@ -506,29 +590,32 @@ def dense_product(src, kmap, weight, n_channels, dtype, out=None):
     """``out = [src[nbr[:, 0]], ..., src[nbr[:, K-1]]] @ W.reshape(K * C_in, C_out)``.
 
     Gathers every offset's input row of a block of output rows through the
-    neighbour table (zero where a pair is missing) and multiplies once: no
-    scatter at all, at the price of the missing slots' work. Chosen when most
-    (row, offset) slots hold a pair (dense volumes, 2x2x2 downsampling).
+    block's neighbour table (zero where a pair is missing; made on first use by
+    the thread that runs the block) and multiplies once: no scatter at all, at
+    the price of the missing slots' work. Chosen when the cost model predicts
+    it clearly faster (dense volumes).
     """
-    neighbour = pair_mask(kmap)[1]
-    n_out, kernel_volume = neighbour.shape
+    n_out, kernel_volume = kmap.n_out, kmap.kernel_volume
     if out is None:
         out = np.empty((n_out, n_channels), dtype=dtype)
     if n_out == 0:
         return out
+    if kmap.n_pairs == 0:
+        out[...] = 0
+        return out
     flat_weight = weight.reshape(kernel_volume * src.shape[1], n_channels)
-    rows = int(min(8192, max(256, (1 << 19) // (kernel_volume * src.shape[1]))))
+    plan = plan_for(kmap, src.shape[1], n_channels, dtype)
 
-    def run_block(block: int) -> None:
-        first, last = block * rows, min(n_out, (block + 1) * rows)
-        index = neighbour[first:last]
+    def run_block(block) -> None:
+        index = block.neighbours(kmap)
         gathered = src.take(index, axis=0, mode="wrap")  # -1 reads the last row...
         missing = index < 0
         if missing.any():
             gathered[missing] = 0                          # ...and is zeroed here
-        np.matmul(gathered.reshape(last - first, -1), flat_weight, out=out[first:last])
+        np.matmul(gathered.reshape(index.shape[0], -1), flat_weight,
+                  out=out[block.first:block.last])
 
-    parallel_for(run_block, range(-(-n_out // rows)))
+    parallel_for(run_block, plan.blocks)
     return out
 
 
@@ -549,8 +636,8 @@ def conv_forward(feats, weight, kmap, layout, c_out, bias=None, algorithm=None, 
     if _choose(kmap, layout, algorithm, weight) == "dense":
         result = dense_product(src, kmap, weight, c_out, dtype, out=direct)
     else:
-        result = gather_apply_scatter(src, kmap, _apply_for(weight, layout, False), c_out,
-                                      dtype, out=direct)
+        result = gather_multiply_reduce(src, kmap, _apply_into_for(weight, layout, False),
+                                        c_out, dtype, out=direct)
     if bias is not None:
         result += bias.astype(dtype)
     return _deliver(result, out, feats.dtype)
@@ -558,24 +645,36 @@ def conv_forward(feats, weight, kmap, layout, c_out, bias=None, algorithm=None, 
 
 def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None, out=None):
     """Input gradient: the forward product of the reverse table with W transposed
-    (``out`` itself when given)."""
+    (``out`` itself when given).
+
+    For a submanifold map of a symmetric kernel the reverse table is the map
+    itself with the offsets mirrored (:func:`._cpu_plan.mirror_of`): the product
+    then runs over the map with ``W[mirror[k]]^T`` and reuses its plan.
+    """
     _check_algorithm(algorithm, "input_grad")
     dtype = accumulate_dtype(grad_out.dtype)
     direct = _direct(out, dtype)
     src = np.ascontiguousarray(grad_out, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
-    reverse = reverse_map(kmap)
-    if _choose(reverse, layout, algorithm, weight) == "dense":
-        result = dense_product(src, reverse, np.ascontiguousarray(weight.transpose(0, 2, 1)),
-                               c_in, dtype, out=direct)
+    mirror = mirror_of(kmap)
+    if mirror is not None:
+        reverse, weight = kmap, np.ascontiguousarray(weight[mirror])
     else:
-        result = gather_apply_scatter(src, reverse, _apply_for(weight, layout, True), c_in,
-                                      dtype, out=direct)
+        reverse = reverse_map(kmap)
+    transposed = np.ascontiguousarray(weight.transpose(0, 2, 1)) if layout == "standard" \
+        else weight
+    if _choose(reverse, layout, algorithm, transposed) == "dense":
+        result = dense_product(src, reverse, transposed, c_in, dtype, out=direct)
+    else:
+        result = gather_multiply_reduce(src, reverse, _apply_into_for(weight, layout, True),
+                                        c_in, dtype, out=direct)
     return _deliver(result, out, grad_out.dtype)
 
 
 #: Pairs per weight-gradient work item (bounds the gathered blocks' size).
 _WGRAD_PAIRS = 16384
+#: Pairs gathered and multiplied at once inside a work item.
+_WGRAD_CHUNK = 2048
 
 
 def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None, out=None):
@@ -614,10 +713,27 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
         def product(a, b):
             return a.T @ b
 
+    in_rows_all, out_rows_all = kmap.in_rows, kmap.out_rows
+
+    def rows_of(table, rows):
+        # consecutive rows (e.g. the centre offset of a submanifold map) are a slice
+        first = int(rows[0])
+        if int(rows[-1]) - first == rows.shape[0] - 1 and (
+                rows.shape[0] < 3 or rows[rows.shape[0] // 2] == first + rows.shape[0] // 2):
+            if rows.shape[0] < 3 or bool(np.all(rows[1:] > rows[:-1])):
+                return table[first:first + rows.shape[0]]
+        return table.take(rows, axis=0)
+
     def run_item(index: int) -> None:
+        # sub-chunks of _WGRAD_CHUNK pairs: the gathered rows stay in cache
         k, first, last = items[index]
-        partials[index] = product(src.take(kmap.in_rows[first:last], axis=0),
-                                  dst.take(kmap.out_rows[first:last], axis=0))
+        partial = None
+        for begin in range(first, last, _WGRAD_CHUNK):
+            end = min(last, begin + _WGRAD_CHUNK)
+            term = product(rows_of(src, in_rows_all[begin:end]),
+                           rows_of(dst, out_rows_all[begin:end]))
+            partial = term if partial is None else partial + term
+        partials[index] = partial
 
     parallel_for(run_item, range(len(items)))
     for (k, _, _), partial in zip(items, partials):  # fixed order: deterministic sums

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .._arrays import is_cupy
+from .._threads import framework_threads
 
 __all__ = ["to_array", "from_array", "use_torch_allocator"]
 
@@ -148,9 +149,12 @@ def _install_torch_allocator() -> None:
 
 @contextlib.contextmanager
 def device_scope(device: torch.device):
-    """Run core calls for tensors on ``device``: on CUDA, on torch's current stream."""
+    """Run core calls for tensors on ``device``: on CUDA, on torch's current stream; on
+    the CPU with as many threads as torch uses (``torch.get_num_threads()``, unless
+    ``cusparseconv.set_num_threads`` or ``CUSPARSECONV_NUM_THREADS`` chose ours)."""
     if device.type != "cuda":
-        yield
+        with framework_threads(torch.get_num_threads()):
+            yield
         return
     cupy = cupy_module()
     if _ALLOCATOR.wanted:

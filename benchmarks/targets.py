@@ -1,0 +1,228 @@
+"""Issue 15's targets read off the suite's JSON files: which rows meet them, which not.
+
+``python -m benchmarks.targets AFTER.json [AFTER2.json ...] [--before BEFORE.json ...]
+[--held-out HELD.json] [--conditions CONDITIONS.json] [--out SUMMARY.md]``
+
+For every layer row of ``AFTER`` (a ``run.py`` result): occupancy, ours and
+spconv for map + forward and forward + backward, the time ratios ours / spconv
+against the targets (<= 0.7 for map + fwd and fwd + bwd on submanifold and
+generative layers, <= 1.0 for the forward of strided layers), the products'
+fraction of the row's sgemm rate (target >= 50 % from C = 32), and, when
+``--before`` is given, the same ratios measured for the code before the
+change (rows matched by workload, layer and C). Held-out rows (``--held-out``)
+get their own table; ``--conditions`` (a ``conditions.py`` result) adds the
+slowdowns under load and the training loop's p90 / median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+TARGET_RATIO = 0.7          # ours / spconv, map + fwd and fwd + bwd
+STRIDED_RATIO = 1.0         # ours / spconv, forward of stride-2 layers
+SGEMM_FRACTION = 0.5        # products at C >= 32
+TRAIN_P90 = 1.5             # p90 / median step time, quiet machine
+
+
+def _ratio(entry, op):
+    """ours / spconv: the median of the run-by-run ratios when recorded (the two runs of
+    a pair see the same phase of a shared machine), else the ratio of the medians."""
+    paired = entry.get("paired_ours_over_spconv", {}).get(op)
+    if paired is not None:
+        return paired
+    ours, peer = entry.get("ours", {}).get(op), entry.get("spconv", {}).get(op)
+    if isinstance(ours, dict) and isinstance(peer, dict) and ours.get("times_s") and \
+            peer.get("times_s"):   # runs of run.py are interleaved: pair them
+        return statistics.median(a / b for a, b in zip(ours["times_s"], peer["times_s"]))
+    if not ours or not peer or not isinstance(ours, dict) or "median_s" not in peer:
+        return None
+    return ours["median_s"] / peer["median_s"]
+
+
+def _ms(entry, lib, op):
+    got = entry.get(lib, {}).get(op)
+    return f"{got['median_s'] * 1e3:.1f}" if isinstance(got, dict) and "median_s" in got else ""
+
+
+def _mark(value, limit):
+    if value is None:
+        return ""
+    return f"{value:.2f}" + (" ✓" if value <= limit else " ✗")
+
+
+def _key(entry):
+    return entry["workload"], entry["layer"], str(entry["channels"])
+
+
+def layer_table(results, before=None):
+    before_by_key = {_key(e): e for e in (before or [])}
+    head = ("| workload | group | layer | C | occupancy | map+fwd ms ours / spconv | fwd ms "
+            "ours / spconv | fwd+bwd ms ours / spconv | ours/spconv map+fwd | ours/spconv fwd "
+            "| ours/spconv fwd+bwd | sgemm fraction ours fwd, fwd+bwd |"
+            + (" before: ours/spconv map+fwd, fwd, fwd+bwd |" if before else ""))
+    lines = [head, "|" + "---|" * (12 + (1 if before else 0))]
+    tally = {"mapfwd": [0, 0], "fwdbwd": [0, 0], "strided_fwd": [0, 0], "sgemm": [0, 0]}
+    for e in results:
+        if e["layer"] == "unet":
+            continue
+        strided = e["layer"] in ("down2", "up2")
+        mapfwd, fwd, fwdbwd = _ratio(e, "mapfwd"), _ratio(e, "fwd"), _ratio(e, "fwdbwd")
+        fractions = e.get("ours", {}).get("sgemm_fraction", {})
+        if strided:
+            if fwd is not None:
+                tally["strided_fwd"][0] += fwd <= STRIDED_RATIO
+                tally["strided_fwd"][1] += 1
+            cells = ("", _mark(fwd, STRIDED_RATIO), f"{fwdbwd:.2f}" if fwdbwd else "")
+            first = f"{mapfwd:.2f}" if mapfwd else ""
+        else:
+            for name, value in (("mapfwd", mapfwd), ("fwdbwd", fwdbwd)):
+                if value is not None:
+                    tally[name][0] += value <= TARGET_RATIO
+                    tally[name][1] += 1
+            first = _mark(mapfwd, TARGET_RATIO)
+            cells = (None, f"{fwd:.2f}" if fwd else "", _mark(fwdbwd, TARGET_RATIO))
+        if int(e["channels"]) >= 32 and fractions:
+            tally["sgemm"][0] += min(fractions.values()) >= SGEMM_FRACTION
+            tally["sgemm"][1] += 1
+        row = (f"| {e['workload']} | {e.get('group', 'suite')} | {e['layer']} | {e['channels']} "
+               f"| {100 * e['occupancy']:.0f}% "
+               f"| {_ms(e, 'ours', 'mapfwd')} / {_ms(e, 'spconv', 'mapfwd')} "
+               f"| {_ms(e, 'ours', 'fwd')} / {_ms(e, 'spconv', 'fwd')} "
+               f"| {_ms(e, 'ours', 'fwdbwd')} / {_ms(e, 'spconv', 'fwdbwd')} "
+               f"| {first} | {cells[1]} | {cells[2]} "
+               f"| {100 * fractions.get('fwd', 0):.0f}%, {100 * fractions.get('fwdbwd', 0):.0f}% |")
+        if before:
+            old = before_by_key.get(_key(e))
+            if old:
+                row += " " + ", ".join(
+                    f"{v:.2f}" if v else "-" for v in (_ratio(old, "mapfwd"), _ratio(old, "fwd"),
+                                                        _ratio(old, "fwdbwd"))) + " |"
+            else:
+                row += " |"
+        lines.append(row)
+    return lines, tally
+
+
+def unet_table(results):
+    lines = ["| network on | fwd ms ours / spconv | fwd+bwd ms ours / spconv | ours/spconv fwd "
+             "| ours/spconv fwd+bwd |", "|---|---|---|---|---|"]
+    for e in results:
+        if e["layer"] != "unet":
+            continue
+        fwd, fwdbwd = _ratio(e, "fwd"), _ratio(e, "fwdbwd")
+        lines.append(f"| {e['workload']} | {_ms(e, 'ours', 'fwd')} / {_ms(e, 'spconv', 'fwd')} "
+                     f"| {_ms(e, 'ours', 'fwdbwd')} / {_ms(e, 'spconv', 'fwdbwd')} "
+                     f"| {'' if fwd is None else f'{fwd:.2f}'} | {_mark(fwdbwd, TARGET_RATIO)} |")
+    return lines if len(lines) > 2 else []
+
+
+def conditions_tables(report):
+    lines = []
+    if report.get("load"):
+        lines += ["| workload | busy | ours map+fwd slowdown | spconv map+fwd slowdown "
+                  "| ours fwd+bwd slowdown | spconv fwd+bwd slowdown | no worse than spconv |",
+                  "|---|---|---|---|---|---|---|"]
+        for e in report["load"]:
+            for procs, got in e["by_load"].items():
+                if str(procs) == "0":
+                    continue
+                slow = got["slowdown"]
+                ok = all(slow.get(f"ours.{op}", 0) <= slow.get(f"spconv.{op}", 0)
+                         for op in ("mapfwd", "fwdbwd") if f"spconv.{op}" in slow)
+                lines.append(f"| {e['workload']} {e['layer']} C{e['channels']} | {procs} | "
+                             + " | ".join(f"{slow.get(k, float('nan')):.2f}" for k in (
+                                 "ours.mapfwd", "spconv.mapfwd", "ours.fwdbwd",
+                                 "spconv.fwdbwd")) + f" | {'✓' if ok else '✗'} |")
+        lines.append("")
+    if report.get("torch"):
+        lines += ["| workload | op | torch idle / no torch | after a torch op / no torch |",
+                  "|---|---|---|---|"]
+        for e in report["torch"]:
+            for op, rel in e["relative_to_no_torch"].items():
+                lines.append(f"| {e['workload']} {e['layer']} C{e['channels']} | {op} | "
+                             f"{rel['torch_idle']:.2f} | {rel['after_torch_op']:.2f} |")
+        lines.append("")
+    if report.get("train"):
+        lines += ["| busy | net | median ms | p90 ms | p90 / median |", "|---|---|---|---|---|"]
+        for procs, got in report["train"]["by_load"].items():
+            for name, v in got.items():
+                if name == "load":
+                    continue
+                mark = _mark(v["p90_over_median"], TRAIN_P90) if str(procs) == "0" else \
+                    f"{v['p90_over_median']:.2f}"
+                lines.append(f"| {procs} | {name} | {v['median_ms']:.1f} | {v['p90_ms']:.1f} "
+                             f"| {mark} |")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("after", nargs="+")
+    parser.add_argument("--before", nargs="+", default=None)
+    parser.add_argument("--held-out", default=None)
+    parser.add_argument("--conditions", default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    runs = []
+    for path in args.after:
+        with open(path) as f:
+            runs.append(json.load(f))
+    after = {"results": [e for run in runs for e in run["results"]]}
+    before = None
+    if args.before:
+        before = []
+        for path in args.before:
+            with open(path) as f:
+                before += json.load(f)["results"]
+    lines = ["# Issue 15 targets", ""]
+    for path, run in zip(args.after, runs):
+        env = run["environment"]
+        lines.append(f"- `{path.rsplit('/', 1)[-1]}`: {env['date']}, {env['cpu']}, "
+                     f"{env['threads']} threads, spconv {env.get('spconv')} (torch at "
+                     f"{env.get('spconv_torch_threads')} thread(s) while it runs), load average "
+                     f"{[round(v, 1) for v in env.get('loadavg_start', [])]} -> "
+                     f"{[round(v, 1) for v in env.get('loadavg_end', [])]}, sgemm "
+                     f"{env.get('sgemm_gflops_start', 0):.0f} / "
+                     f"{env.get('sgemm_gflops_end', 0):.0f} GFLOP/s (start / end)")
+    lines.append("")
+    table, tally = layer_table(after["results"], before)
+    lines += ["## Layers (times: medians; ratios: median of the run-by-run ratios where "
+              "recorded; ✓ meets the target, ✗ does not)", ""] + table + [""]
+    lines += [f"- map + fwd <= {TARGET_RATIO} x spconv (subm3, gen3): "
+              f"{tally['mapfwd'][0]} of {tally['mapfwd'][1]} rows",
+              f"- fwd + bwd <= {TARGET_RATIO} x spconv (subm3, gen3): "
+              f"{tally['fwdbwd'][0]} of {tally['fwdbwd'][1]} rows",
+              f"- strided forward <= 1.0 x spconv: {tally['strided_fwd'][0]} of "
+              f"{tally['strided_fwd'][1]} rows",
+              f"- products >= {100 * SGEMM_FRACTION:.0f} % of sgemm at C >= 32 (fwd and fwd+bwd): "
+              f"{tally['sgemm'][0]} of {tally['sgemm'][1]} rows", ""]
+    unet = unet_table(after["results"])
+    if unet:
+        lines += ["## Networks", ""] + unet + [""]
+    if args.held_out:
+        with open(args.held_out) as f:
+            held = json.load(f)
+        table, tally = layer_table(held["results"])
+        lines += [f"## Held-out scans ({held['environment']['date']})", ""] + table + [""]
+        lines += [f"- map + fwd: {tally['mapfwd'][0]} of {tally['mapfwd'][1]}; fwd + bwd: "
+                  f"{tally['fwdbwd'][0]} of {tally['fwdbwd'][1]}; strided forward: "
+                  f"{tally['strided_fwd'][0]} of {tally['strided_fwd'][1]}", ""]
+    if args.conditions:
+        with open(args.conditions) as f:
+            report = json.load(f)
+        lines += [f"## Busy machine, torch in the process, training loop "
+                  f"({report['environment']['date']})", ""] + conditions_tables(report)
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""The CPU products' plans (window or gathered rows per block and offset, one sparse sum
+per block), the cost model's choices, and the shared work queue of the worker threads.
+
+The cost model's constants are injected here (never measured), so that every
+test is deterministic: the plans tested are chosen by the test, and each is
+checked against a float64 brute force written below.
+"""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import cusparseconv as csc
+from cusparseconv import _threads
+from cusparseconv.backends import _cpu_cost, _cpu_plan
+
+
+def brute_force(coords, feats, weight, offsets):
+    """Stride-1 convolution over dictionaries (float64)."""
+    index = {tuple(r): i for i, r in enumerate(coords.tolist())}
+    out = np.zeros((len(coords), weight.shape[-1]))
+    for row, u in enumerate(coords.tolist()):
+        for k, off in enumerate(offsets.tolist()):
+            v = (u[0],) + tuple(a + o for a, o in zip(u[1:], off))
+            if v in index:
+                out[row] += feats[index[v]] @ weight[k]
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixed_scene():
+    """~5,000 voxels, sorted: a filled slab (windows pay) and a scattered cloud (gathers
+    pay), so that one offset is a window in some blocks and gathered in others."""
+    grid = np.stack(np.meshgrid(np.arange(14), np.arange(14), np.arange(14), indexing="ij"),
+                    -1).reshape(-1, 3)
+    rng = np.random.default_rng(0)
+    cloud = rng.integers(0, 60, size=(2600, 3)) + np.array([20, 0, 0])
+    xyz = np.unique(np.concatenate([grid, cloud]), axis=0)
+    coords = np.concatenate([np.zeros((len(xyz), 1), np.int64), xyz], axis=1).astype(np.int32)
+    return coords
+
+
+def _fixed_costs(monkeypatch, **values):
+    base = dict(gemm_call=1e-6, gemm_row=20e-9, take_row=10e-9, reduce_entry=10e-9,
+                dense_row=1e-3)
+    base.update(values)
+    fixed = _cpu_cost.Costs(**base)
+    monkeypatch.setattr(_cpu_plan, "costs", lambda *args: fixed)
+    monkeypatch.setattr(_cpu_plan, "_MIN_BLOCK_ROWS", 256)
+    monkeypatch.setattr(_cpu_plan, "_BUFFER_BYTES", 256 * 14 * 4 * 4)  # 256-row blocks
+
+
+def _windows_per_offset(plan, kernel_volume):
+    modes = [set() for _ in range(kernel_volume)]
+    for block in plan.blocks:
+        for k, window, *_ in block.items:
+            modes[k].add(window)
+    return modes
+
+
+@pytest.mark.parametrize("costs", [
+    {"take_row": 1.0},           # gathering is dear: a window wherever rows are monotone
+    {"take_row": 0.0},           # gathering is free: always gather
+    {"take_row": 10e-9},         # in between: windows where they are dense enough
+])
+def test_every_plan_matches_the_oracle(mixed_scene, monkeypatch, costs):
+    _fixed_costs(monkeypatch, **costs)
+    rng = np.random.default_rng(1)
+    offsets = csc.kernel_offsets(3)
+    kmap = csc.build_kernel_map(mixed_scene, mixed_scene, offsets)
+    feats = rng.normal(size=(len(mixed_scene), 4))
+    weight = rng.normal(size=(27, 4, 3))
+    plan = _cpu_plan.plan_for(kmap, 4, 3, np.float64)
+    assert len(plan.blocks) > 4
+    modes = _windows_per_offset(plan, 27)
+    if costs["take_row"] == 1.0:
+        assert all(m == {True} for m in modes if m)
+    elif costs["take_row"] == 0.0:  # a window only where its rows are all paired
+        for block in plan.blocks:
+            for _, window, _, length, _, begin, end in block.items:
+                assert not window or length == end - begin
+    else:  # the case this test is for: one offset both ways
+        assert any(m == {True, False} for m in modes)
+    out = csc.conv_forward(feats, weight, kmap, algorithm="blocked")
+    np.testing.assert_allclose(out, brute_force(mixed_scene, feats, weight, offsets),
+                               rtol=1e-12, atol=1e-12)
+    grad_out = rng.normal(size=out.shape)
+    grad_in = csc.conv_input_grad(grad_out, weight, kmap, algorithm="blocked")
+    np.testing.assert_allclose(np.sum(feats * grad_in), np.sum(out * grad_out), rtol=1e-12)
+
+
+def test_window_and_gather_plans_agree_to_rounding(mixed_scene, monkeypatch):
+    """Same sums in the same order per output row whatever the plan (float32)."""
+    rng = np.random.default_rng(2)
+    feats = rng.normal(size=(len(mixed_scene), 16)).astype(np.float32)
+    weight = rng.normal(size=(27, 16, 16)).astype(np.float32)
+    results = []
+    for take_row in (1.0, 0.0, 10e-9):
+        _fixed_costs(monkeypatch, take_row=take_row)
+        kmap = csc.build_kernel_map(mixed_scene, mixed_scene, csc.kernel_offsets(3))
+        results.append(csc.conv_forward(feats, weight, kmap, algorithm="blocked"))
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], rtol=2e-6, atol=2e-6)
+
+
+def test_public_sparse_path_gives_the_same_bits(mixed_scene, monkeypatch):
+    """SciPy's compiled loop called directly and scipy.sparse.csc_array agree exactly."""
+    _fixed_costs(monkeypatch, take_row=10e-9)
+    rng = np.random.default_rng(3)
+    kmap = csc.build_kernel_map(mixed_scene, mixed_scene, csc.kernel_offsets(3))
+    feats = rng.normal(size=(len(mixed_scene), 8)).astype(np.float32)
+    weight = rng.normal(size=(27, 8, 8)).astype(np.float32)
+    direct = csc.conv_forward(feats, weight, kmap, algorithm="blocked")
+    monkeypatch.setattr(_cpu_plan, "_csc_matvecs", None)
+    public = csc.conv_forward(feats, weight, kmap, algorithm="blocked")
+    assert np.array_equal(direct, public)
+
+
+def test_mixed_plan_is_bit_identical_at_1_2_3_threads(mixed_scene, monkeypatch):
+    _fixed_costs(monkeypatch, take_row=10e-9)
+    rng = np.random.default_rng(4)
+    feats = rng.normal(size=(len(mixed_scene), 32)).astype(np.float32)
+    weight = rng.normal(size=(27, 32, 32)).astype(np.float32)
+    kmap = csc.build_kernel_map(mixed_scene, mixed_scene, csc.kernel_offsets(3))
+    before = csc.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            csc.set_num_threads(threads)
+            results.append((csc.conv_forward(feats, weight, kmap),
+                            csc.conv_input_grad(feats, weight, kmap),
+                            csc.conv_weight_grad(feats, feats, kmap)))
+    finally:
+        csc.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+
+
+def test_dense_is_chosen_by_predicted_time(mixed_scene, monkeypatch):
+    kmap = csc.build_kernel_map(mixed_scene, mixed_scene, csc.kernel_offsets(3))
+    _fixed_costs(monkeypatch, dense_row=1e-12)     # dense predicted (almost) free
+    assert _cpu_plan.choose_dense(kmap, 4, 4, np.float32)
+    _fixed_costs(monkeypatch, dense_row=1.0)       # dense predicted very slow
+    kmap = csc.build_kernel_map(mixed_scene, mixed_scene, csc.kernel_offsets(3))
+    assert not _cpu_plan.choose_dense(kmap, 4, 4, np.float32)
+
+
+def test_measured_costs_are_positive_and_memoized():
+    measured = _cpu_cost.costs(8, 8, 27, np.float32)
+    for name in _cpu_cost.Costs.__slots__:
+        value = getattr(measured, name)
+        assert np.isfinite(value) and value >= 0, name
+    assert measured.gemm_row > 0 and measured.dense_row > 0
+    assert _cpu_cost.costs(8, 8, 27, np.float32) is measured
+
+
+# --------------------------------------------------------------------------- threads
+
+def test_parallel_for_runs_each_item_once_on_the_caller_and_workers():
+    before = csc.get_num_threads()
+    seen, lock = [], threading.Lock()
+    try:
+        csc.set_num_threads(3)
+        caller = threading.get_ident()
+
+        def record(item):
+            time.sleep(0.005)
+            with lock:
+                seen.append((item, threading.get_ident()))
+
+        _threads.parallel_for(record, range(30))
+    finally:
+        csc.set_num_threads(before)
+    assert sorted(item for item, _ in seen) == list(range(30))
+    assert caller in {ident for _, ident in seen}        # the caller works too
+    assert len({ident for _, ident in seen}) > 1         # and so do the workers
+
+
+def test_parallel_for_raises_the_first_error_after_every_thread_stopped():
+    before = csc.get_num_threads()
+    done = []
+    try:
+        csc.set_num_threads(2)
+
+        def item(i):
+            if i == 3:
+                raise KeyError("item 3")
+            done.append(i)
+
+        with pytest.raises(KeyError, match="item 3"):
+            _threads.parallel_for(item, range(50))
+        count = len(done)
+        assert count < 50
+    finally:
+        csc.set_num_threads(before)
+    assert len(done) == count        # nothing ran after the call returned
+
+
+def test_framework_threads_size_the_pool_unless_the_user_chose(monkeypatch):
+    monkeypatch.setitem(_threads._state, "explicit", False)
+    monkeypatch.setitem(_threads._state, "threads", 2)
+    with _threads.framework_threads(1):
+        assert csc.get_num_threads() == 1
+        with _threads.framework_threads(3):
+            assert csc.get_num_threads() == 3
+        assert csc.get_num_threads() == 1
+    assert csc.get_num_threads() == 2
+    monkeypatch.setitem(_threads._state, "explicit", True)
+    with _threads.framework_threads(1):
+        assert csc.get_num_threads() == 2                # set_num_threads wins
+    with pytest.raises(ValueError, match="positive"):
+        with _threads.framework_threads(0):
+            pass
+
+
+def test_torch_adapter_runs_the_core_with_torchs_thread_count(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import cusparseconv.torch as cst
+    from cusparseconv.backends import cpu
+
+    monkeypatch.setitem(_threads._state, "explicit", False)
+    seen = []
+    original = cpu.parallel_for
+
+    def recording(function, items):
+        seen.append(csc.get_num_threads())
+        return original(function, items)
+
+    monkeypatch.setattr(cpu, "parallel_for", recording)
+    coords = np.array([[0, 0, 0, 0], [0, 0, 0, 1], [0, 1, 0, 0]], dtype=np.int32)
+    x = cst.SparseTensor(coords, torch.ones(3, 2))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        cst.conv(x, torch.ones(27, 2, 2), 3)
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+
+
+# --------------------------------------------------------------------------- maps
+
+def brute_force_pairs(in_coords, out_coords, offsets, stride, transposed):
+    """{k: sorted [(in_row, out_row)]} by enumeration (SPEC section 4)."""
+    fine, coarse = (out_coords, in_coords) if transposed else (in_coords, out_coords)
+    fine_index = {tuple(r): i for i, r in enumerate(fine.tolist())}
+    pairs = {}
+    for c_row, u in enumerate(coarse.tolist()):
+        for k, off in enumerate(offsets.tolist()):
+            v = (u[0],) + tuple(s * a + o for s, a, o in zip(stride, u[1:], off))
+            if v in fine_index:
+                pair = (c_row, fine_index[v]) if transposed else (fine_index[v], c_row)
+                pairs.setdefault(k, []).append(pair)
+    return {k: sorted(v, key=lambda p: p[1]) for k, v in pairs.items()}
+
+
+@pytest.mark.parametrize("stride,offsets,transposed", [
+    ((2, 2, 2), "k2", False), ((2, 2, 2), "k2", True),
+    ((3, 2, 1), "cell", False), ((3, 2, 1), "cell", True),
+    ((2, 2, 2), "partial", False),
+])
+def test_partition_maps_match_enumeration(stride, offsets, transposed):
+    """Kernels inside one stride cell (each fine voxel has at most one coarse voxel, which
+    the plans' windows rely on being monotone): negative and shuffled coordinates, several
+    batches, output sets missing some parents."""
+    rng = np.random.default_rng(5)
+    fine = np.unique(np.concatenate([rng.integers(0, 3, (400, 1)),
+                                     rng.integers(-9, 9, (400, 3))], axis=1), axis=0)
+    fine = fine[rng.permutation(len(fine))].astype(np.int32)
+    if offsets == "k2":
+        offsets = csc.kernel_offsets(2)
+    elif offsets == "cell":
+        offsets = np.stack(np.meshgrid(*[np.arange(s) for s in stride], indexing="ij"),
+                           -1).reshape(-1, 3).astype(np.int32)[::-1].copy()
+    else:
+        offsets = np.array([[1, 0, 1], [0, 0, 0], [1, 1, 1]], dtype=np.int32)
+    coarse = np.unique(np.concatenate([fine[:, :1], fine[:, 1:] // np.array(stride)], axis=1),
+                       axis=0)
+    coarse = coarse[rng.permutation(len(coarse))[: len(coarse) * 3 // 4]].astype(np.int32)
+    in_coords, out_coords = (coarse, fine) if transposed else (fine, coarse)
+    kmap = csc.build_kernel_map(in_coords, out_coords, offsets, stride, transposed)
+    expected = brute_force_pairs(in_coords, out_coords, offsets, stride, transposed)
+    for k in range(len(offsets)):
+        in_rows, out_rows = kmap.pairs(k)
+        assert list(zip(in_rows.tolist(), out_rows.tolist())) == expected.get(k, []), k
+
+
+def test_submanifold_input_gradient_reads_the_map_mirrored(mixed_scene, monkeypatch):
+    """A submanifold map of a symmetric kernel is its own reverse with the offsets
+    mirrored: the input gradient runs over it (no reverse table) and equals the
+    gradient over the reverse table; other maps are not marked."""
+    from cusparseconv.backends import cpu
+    rng = np.random.default_rng(6)
+    coords = mixed_scene[rng.permutation(len(mixed_scene))]
+    kmap = csc.build_kernel_map(coords, coords, csc.kernel_offsets(3))
+    mirror = _cpu_plan.mirror_of(kmap)
+    assert mirror is not None and sorted(mirror.tolist()) == list(range(27))
+    assert np.array_equal(csc.kernel_offsets(3)[mirror], -csc.kernel_offsets(3))
+    weight = rng.normal(size=(27, 5, 3))
+    grad_out = rng.normal(size=(len(coords), 3))
+    monkeypatch.setattr(cpu, "reverse_map", lambda kmap: pytest.fail("reverse built"))
+    mirrored = csc.conv_input_grad(grad_out, weight, kmap)
+    grouped = csc.conv_input_grad(rng.normal(size=(len(coords), 4)),
+                                  rng.normal(size=(27, 2, 2, 2)), kmap, groups=2)
+    monkeypatch.undo()
+    monkeypatch.setattr(cpu, "mirror_of", lambda kmap: None)
+    np.testing.assert_allclose(mirrored, csc.conv_input_grad(grad_out, weight, kmap),
+                               rtol=1e-12, atol=1e-12)
+    assert grouped.shape == (len(coords), 4)
+    down = csc.build_kernel_map(coords, coords, csc.kernel_offsets(3), stride=2)
+    assert _cpu_plan.mirror_of(down) is None
