@@ -22,6 +22,8 @@ CPU backend's weak-keyed per-map state, never on the map.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .._arrays import read_only
@@ -36,6 +38,7 @@ __all__ = ["CpuBackend", "build_kernel_map", "reverse_map", "pair_mask", "chunk_
            "conv_forward", "conv_input_grad", "conv_weight_grad", "pool_forward",
            "pool_backward", "segment_reduce", "accumulate_dtype", "ALGORITHMS"]
 
+_log = logging.getLogger(__name__)
 _INT64_MAX = np.iinfo(np.int64).max
 #: Largest last-axis gap between consecutive offsets bridged by stepping.
 _MAX_STEP = 4
@@ -502,6 +505,37 @@ def _choose(kmap, layout, algorithm, weight) -> str:
     return chosen
 
 
+def _choice_reason(kmap, layout, algorithm, chosen) -> str:
+    """Why :func:`_choose` picked ``chosen`` on ``kmap`` (for the log and ``explain``)."""
+    slots = kmap.n_out * kmap.kernel_volume
+    occupancy = kmap.n_pairs / slots if slots else 0.0
+    filled = f"{occupancy:.0%} of the (row, offset) slots hold a pair"
+    if algorithm not in (None, "auto"):
+        if chosen != algorithm:
+            return f"{algorithm!r} asked, but the weight holds inf/NaN (dense would spread them)"
+        return "forced by algorithm="
+    if chosen == "dense":
+        return f"{filled}, at least DENSE_THRESHOLD = {DENSE_THRESHOLD:.0%}"
+    if layout != "standard":
+        return f"the {layout} weight layout runs blocked only"
+    if slots and kmap.n_pairs >= DENSE_THRESHOLD * slots:
+        return f"{filled}, but the weight holds inf/NaN (dense would spread them)"
+    return f"{filled}, under DENSE_THRESHOLD = {DENSE_THRESHOLD:.0%}"
+
+
+#: Why the weight gradient runs "blocked" (its one CPU algorithm).
+_WGRAD_REASON = "the one CPU weight-gradient algorithm"
+
+
+def _log_choice(product, chosen, kmap, layout, algorithm):
+    """One DEBUG record per product run (nothing is computed when DEBUG is off)."""
+    if _log.isEnabledFor(logging.DEBUG):
+        reason = (_WGRAD_REASON if product == "weight_grad"
+                  else _choice_reason(kmap, layout, algorithm, chosen))
+        _log.debug("cpu %s: algorithm %r, %s", product, chosen, reason,
+                   extra={"product": product, "algorithm": chosen, "reason": reason})
+
+
 def dense_product(src, kmap, weight, n_channels, dtype, out=None):
     """``out = [src[nbr[:, 0]], ..., src[nbr[:, K-1]]] @ W.reshape(K * C_in, C_out)``.
 
@@ -546,7 +580,9 @@ def conv_forward(feats, weight, kmap, layout, c_out, bias=None, algorithm=None, 
     direct = _direct(out, dtype)
     src = np.ascontiguousarray(feats, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
-    if _choose(kmap, layout, algorithm, weight) == "dense":
+    chosen = _choose(kmap, layout, algorithm, weight)
+    _log_choice("forward", chosen, kmap, layout, algorithm)
+    if chosen == "dense":
         result = dense_product(src, kmap, weight, c_out, dtype, out=direct)
     else:
         result = gather_apply_scatter(src, kmap, _apply_for(weight, layout, False), c_out,
@@ -565,7 +601,9 @@ def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None, out=No
     src = np.ascontiguousarray(grad_out, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
     reverse = reverse_map(kmap)
-    if _choose(reverse, layout, algorithm, weight) == "dense":
+    chosen = _choose(reverse, layout, algorithm, weight)
+    _log_choice("input_grad", chosen, reverse, layout, algorithm)
+    if chosen == "dense":
         result = dense_product(src, reverse, np.ascontiguousarray(weight.transpose(0, 2, 1)),
                                c_in, dtype, out=direct)
     else:
@@ -585,6 +623,7 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
     when given).
     """
     _check_algorithm(algorithm, "weight_grad")
+    _log_choice("weight_grad", "blocked", kmap, layout, algorithm)
     dtype = accumulate_dtype(np.result_type(feats.dtype, grad_out.dtype))
     src = np.ascontiguousarray(feats, dtype=dtype)
     dst = np.ascontiguousarray(grad_out, dtype=dtype)
@@ -765,6 +804,17 @@ class CpuBackend(ArrayOps):
     pool_forward = staticmethod(pool_forward)
     pool_backward = staticmethod(pool_backward)
     segment_reduce = staticmethod(segment_reduce)
+
+    @staticmethod
+    def choose_algorithm(product, feats, weight, kmap, layout, c_out, algorithm=None):
+        """(algorithm, reason) of ``product``, by the products' own choice (nothing runs)."""
+        _check_algorithm(algorithm, product)
+        if product == "weight_grad":
+            return "blocked", _WGRAD_REASON
+        target = kmap if product == "forward" else reverse_map(kmap)
+        weight = np.ascontiguousarray(weight, dtype=accumulate_dtype(feats.dtype))
+        chosen = _choose(target, layout, algorithm, weight)
+        return chosen, _choice_reason(target, layout, algorithm, chosen)
 
     @staticmethod
     def state_nbytes(value) -> int:

@@ -27,6 +27,7 @@ are listed in one registry (``PRODUCT_ALGORITHMS``).
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 
@@ -66,6 +67,7 @@ def _ceil_div(a, b):
     return -(-int(a) // int(b))
 
 
+_log = logging.getLogger(__name__)
 _WARNED: set = set()
 _WARN_LOCK = threading.Lock()
 
@@ -139,6 +141,11 @@ class _WeightGrad:
             setattr(self, name, value)
 
 
+class _Planned(Exception):
+    """Raised at the algorithm choice of a product run by :meth:`CudaBackend.choose_algorithm`
+    (before anything runs), carrying (algorithm, reason)."""
+
+
 class CudaBackend(ArrayOps):
     """Kernel maps, products and pooling on the GPU (or its emulation)."""
 
@@ -163,6 +170,7 @@ class CudaBackend(ArrayOps):
         # device state (see the section below)
         self._maps = StateTable(f"{self.name} kernel-map state")
         self._sets = StateTable(f"{self.name} hash tables per coordinate set")
+        self._planning = threading.local()   # choose_algorithm: stop at the choice
 
     def __repr__(self) -> str:
         return f"<CudaBackend {self.name}>"
@@ -207,6 +215,28 @@ class CudaBackend(ArrayOps):
         """(mask (n_out, ceil(K / 32)) uint32, neighbour (n_out, K) int32), device arrays."""
         state = self._map_state(kmap)
         return state.mask, state.neighbour
+
+    def choose_algorithm(self, product, feats, weight, kmap, layout, c_out, algorithm=None):
+        """(algorithm, reason) of ``product`` on these arrays, from the product's own path
+        stopped at its choice (``_run_chosen``): nothing runs, nothing is tuned."""
+        if layout == "depthwise":
+            tuning.forced_algorithm(product, algorithm)          # still checks the name
+            return "depthwise", "depthwise weights have one kernel (depthwise.cu)"
+        grad_out = self.xp.zeros((kmap.n_out, c_out), dtype=feats.dtype)
+        run = {"forward": lambda: self.conv_forward(feats, weight, kmap, layout, c_out,
+                                                    algorithm=algorithm),
+               "input_grad": lambda: self.conv_input_grad(grad_out, weight, kmap, layout,
+                                                          feats.shape[1], algorithm=algorithm),
+               "weight_grad": lambda: self.conv_weight_grad(feats, grad_out, kmap, layout,
+                                                            tuple(weight.shape), algorithm)}
+        self._planning.active = True
+        try:
+            run[product]()
+        except _Planned as planned:
+            return planned.args
+        finally:
+            self._planning.active = False
+        return "none", "no pairs: the result is zeros"
 
     def reverse(self, kmap: KernelMap) -> KernelMap:
         """The reverse table (built with the map; derived from the pairs otherwise)."""
@@ -550,6 +580,12 @@ class CudaBackend(ArrayOps):
         that turns out not to exist on this device is dropped (remembered by the
         tuner, with a one-time warning) and the choice made again."""
         launcher = self.launcher
+        if getattr(self._planning, "active", False):
+            raise _Planned(*tuning.plan(
+                product, candidates, forced, bucket, heuristic,
+                autotune=None if not launcher.emulated else launcher.tune_under_emulation,
+                workspace=workspace, free_bytes=launcher.free_bytes,
+                capturing=launcher.stream_capturing()))
         while True:
             choice = tuning.choose(
                 product, candidates, forced, bucket, heuristic,
@@ -557,6 +593,9 @@ class CudaBackend(ArrayOps):
                 autotune=None if not launcher.emulated else launcher.tune_under_emulation,
                 workspace=workspace, free_bytes=launcher.free_bytes,
                 capturing=launcher.stream_capturing(), failures=self._candidate_errors())
+            if _log.isEnabledFor(logging.DEBUG):
+                _log.debug("%s %s: algorithm %r", self.name, product, choice,
+                           extra={"product": product, "algorithm": choice})
             try:
                 return runners[choice]()
             except KernelUnavailableError as error:
