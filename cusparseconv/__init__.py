@@ -11,7 +11,7 @@ from ._threads import get_num_threads, set_num_threads
 from .conv import (conv_bias_grad, conv_forward, conv_input_grad, conv_weight_grad,
                    layer_kernel_map, sparse_conv)
 from .coords import coordinate_range
-from .explain import Explanation, ProductChoice, explain
+from .explanation import Explanation, ProductChoice, explain
 from .dense import from_dense, gather_from_dense, scatter_to_dense, to_dense
 from .kmap import KernelMap
 from .maps import build_kernel_map, pair_mask, reverse_kernel_map
