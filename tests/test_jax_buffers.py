@@ -164,3 +164,18 @@ def test_vmap_runs_each_element(route, rng, monkeypatch):
         assert_close(np.asarray(outs[i]), ref[0], 1e-5)
         assert_close(np.asarray(grad_feats[i]), ref[1], 1e-5)
         assert_close(np.asarray(grad_weight[i]), ref[2], 1e-5)
+
+
+def test_unneeded_gradients_are_not_computed(rng, monkeypatch):
+    """One callback per gradient: a gradient with respect to the weight alone runs the
+    weight gradient only (XLA drops the input gradient, and the forward of a linear loss)."""
+    coords, feats, weight, _ = make_case(rng)
+    calls = []
+    for name in PRODUCTS:
+        def product(*args, _run=getattr(CpuBackend, name), _name=name, **kwargs):
+            calls.append(_name)
+            return _run(*args, **kwargs)
+        monkeypatch.setattr(CpuBackend, name, staticmethod(product))
+    grad = jax.jit(jax.grad(lambda w: jnp.sum(csj.sparse_conv(coords, feats, w, **LAYER)[1])))
+    grad(weight)
+    assert calls == ["conv_weight_grad"]
