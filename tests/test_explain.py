@@ -22,23 +22,27 @@ import cusparseconv as csc
 from cusparseconv import tuning
 from cusparseconv.backends import cpu as cpu_backend
 
-LAYERS = {"submanifold": ({"kernel_size": 3}, 27), "strided": ({"kernel_size": 2, "stride": 2}, 8)}
+LAYERS = {"submanifold": ({"kernel_size": 3}, (27, 3, 4)),
+          "strided": ({"kernel_size": 2, "stride": 2}, (8, 3, 4)),
+          "depthwise": ({"kernel_size": 3, "groups": 3}, (27, 3))}
 PRODUCTS = ("forward", "input_grad", "weight_grad")
 
 
-def make_case(rng, n_k):
+def make_case(rng, weight_shape):
     coords = random_coords(rng, 60, 3, n_batch=1, low=0, high=4)
     feats = rng.standard_normal((60, 3)).astype(np.float32)
-    weight = rng.standard_normal((n_k, 3, 4)).astype(np.float32)
+    weight = rng.standard_normal(weight_shape).astype(np.float32)
     return coords, feats, weight
 
 
 def run_products(x, weight, kwargs):
     """The three products of the layer, as an adapter's forward and backward run them."""
+    kwargs = dict(kwargs)
+    groups = kwargs.pop("groups", 1)
     kmap, _, _ = csc.layer_kernel_map(x, **kwargs)
-    out = csc.conv_forward(x.feats, weight, kmap)
-    csc.conv_input_grad(np.ones_like(out), weight, kmap)
-    csc.conv_weight_grad(x.feats, np.ones_like(out), kmap)
+    out = csc.conv_forward(x.feats, weight, kmap, groups)
+    csc.conv_input_grad(np.ones_like(out), weight, kmap, groups)
+    csc.conv_weight_grad(x.feats, np.ones_like(out), kmap, groups)
 
 
 def logged_algorithms(caplog, backend_name):
@@ -55,8 +59,9 @@ def logged_algorithms(caplog, backend_name):
 @pytest.mark.backends("cpu", "cuda-emulated")
 @pytest.mark.parametrize("layer", list(LAYERS))
 def test_explain_names_the_algorithm_the_products_log(layer, backend, rng, caplog):
-    kwargs, n_k = LAYERS[layer]
-    coords, feats, weight = make_case(rng, n_k)
+    kwargs, weight_shape = LAYERS[layer]
+    n_k = weight_shape[0]
+    coords, feats, weight = make_case(rng, weight_shape)
     x = csc.SparseTensor(coords, feats)
     report = csc.explain(x, weight, **kwargs)
     with caplog.at_level(logging.DEBUG, logger="cusparseconv"):
@@ -65,9 +70,10 @@ def test_explain_names_the_algorithm_the_products_log(layer, backend, rng, caplo
     assert set(logged) == set(PRODUCTS), caplog.text
     for product in PRODUCTS:
         assert getattr(report, product).algorithm == logged[product], (product, str(report))
-    if backend.name == "cpu":
-        expected = {"submanifold": "blocked", "strided": "dense"}[layer]
-        assert report.forward.algorithm == expected, str(report)   # occupancy 100% when strided
+    expected = ({"submanifold": "blocked", "strided": "dense", "depthwise": "blocked"}
+                if backend.name == "cpu" else {"depthwise": "depthwise"})
+    if layer in expected:                                   # dense: occupancy 100% when strided
+        assert report.forward.algorithm == expected[layer], str(report)
 
     offsets = oracle.kernel_offsets_oracle(kwargs["kernel_size"], 1, 3)
     stride = kwargs.get("stride", 1)
@@ -82,8 +88,8 @@ def test_explain_names_the_algorithm_the_products_log(layer, backend, rng, caplo
 
 @pytest.mark.backends("cpu", "cuda-emulated")
 def test_explain_runs_no_product_and_keeps_choices(backend, rng, monkeypatch):
-    kwargs, n_k = LAYERS["submanifold"]
-    coords, feats, weight = make_case(rng, n_k)
+    kwargs, weight_shape = LAYERS["submanifold"]
+    coords, feats, weight = make_case(rng, weight_shape)
     x = csc.SparseTensor(coords, feats)
     csc.layer_kernel_map(x, **kwargs)             # the map exists before, as in a model
     memory_before = dict(tuning._memory)
@@ -106,7 +112,7 @@ def test_explain_runs_no_product_and_keeps_choices(backend, rng, monkeypatch):
 
 
 def test_explain_checks_its_arguments(rng):
-    coords, feats, weight = make_case(rng, 27)
+    coords, feats, weight = make_case(rng, LAYERS["submanifold"][1])
     x = csc.SparseTensor(coords, feats)
     with pytest.raises(TypeError, match="weight has dtype"):
         csc.explain(x, weight.astype(np.float64))
@@ -124,8 +130,8 @@ def test_tuner_timings_are_logged_and_explained(backend, rng, caplog, monkeypatc
     monkeypatch.setattr(backend.backend.launcher, "tune_under_emulation", True)
     tuning.clear_memory()
     try:
-        kwargs, n_k = LAYERS["strided"]
-        coords, feats, weight = make_case(rng, n_k)
+        kwargs, weight_shape = LAYERS["strided"]
+        coords, feats, weight = make_case(rng, weight_shape)
         x = csc.SparseTensor(coords, feats)
         before = csc.explain(x, weight, **kwargs)
         assert before.forward.algorithm is None and "not tuned yet" in before.forward.reason
@@ -151,8 +157,8 @@ def test_nothing_is_logged_or_formatted_at_the_default_level(rng, caplog, monkey
         raise AssertionError("a DEBUG reason was formatted while DEBUG is off")
 
     monkeypatch.setattr(cpu_backend, "_choice_reason", refuse)
-    kwargs, n_k = LAYERS["submanifold"]
-    coords, feats, weight = make_case(rng, n_k)
+    kwargs, weight_shape = LAYERS["submanifold"]
+    coords, feats, weight = make_case(rng, weight_shape)
     with caplog.at_level(logging.INFO):
         run_products(csc.SparseTensor(coords, feats), weight, kwargs)
     assert not [r for r in caplog.records if r.name.startswith("cusparseconv")]

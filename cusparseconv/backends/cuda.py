@@ -567,6 +567,7 @@ class CudaBackend(ArrayOps):
         state = self._map_state(kmap)
         if layout == "depthwise":
             tuning.forced_algorithm(product, algorithm)
+            self._log_algorithm(product, "depthwise")
             return self._depthwise(src, weight, kmap, state, bias, out)
         groups, group_in, group_out, weight4 = self._split_layout(weight, layout)
         job = _Conv(src=src, weight4=weight4, kmap=kmap, state=state, groups=groups,
@@ -593,9 +594,7 @@ class CudaBackend(ArrayOps):
                 autotune=None if not launcher.emulated else launcher.tune_under_emulation,
                 workspace=workspace, free_bytes=launcher.free_bytes,
                 capturing=launcher.stream_capturing(), failures=self._candidate_errors())
-            if _log.isEnabledFor(logging.DEBUG):
-                _log.debug("%s %s: algorithm %r", self.name, product, choice,
-                           extra={"product": product, "algorithm": choice})
+            self._log_algorithm(product, choice)
             try:
                 return runners[choice]()
             except KernelUnavailableError as error:
@@ -608,6 +607,12 @@ class CudaBackend(ArrayOps):
                 candidates = [c for c in candidates if c != choice]
                 if not candidates:
                     raise
+
+    def _log_algorithm(self, product, name):
+        """One DEBUG record per product run (``cusparseconv.explain`` names the same)."""
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("%s %s: algorithm %r", self.name, product, name,
+                       extra={"product": product, "algorithm": name})
 
     def _finish(self, acc, bias, dtype, out=None):
         """T(acc + bias) through the finish_rows kernel, into ``out`` when given (``acc``
@@ -760,6 +765,7 @@ class CudaBackend(ArrayOps):
         direct = out if out is not None and out.dtype == acc_dtype else None
         if layout == "depthwise":
             tuning.forced_algorithm("weight_grad", algorithm)
+            self._log_algorithm("weight_grad", "depthwise")
             channels = feats.shape[1]
             grad = (direct.reshape(kmap.kernel_volume, channels) if direct is not None
                     else xp.empty((kmap.kernel_volume, channels), dtype=acc_dtype))
