@@ -11,6 +11,7 @@ from ._threads import get_num_threads, set_num_threads
 from .conv import (conv_bias_grad, conv_forward, conv_input_grad, conv_weight_grad,
                    layer_kernel_map, sparse_conv)
 from .coords import coordinate_range
+from .explanation import Explanation, ProductChoice, explain
 from .dense import from_dense, gather_from_dense, scatter_to_dense, to_dense
 from .kmap import KernelMap
 from .maps import build_kernel_map, pair_mask, reverse_kernel_map
@@ -34,4 +35,5 @@ __all__ = [
     "gather_from_dense",
     "set_num_threads", "get_num_threads",
     "set_memory_limit", "get_memory_limit", "MemoryLimitError", "config",
+    "explain", "Explanation", "ProductChoice",
 ]

@@ -11,27 +11,32 @@ ordinary (traced) JAX values. Inside ``jax.jit`` close over the coordinates::
 
     step = jax.jit(lambda feats, weight: loss(sparse_conv(coords_np, feats, weight)[1]))
 
-The products run as host callbacks (``jax.pure_callback``) into the core's
-NumPy functions; the backward pass (``jax.custom_vjp``) calls the core's
-``conv_input_grad`` / ``conv_weight_grad`` / ``conv_bias_grad`` and
-``pool_backward`` / ``global_pool_backward``.
+The products run as callbacks into the core (:mod:`cusparseconv._jax_callback`):
+with JAX >= 0.7 through ``jax.experimental.buffer_callback``, in place on
+XLA's buffers (NumPy views on the CPU; on a CUDA GPU CuPy arrays on XLA's
+stream, so features never leave the device), the core writing straight into
+the output buffer through the products' ``out=``; with older JAX through
+``jax.pure_callback`` (operands copied to the host and back). The backward
+pass (``jax.custom_vjp``) calls the core's ``conv_input_grad`` /
+``conv_weight_grad`` / ``conv_bias_grad`` and ``pool_backward`` /
+``global_pool_backward``, one callback each, so XLA drops the ones a
+gradient does not need. ``jax.vmap`` runs the callbacks once per element of
+the mapped axis, one after another. Global pooling always takes the host
+route (it needs the host coordinates).
 
-Where it runs: on the CPU, tested. On a GPU, the same host callbacks work
-(JAX copies the operands to the host and the results back) but the features
-leave the device; a device-resident route (DLPack into the CuPy backend on
-JAX's stream, or an XLA FFI custom call) is not written, and nothing here has
-been run on a GPU.
+Where it runs: on the CPU, tested (buffer and host routes). The GPU branch of
+the buffer route is written for CuPy and the CUDA backend but has not been
+run on a GPU.
 """
 
 from __future__ import annotations
-
-import inspect
 
 import numpy as np
 
 import jax
 import jax.numpy as jnp
 
+from . import _jax_callback
 from ._checks import check_coords
 from .conv import (conv_bias_grad, conv_forward, conv_input_grad, conv_weight_grad,
                    layer_kernel_map, weight_layout)
@@ -40,20 +45,14 @@ from .pool import global_pool_backward, pool_backward, pool_forward
 from .tensor import CoordinateCache
 from .tensor import SparseTensor as _CoreTensor
 
-__all__ = ["sparse_conv", "sparse_pool", "global_pool", "conv_features", "pool_features"]
+__all__ = ["sparse_conv", "sparse_pool", "global_pool", "conv_features", "pool_features",
+           "callback_route"]
 
 
-# vmapped callbacks run one by one (the keyword is absent before jax 0.4.34)
-_VMAP = ({"vmap_method": "sequential"}
-         if "vmap_method" in inspect.signature(jax.pure_callback).parameters else {})
-
-
-def _callback(function, result_shapes, *args):
-    """``jax.pure_callback`` on NumPy operands."""
-    def host(*arrays):
-        return function(*[None if a is None else np.asarray(a) for a in arrays])
-
-    return jax.pure_callback(host, result_shapes, *args, **_VMAP)
+def callback_route() -> str:
+    """How the products reach the core under ``jit``: ``"buffer"`` (in place on XLA's
+    buffers, JAX >= 0.7) or ``"host"`` (``jax.pure_callback``, older JAX)."""
+    return _jax_callback.route()
 
 
 def _concrete_coords(coords, name="coords"):
@@ -120,26 +119,27 @@ def conv_features(feats, weight, kmap, groups: int = 1, bias=None):
     out_shape = jax.ShapeDtypeStruct((kmap.n_out, c_out), feats.dtype)
     weight_shape = tuple(weight.shape)
 
+    call, on = _jax_callback.call, _jax_callback.kernel_map_on
+
     @jax.custom_vjp
     def product(feats, weight, bias):
-        return _callback(lambda f, w, b: conv_forward(f, w, kmap, groups, b),
-                         out_shape, feats, weight, bias)
+        return call(lambda f, w, b, out: conv_forward(f, w, on(kmap, f), groups, b, out=out),
+                    out_shape, feats, weight, bias)
 
     def forward(feats, weight, bias):
         return product(feats, weight, bias), (feats, weight)
 
     def backward(saved, grad_out):
         feats, weight = saved
-        shapes = (jax.ShapeDtypeStruct(feats.shape, feats.dtype),
-                  jax.ShapeDtypeStruct(weight.shape, feats.dtype),
-                  None if bias is None else jax.ShapeDtypeStruct(bias.shape, feats.dtype))
-
-        def host(f, w, g):
-            return (conv_input_grad(g, w, kmap, groups),
-                    conv_weight_grad(f, g, kmap, groups, weight_shape),
-                    None if bias is None else conv_bias_grad(g))
-
-        return _callback(host, shapes, feats, weight, grad_out)
+        grad_feats = call(lambda g, w, out: conv_input_grad(g, w, on(kmap, g), groups, out=out),
+                          jax.ShapeDtypeStruct(feats.shape, feats.dtype), grad_out, weight)
+        grad_weight = call(lambda f, g, out: conv_weight_grad(f, g, on(kmap, f), groups,
+                                                              weight_shape, out=out),
+                           jax.ShapeDtypeStruct(weight_shape, feats.dtype), feats, grad_out)
+        grad_bias = None if bias is None else call(
+            lambda g, out: conv_bias_grad(g), jax.ShapeDtypeStruct((c_out,), feats.dtype),
+            grad_out)
+        return grad_feats, grad_weight, grad_bias
 
     product.defvjp(forward, backward)
     return product(feats, weight, bias)
@@ -153,16 +153,18 @@ def pool_features(feats, kmap, mode: str = "max"):
                          f"got {feats.shape}")
     out_shape = jax.ShapeDtypeStruct((kmap.n_out, feats.shape[1]), feats.dtype)
 
+    call, on = _jax_callback.call, _jax_callback.kernel_map_on
+
     @jax.custom_vjp
     def reduce(feats):
-        return _callback(lambda f: pool_forward(f, kmap, mode), out_shape, feats)
+        return call(lambda f, out: pool_forward(f, on(kmap, f), mode), out_shape, feats)
 
     def forward(feats):
         return reduce(feats), feats
 
     def backward(feats, grad_out):
-        grad = _callback(lambda g, f: pool_backward(g, f, kmap, mode),
-                         jax.ShapeDtypeStruct(feats.shape, feats.dtype), grad_out, feats)
+        grad = call(lambda g, f, out: pool_backward(g, f, on(kmap, g), mode),
+                    jax.ShapeDtypeStruct(feats.shape, feats.dtype), grad_out, feats)
         return (grad,)
 
     reduce.defvjp(forward, backward)
@@ -232,15 +234,17 @@ def global_pool(coords, feats, mode: str = "mean"):
 
     @jax.custom_vjp
     def reduce(feats):
-        return _callback(lambda f: _core_global_pool(with_feats(f), mode).feats,
-                         out_shape, feats)
+        # host route: the core pools by the batch column of the host coordinates
+        return _jax_callback.call(lambda f, out: _core_global_pool(with_feats(f), mode).feats,
+                                  out_shape, feats, host=True)
 
     def forward(feats):
         return reduce(feats), feats
 
     def backward(feats, grad_out):
-        grad = _callback(lambda g, f: global_pool_backward(g, with_feats(f), mode),
-                         jax.ShapeDtypeStruct(feats.shape, feats.dtype), grad_out, feats)
+        grad = _jax_callback.call(
+            lambda g, f, out: global_pool_backward(g, with_feats(f), mode),
+            jax.ShapeDtypeStruct(feats.shape, feats.dtype), grad_out, feats, host=True)
         return (grad,)
 
     reduce.defvjp(forward, backward)

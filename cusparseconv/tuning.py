@@ -27,11 +27,16 @@ the rest of the process.
 
 Deterministic mode (``set_deterministic(True)`` or
 ``CUSPARSECONV_DETERMINISTIC=1``) only allows atomic-free algorithms.
+
+Every decision is logged at DEBUG on the ``cusparseconv.tuning`` logger (the
+algorithm, why, and the measured times when it was timed); :func:`plan` tells
+the decision without running anything (used by :func:`cusparseconv.explain`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -59,6 +64,7 @@ _settings = {
     "deterministic": os.environ.get("CUSPARSECONV_DETERMINISTIC", "0") not in ("", "0"),
     "autotune": os.environ.get("CUSPARSECONV_AUTOTUNE", "1") not in ("", "0"),
 }
+_log = logging.getLogger(__name__)
 _memory: dict[str, str] = {}
 _failed: dict[str, set] = {}
 _file_loaded = {"done": False}
@@ -219,6 +225,50 @@ def failed(bucket: str) -> frozenset:
     return frozenset(_failed.get(bucket, ()))
 
 
+def plan(product: str, candidates, forced: str | None, bucket: str, heuristic: str,
+         autotune: bool | None = None, workspace=None, free_bytes=None,
+         capturing: bool = False) -> tuple[str | None, str]:
+    """What :func:`choose` decides before it times anything, without running a candidate.
+
+    Parameters are those of :func:`choose`.
+
+    Returns
+    -------
+    algorithm : str or None
+        The choice; None when :func:`choose` would time the allowed candidates
+        (the shape class was not tuned yet).
+    reason : str
+        Why, in words.
+    """
+    if forced is not None:
+        return forced, "forced (algorithm= argument or CUSPARSECONV_ALGORITHM)"
+    allowed, notes = _allowed(product, candidates, bucket, workspace, free_bytes)
+    if heuristic not in allowed:
+        heuristic = allowed[0]
+    tune = _settings["autotune"] if autotune is None else autotune
+    with _lock:
+        if tune:
+            _load_file()
+        known = _memory.get(bucket)
+    context = f" ({'; '.join(notes)})" if notes else ""
+    if known in allowed:
+        return known, f"autotuned earlier for this shape class{context}"
+    if len(allowed) == 1:
+        return allowed[0], f"the only allowed candidate{context}"
+    if not tune:
+        return heuristic, (f"heuristic, not timed (autotuning off; always so under host "
+                           f"emulation); candidates {allowed}{context}")
+    if capturing:
+        return heuristic, f"heuristic, stream being captured (no timing){context}"
+    return None, f"not tuned yet: the first call times {allowed} and keeps the fastest{context}"
+
+
+def _log_choice(product, bucket, algorithm, reason):
+    if _log.isEnabledFor(logging.DEBUG):
+        _log.debug("%s: algorithm %r, %s [%s]", product, algorithm, reason, bucket,
+                   extra={"product": product, "algorithm": algorithm, "reason": reason})
+
+
 def choose(product: str, candidates, forced: str | None, bucket: str, heuristic: str,
            run, synchronize=None, autotune: bool | None = None, repeats: int = 3,
            workspace=None, free_bytes=None, capturing: bool = False,
@@ -255,30 +305,12 @@ def choose(product: str, candidates, forced: str | None, bucket: str, heuristic:
         Raised by a candidate that cannot run this shape: it is dropped and
         remembered, and the others are timed.
     """
-    if forced is not None:
-        return forced
-    dropped = failed(bucket)
-    allowed = [c for c in candidates if c not in dropped
-               and (not _settings["deterministic"] or c in DETERMINISTIC[product])]
-    if not allowed:
-        raise RuntimeError(f"no {product} algorithm is allowed for this call (candidates "
-                           f"{list(candidates)}, failed here {sorted(dropped)}, deterministic "
-                           f"mode {_settings['deterministic']})")
-    if workspace is not None and free_bytes is not None:
-        budget = WORKSPACE_FRACTION * (free_bytes() if callable(free_bytes) else free_bytes)
-        fits = [c for c in allowed if workspace.get(c, 0) <= budget]
-        allowed = fits or [min(allowed, key=lambda c: workspace.get(c, 0))]
-    if heuristic not in allowed:
-        heuristic = allowed[0]
-    tune = _settings["autotune"] if autotune is None else autotune
-    with _lock:
-        if tune:
-            _load_file()
-        known = _memory.get(bucket)
-    if known in allowed:
-        return known
-    if not tune or capturing or len(allowed) == 1:
-        return heuristic
+    choice, reason = plan(product, candidates, forced, bucket, heuristic, autotune,
+                          workspace, free_bytes, capturing)
+    if choice is not None:
+        _log_choice(product, bucket, choice, reason)
+        return choice
+    allowed, _ = _allowed(product, candidates, bucket, workspace, free_bytes)
     timings = {}
     errors = {}
     for name in allowed:
@@ -300,4 +332,32 @@ def choose(product: str, candidates, forced: str | None, bucket: str, heuristic:
         raise RuntimeError(f"every {product} algorithm failed for this shape: {errors}")
     best = min(timings, key=timings.get)
     record(bucket, best)
+    if _log.isEnabledFor(logging.DEBUG):
+        measured = ", ".join(f"{name} {seconds * 1e3:.3f} ms" for name, seconds in
+                             sorted(timings.items(), key=lambda item: item[1]))
+        _log_choice(product, bucket, best, f"autotuned now, the fastest: {measured}")
     return best
+
+
+def _allowed(product, candidates, bucket, workspace, free_bytes) -> tuple[list, list]:
+    """(the candidates allowed for this call, notes on what was excluded and why)."""
+    dropped = failed(bucket)
+    allowed = [c for c in candidates if c not in dropped
+               and (not _settings["deterministic"] or c in DETERMINISTIC[product])]
+    if not allowed:
+        raise RuntimeError(f"no {product} algorithm is allowed for this call (candidates "
+                           f"{list(candidates)}, failed here {sorted(dropped)}, deterministic "
+                           f"mode {_settings['deterministic']})")
+    notes = []
+    if _settings["deterministic"]:
+        notes.append("deterministic mode")
+    if dropped:
+        notes.append(f"failed here before: {sorted(dropped)}")
+    if workspace is not None and free_bytes is not None:
+        budget = WORKSPACE_FRACTION * (free_bytes() if callable(free_bytes) else free_bytes)
+        fits = [c for c in allowed if workspace.get(c, 0) <= budget]
+        if len(fits) < len(allowed):
+            notes.append(f"workspace over {WORKSPACE_FRACTION:.0%} of free memory: "
+                         f"{sorted(set(allowed) - set(fits))}")
+        allowed = fits or [min(allowed, key=lambda c: workspace.get(c, 0))]
+    return allowed, notes

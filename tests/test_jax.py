@@ -237,8 +237,10 @@ def test_bfloat16(rng):
 
 
 @pytest.mark.gpu
-def test_gpu_host_callback_route(rng):
-    """On a GPU backend the callbacks run on the host; results must still agree."""
+def test_gpu_route(rng):
+    """On a GPU the buffer route runs the CuPy backend on XLA's device buffers and stream
+    (the host route where JAX has no buffer_callback); results must agree, gradients
+    included."""
     try:
         devices = jax.devices("gpu")
     except RuntimeError:
@@ -251,3 +253,11 @@ def test_gpu_host_callback_route(rng):
     out = jax.jit(lambda f, w: csj.sparse_conv(coords, f, w)[1])(f, w)
     ref = oracle.conv_oracle(coords, feats, weight, oracle.kernel_offsets_oracle(3), 1, coords)
     assert_close(np.asarray(out), ref, 1e-4)
+    grad_out = rng.standard_normal(ref.shape).astype(np.float32)
+    grad_feats, grad_weight = jax.jit(jax.grad(
+        lambda f, w: jnp.sum(csj.sparse_conv(coords, f, w)[1] * grad_out), argnums=(0, 1)))(f, w)
+    pairs = oracle.kernel_map_oracle(coords, coords, oracle.kernel_offsets_oracle(3))
+    assert_close(np.asarray(grad_feats),
+                 oracle.conv_input_grad_oracle(grad_out, weight, pairs, len(coords)), 1e-4)
+    assert_close(np.asarray(grad_weight),
+                 oracle.conv_weight_grad_oracle(feats, grad_out, pairs, weight.shape), 1e-4)

@@ -27,11 +27,14 @@ per-map state, never on the map.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .._arrays import read_only
 from .._dtypes import accumulate_dtype
 from .._threads import parallel_for
+from ._cpu_cost import DENSE_MARGIN
 from ._cpu_plan import add_products, choose_dense, mirror_of, note_mirror, plan_for
 from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
 from ..kmap import KernelMap
@@ -43,6 +46,7 @@ __all__ = ["CpuBackend", "build_kernel_map", "reverse_map", "pair_mask", "chunk_
            "conv_forward", "conv_input_grad", "conv_weight_grad", "pool_forward",
            "pool_backward", "segment_reduce", "accumulate_dtype", "ALGORITHMS"]
 
+_log = logging.getLogger(__name__)
 _INT64_MAX = np.iinfo(np.int64).max
 #: Largest last-axis gap between consecutive offsets bridged by stepping.
 _MAX_STEP = 4
@@ -586,6 +590,42 @@ def _choose(kmap, layout, algorithm, weight) -> str:
     return chosen
 
 
+def _choice_reason(kmap, layout, algorithm, chosen, weight) -> str:
+    """Why :func:`_choose` picked ``chosen`` on ``kmap`` (for the log and ``explain``)."""
+    slots = kmap.n_out * kmap.kernel_volume
+    occupancy = kmap.n_pairs / slots if slots else 0.0
+    filled = f"{occupancy:.0%} of the (row, offset) slots hold a pair"
+    if algorithm not in (None, "auto"):
+        if chosen != algorithm:
+            return f"{algorithm!r} asked, but the weight holds inf/NaN (dense would spread them)"
+        return "forced by algorithm="
+    if layout != "standard":
+        return f"the {layout} weight layout runs blocked only"
+    if kmap.n_out == 0 or kmap.n_pairs == 0:
+        return "no pairs"
+    plan = plan_for(kmap, weight.shape[1], weight.shape[2], weight.dtype)
+    predicted = (f"cost model (one thread): blocked {plan.predicted_s * 1e3:.2f} ms, "
+                 f"dense {plan.dense_predicted_s * 1e3:.2f} ms")
+    if chosen == "dense":
+        return f"{filled}; {predicted}: dense below {DENSE_MARGIN:g}x blocked"
+    if choose_dense(kmap, weight.shape[1], weight.shape[2], weight.dtype):
+        return f"{filled}; {predicted}, but the weight holds inf/NaN (dense would spread them)"
+    return f"{filled}; {predicted}: dense not below {DENSE_MARGIN:g}x blocked"
+
+
+#: Why the weight gradient runs "blocked" (its one CPU algorithm).
+_WGRAD_REASON = "the one CPU weight-gradient algorithm"
+
+
+def _log_choice(product, chosen, kmap, layout, algorithm, weight=None):
+    """One DEBUG record per product run (nothing is computed when DEBUG is off)."""
+    if _log.isEnabledFor(logging.DEBUG):
+        reason = (_WGRAD_REASON if product == "weight_grad"
+                  else _choice_reason(kmap, layout, algorithm, chosen, weight))
+        _log.debug("cpu %s: algorithm %r, %s", product, chosen, reason,
+                   extra={"product": product, "algorithm": chosen, "reason": reason})
+
+
 def dense_product(src, kmap, weight, n_channels, dtype, out=None):
     """``out = [src[nbr[:, 0]], ..., src[nbr[:, K-1]]] @ W.reshape(K * C_in, C_out)``.
 
@@ -633,7 +673,9 @@ def conv_forward(feats, weight, kmap, layout, c_out, bias=None, algorithm=None, 
     direct = _direct(out, dtype)
     src = np.ascontiguousarray(feats, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
-    if _choose(kmap, layout, algorithm, weight) == "dense":
+    chosen = _choose(kmap, layout, algorithm, weight)
+    _log_choice("forward", chosen, kmap, layout, algorithm, weight)
+    if chosen == "dense":
         result = dense_product(src, kmap, weight, c_out, dtype, out=direct)
     else:
         result = gather_multiply_reduce(src, kmap, _apply_into_for(weight, layout, False),
@@ -641,6 +683,21 @@ def conv_forward(feats, weight, kmap, layout, c_out, bias=None, algorithm=None, 
     if bias is not None:
         result += bias.astype(dtype)
     return _deliver(result, out, feats.dtype)
+
+
+def _input_grad_operands(kmap, weight, layout):
+    """(map, weight, weight as the product reads it) of the input gradient: the reverse
+    table and ``W``, or, for a submanifold map of a symmetric kernel, the map itself
+    with the offsets mirrored and ``W[mirror]``; the third is transposed per offset for
+    the standard layout."""
+    mirror = mirror_of(kmap)
+    if mirror is not None:
+        reverse, weight = kmap, np.ascontiguousarray(weight[mirror])
+    else:
+        reverse = reverse_map(kmap)
+    transposed = np.ascontiguousarray(weight.transpose(0, 2, 1)) if layout == "standard" \
+        else weight
+    return reverse, weight, transposed
 
 
 def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None, out=None):
@@ -656,14 +713,10 @@ def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None, out=No
     direct = _direct(out, dtype)
     src = np.ascontiguousarray(grad_out, dtype=dtype)
     weight = np.ascontiguousarray(weight, dtype=dtype)
-    mirror = mirror_of(kmap)
-    if mirror is not None:
-        reverse, weight = kmap, np.ascontiguousarray(weight[mirror])
-    else:
-        reverse = reverse_map(kmap)
-    transposed = np.ascontiguousarray(weight.transpose(0, 2, 1)) if layout == "standard" \
-        else weight
-    if _choose(reverse, layout, algorithm, transposed) == "dense":
+    reverse, weight, transposed = _input_grad_operands(kmap, weight, layout)
+    chosen = _choose(reverse, layout, algorithm, transposed)
+    _log_choice("input_grad", chosen, reverse, layout, algorithm, transposed)
+    if chosen == "dense":
         result = dense_product(src, reverse, transposed, c_in, dtype, out=direct)
     else:
         result = gather_multiply_reduce(src, reverse, _apply_into_for(weight, layout, True),
@@ -684,6 +737,7 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
     when given).
     """
     _check_algorithm(algorithm, "weight_grad")
+    _log_choice("weight_grad", "blocked", kmap, layout, algorithm)
     dtype = accumulate_dtype(np.result_type(feats.dtype, grad_out.dtype))
     src = np.ascontiguousarray(feats, dtype=dtype)
     dst = np.ascontiguousarray(grad_out, dtype=dtype)
@@ -881,6 +935,20 @@ class CpuBackend(ArrayOps):
     pool_forward = staticmethod(pool_forward)
     pool_backward = staticmethod(pool_backward)
     segment_reduce = staticmethod(segment_reduce)
+
+    @staticmethod
+    def choose_algorithm(product, feats, weight, kmap, layout, c_out, algorithm=None):
+        """(algorithm, reason) of ``product``, by the products' own choice (nothing runs)."""
+        _check_algorithm(algorithm, product)
+        if product == "weight_grad":
+            return "blocked", _WGRAD_REASON
+        weight = np.ascontiguousarray(weight, dtype=accumulate_dtype(feats.dtype))
+        if product == "forward":
+            target = kmap
+        else:
+            target, _, weight = _input_grad_operands(kmap, weight, layout)
+        chosen = _choose(target, layout, algorithm, weight)
+        return chosen, _choice_reason(target, layout, algorithm, chosen, weight)
 
     @staticmethod
     def state_nbytes(value) -> int:

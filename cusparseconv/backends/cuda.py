@@ -27,6 +27,7 @@ are listed in one registry (``PRODUCT_ALGORITHMS``).
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 
@@ -66,6 +67,7 @@ def _ceil_div(a, b):
     return -(-int(a) // int(b))
 
 
+_log = logging.getLogger(__name__)
 _WARNED: set = set()
 _WARN_LOCK = threading.Lock()
 
@@ -139,6 +141,11 @@ class _WeightGrad:
             setattr(self, name, value)
 
 
+class _Planned(Exception):
+    """Raised at the algorithm choice of a product run by :meth:`CudaBackend.choose_algorithm`
+    (before anything runs), carrying (algorithm, reason)."""
+
+
 class CudaBackend(ArrayOps):
     """Kernel maps, products and pooling on the GPU (or its emulation)."""
 
@@ -163,6 +170,7 @@ class CudaBackend(ArrayOps):
         # device state (see the section below)
         self._maps = StateTable(f"{self.name} kernel-map state")
         self._sets = StateTable(f"{self.name} hash tables per coordinate set")
+        self._planning = threading.local()   # choose_algorithm: stop at the choice
 
     def __repr__(self) -> str:
         return f"<CudaBackend {self.name}>"
@@ -207,6 +215,28 @@ class CudaBackend(ArrayOps):
         """(mask (n_out, ceil(K / 32)) uint32, neighbour (n_out, K) int32), device arrays."""
         state = self._map_state(kmap)
         return state.mask, state.neighbour
+
+    def choose_algorithm(self, product, feats, weight, kmap, layout, c_out, algorithm=None):
+        """(algorithm, reason) of ``product`` on these arrays, from the product's own path
+        stopped at its choice (``_run_chosen``): nothing runs, nothing is tuned."""
+        if layout == "depthwise":
+            tuning.forced_algorithm(product, algorithm)          # still checks the name
+            return "depthwise", "depthwise weights have one kernel (depthwise.cu)"
+        grad_out = self.xp.zeros((kmap.n_out, c_out), dtype=feats.dtype)
+        run = {"forward": lambda: self.conv_forward(feats, weight, kmap, layout, c_out,
+                                                    algorithm=algorithm),
+               "input_grad": lambda: self.conv_input_grad(grad_out, weight, kmap, layout,
+                                                          feats.shape[1], algorithm=algorithm),
+               "weight_grad": lambda: self.conv_weight_grad(feats, grad_out, kmap, layout,
+                                                            tuple(weight.shape), algorithm)}
+        self._planning.active = True
+        try:
+            run[product]()
+        except _Planned as planned:
+            return planned.args
+        finally:
+            self._planning.active = False
+        return "none", "no pairs: the result is zeros"
 
     def reverse(self, kmap: KernelMap) -> KernelMap:
         """The reverse table (built with the map; derived from the pairs otherwise)."""
@@ -537,6 +567,7 @@ class CudaBackend(ArrayOps):
         state = self._map_state(kmap)
         if layout == "depthwise":
             tuning.forced_algorithm(product, algorithm)
+            self._log_algorithm(product, "depthwise")
             return self._depthwise(src, weight, kmap, state, bias, out)
         groups, group_in, group_out, weight4 = self._split_layout(weight, layout)
         job = _Conv(src=src, weight4=weight4, kmap=kmap, state=state, groups=groups,
@@ -550,6 +581,12 @@ class CudaBackend(ArrayOps):
         that turns out not to exist on this device is dropped (remembered by the
         tuner, with a one-time warning) and the choice made again."""
         launcher = self.launcher
+        if getattr(self._planning, "active", False):
+            raise _Planned(*tuning.plan(
+                product, candidates, forced, bucket, heuristic,
+                autotune=None if not launcher.emulated else launcher.tune_under_emulation,
+                workspace=workspace, free_bytes=launcher.free_bytes,
+                capturing=launcher.stream_capturing()))
         while True:
             choice = tuning.choose(
                 product, candidates, forced, bucket, heuristic,
@@ -557,6 +594,7 @@ class CudaBackend(ArrayOps):
                 autotune=None if not launcher.emulated else launcher.tune_under_emulation,
                 workspace=workspace, free_bytes=launcher.free_bytes,
                 capturing=launcher.stream_capturing(), failures=self._candidate_errors())
+            self._log_algorithm(product, choice)
             try:
                 return runners[choice]()
             except KernelUnavailableError as error:
@@ -569,6 +607,12 @@ class CudaBackend(ArrayOps):
                 candidates = [c for c in candidates if c != choice]
                 if not candidates:
                     raise
+
+    def _log_algorithm(self, product, name):
+        """One DEBUG record per product run (``cusparseconv.explain`` names the same)."""
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("%s %s: algorithm %r", self.name, product, name,
+                       extra={"product": product, "algorithm": name})
 
     def _finish(self, acc, bias, dtype, out=None):
         """T(acc + bias) through the finish_rows kernel, into ``out`` when given (``acc``
@@ -721,6 +765,7 @@ class CudaBackend(ArrayOps):
         direct = out if out is not None and out.dtype == acc_dtype else None
         if layout == "depthwise":
             tuning.forced_algorithm("weight_grad", algorithm)
+            self._log_algorithm("weight_grad", "depthwise")
             channels = feats.shape[1]
             grad = (direct.reshape(kmap.kernel_volume, channels) if direct is not None
                     else xp.empty((kmap.kernel_volume, channels), dtype=acc_dtype))

@@ -94,6 +94,14 @@ class Backend(Protocol):
                          out=None):
         """``dW[k] = A[in]^T @ dY[out]``: ``weight_shape`` in the dtype of ``feats``."""
 
+    def choose_algorithm(self, product: str, feats, weight, kmap: KernelMap, layout: str,
+                         c_out: int, algorithm: str | None = None) -> tuple[str | None, str]:
+        """(algorithm, reason): what ``product`` ("forward", "input_grad" or "weight_grad")
+        would use for features (n_in, C_in) and a weight of ``layout`` over ``kmap`` and why,
+        by the products' own choice, without running the product and without changing
+        anything that alters later results. ``algorithm`` is None where the choice is
+        made by timing on first use (the reason says so)."""
+
     # ------------------------------------------------------------ pooling, reductions
     def pool_forward(self, feats, kmap: KernelMap, mode: str):
         """max / avg / sum over the active offsets of each output row: (n_out, C)."""

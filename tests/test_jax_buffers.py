@@ -1,0 +1,181 @@
+"""The JAX adapter's routes into the core, on the CPU.
+
+Buffer route (``jax.experimental.buffer_callback``): the jaxpr of the jitted
+forward and gradients holds the buffer callback and no ``pure_callback``,
+results equal the brute-force oracle, and the core's products write into the
+very buffers XLA handed to the callback (their addresses are recorded on both
+sides) which are the buffers of the results. Host route: forced (as on a JAX
+without buffer_callback), it still equals the oracle. ``vmap``: sequential,
+equal to the oracle per element. One small strided case (2x2x2 kernel, stride
+2, 40 rows) keeps the file fast.
+"""
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+
+import oracle  # noqa: E402
+from conftest import assert_close, random_coords  # noqa: E402
+
+import cusparseconv.jax as csj  # noqa: E402
+from cusparseconv import _jax_callback  # noqa: E402
+from cusparseconv.backends.cpu import CpuBackend  # noqa: E402
+
+needs_buffer_route = pytest.mark.skipif(_jax_callback._buffer_callback is None,
+                                        reason="this JAX has no buffer_callback (< 0.7)")
+LAYER = {"kernel_size": 2, "stride": 2}
+PRODUCTS = ("conv_forward", "conv_input_grad", "conv_weight_grad")
+
+
+def make_case(rng):
+    coords = random_coords(rng, 40, 3, n_batch=2, low=-3, high=3)
+    feats = rng.standard_normal((40, 3)).astype(np.float32)
+    weight = (rng.standard_normal((8, 3, 4)) / 4).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    return coords, feats, weight, bias
+
+
+def oracle_results(coords, out_coords, feats, weight, bias, grad_out):
+    """Forward, input gradient and weight gradient of ``sum(out * grad_out)`` by brute force."""
+    offsets = oracle.kernel_offsets_oracle(2, 1, 3)
+    pairs = oracle.kernel_map_oracle(coords, out_coords, offsets, 2)
+    forward = oracle.conv_from_pairs_oracle(feats, weight, pairs, len(out_coords), bias=bias)
+    grad_feats = oracle.conv_input_grad_oracle(grad_out, weight, pairs, len(coords))
+    grad_weight = oracle.conv_weight_grad_oracle(feats, grad_out, pairs, weight.shape)
+    return forward, grad_feats, grad_weight
+
+
+def functions(coords, grad_out):
+    def forward(feats, weight, bias):
+        return csj.sparse_conv(coords, feats, weight, bias=bias, **LAYER)[1]
+
+    def loss(feats, weight, bias):
+        return jnp.sum(forward(feats, weight, bias) * grad_out)
+
+    return forward, jax.grad(loss, argnums=(0, 1))
+
+
+def record_addresses(monkeypatch):
+    """Record the address of every output buffer XLA hands to a buffer callback
+    (``handed``) and of every ``out=`` the CPU backend's products write into
+    (``written[product]``), checking that each product returns its ``out``."""
+    handed, written = [], {name: [] for name in PRODUCTS}
+    real = _jax_callback._buffer_callback
+
+    def spy(callback, result_shape, **options):
+        def recording(ctx, out, *buffers):
+            handed.append(np.asarray(out).__array_interface__["data"][0])
+            return callback(ctx, out, *buffers)
+        return real(recording, result_shape, **options)
+
+    monkeypatch.setattr(_jax_callback, "_buffer_callback", spy)
+    for name in PRODUCTS:
+        def product(*args, _run=getattr(CpuBackend, name), _name=name, **kwargs):
+            out = kwargs["out"]
+            result = _run(*args, **kwargs)
+            assert out is not None and result is out, f"{_name} did not write into out="
+            written[_name].append(out.__array_interface__["data"][0])
+            return result
+        monkeypatch.setattr(CpuBackend, name, staticmethod(product))
+    return handed, written
+
+
+@needs_buffer_route
+def test_jaxpr_holds_the_buffer_callback(rng):
+    coords, feats, weight, bias = make_case(rng)
+    forward, grads = functions(coords, np.ones((1, 4), np.float32))
+    assert csj.callback_route() == "buffer"
+    for function in (forward, grads):
+        jaxpr = str(jax.make_jaxpr(jax.jit(function))(feats, weight, bias))
+        assert "buffer_callback" in jaxpr and "pure_callback" not in jaxpr, jaxpr
+    # the backward pass: one callback per gradient (input, weight, bias)
+    backward = str(jax.make_jaxpr(jax.grad(lambda f, w, b: jnp.sum(forward(f, w, b)),
+                                           argnums=(0, 1, 2)))(feats, weight, bias))
+    assert backward.count("buffer_callback[") == 4, backward   # forward + 3 gradients
+
+
+@needs_buffer_route
+def test_core_writes_into_xlas_output_buffers(rng, monkeypatch):
+    coords, feats, weight, bias = make_case(rng)
+    handed, written = record_addresses(monkeypatch)
+    out_coords = oracle.downsample_coords_oracle(coords, 2)
+    grad_out = rng.standard_normal((len(out_coords), 4)).astype(np.float32)
+    forward, grads = functions(coords, grad_out)
+    ref_forward, ref_grad_feats, ref_grad_weight = oracle_results(
+        coords, csj.sparse_conv(coords, feats, weight, **LAYER)[0], feats, weight, bias,
+        grad_out)
+    handed.clear()
+    for records in written.values():
+        records.clear()
+
+    out = jax.jit(forward)(feats, weight, bias)
+    assert_close(np.asarray(out), ref_forward, 1e-5)
+    assert written["conv_forward"] == handed == [out.unsafe_buffer_pointer()]
+
+    handed.clear()
+    grad_feats, grad_weight = jax.jit(grads)(feats, weight, bias)
+    assert_close(np.asarray(grad_feats), ref_grad_feats, 1e-5)
+    assert_close(np.asarray(grad_weight), ref_grad_weight, 1e-5)
+    for name, result in (("conv_input_grad", grad_feats), ("conv_weight_grad", grad_weight)):
+        assert len(written[name]) == 1 and written[name][0] in handed, (name, written, handed)
+        assert written[name][0] == result.unsafe_buffer_pointer(), name
+
+
+def test_host_route_when_forced(rng, monkeypatch):
+    """What a JAX without buffer_callback runs: pure_callback, the same results."""
+    monkeypatch.setattr(_jax_callback, "_buffer_callback", None)
+    assert csj.callback_route() == "host"
+    coords, feats, weight, bias = make_case(rng)
+    out_coords, _ = csj.sparse_conv(coords, feats, weight, **LAYER)
+    grad_out = rng.standard_normal((len(out_coords), 4)).astype(np.float32)
+    forward, grads = functions(coords, grad_out)
+    for function in (forward, grads):
+        jaxpr = str(jax.make_jaxpr(jax.jit(function))(feats, weight, bias))
+        assert "pure_callback" in jaxpr and "buffer_callback" not in jaxpr, jaxpr
+    ref_forward, ref_grad_feats, ref_grad_weight = oracle_results(
+        coords, out_coords, feats, weight, bias, grad_out)
+    assert_close(np.asarray(jax.jit(forward)(feats, weight, bias)), ref_forward, 1e-5)
+    grad_feats, grad_weight = jax.jit(grads)(feats, weight, bias)
+    assert_close(np.asarray(grad_feats), ref_grad_feats, 1e-5)
+    assert_close(np.asarray(grad_weight), ref_grad_weight, 1e-5)
+
+
+@pytest.mark.parametrize("route", ["buffer", "host"])
+def test_vmap_runs_each_element(route, rng, monkeypatch):
+    """vmap over feature sets and weights together (sequential): each element equals
+    the oracle, and so do the per-element gradients."""
+    if route == "host":
+        monkeypatch.setattr(_jax_callback, "_buffer_callback", None)
+    elif _jax_callback._buffer_callback is None:
+        pytest.skip("this JAX has no buffer_callback (< 0.7)")
+    coords, feats, weight, bias = make_case(rng)
+    out_coords, _ = csj.sparse_conv(coords, feats, weight, **LAYER)
+    grad_out = rng.standard_normal((len(out_coords), 4)).astype(np.float32)
+    forward, grads = functions(coords, grad_out)
+    batch_feats = np.stack([feats, -2 * feats, feats[::-1]])
+    batch_weight = np.stack([weight, weight[::-1], 3 * weight])
+    outs = jax.jit(jax.vmap(forward, in_axes=(0, 0, None)))(batch_feats, batch_weight, bias)
+    grad_feats, grad_weight = jax.vmap(grads, in_axes=(0, 0, None))(batch_feats, batch_weight,
+                                                                     bias)
+    for i in range(3):
+        ref = oracle_results(coords, out_coords, batch_feats[i], batch_weight[i], bias, grad_out)
+        assert_close(np.asarray(outs[i]), ref[0], 1e-5)
+        assert_close(np.asarray(grad_feats[i]), ref[1], 1e-5)
+        assert_close(np.asarray(grad_weight[i]), ref[2], 1e-5)
+
+
+def test_unneeded_gradients_are_not_computed(rng, monkeypatch):
+    """One callback per gradient: a gradient with respect to the weight alone runs the
+    weight gradient only (XLA drops the input gradient, and the forward of a linear loss)."""
+    coords, feats, weight, _ = make_case(rng)
+    calls = []
+    for name in PRODUCTS:
+        def product(*args, _run=getattr(CpuBackend, name), _name=name, **kwargs):
+            calls.append(_name)
+            return _run(*args, **kwargs)
+        monkeypatch.setattr(CpuBackend, name, staticmethod(product))
+    grad = jax.jit(jax.grad(lambda w: jnp.sum(csj.sparse_conv(coords, feats, w, **LAYER)[1])))
+    grad(weight)
+    assert calls == ["conv_weight_grad"]
