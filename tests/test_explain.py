@@ -70,7 +70,9 @@ def test_explain_names_the_algorithm_the_products_log(layer, backend, rng, caplo
     assert set(logged) == set(PRODUCTS), caplog.text
     for product in PRODUCTS:
         assert getattr(report, product).algorithm == logged[product], (product, str(report))
-    expected = ({"submanifold": "blocked", "strided": "dense", "depthwise": "blocked"}
+    # the CPU's blocked/dense choice on the submanifold case comes from the cost model
+    # calibrated on this machine: only the cases that do not depend on it are fixed here
+    expected = ({"strided": "dense", "depthwise": "blocked"}
                 if backend.name == "cpu" else {"depthwise": "depthwise"})
     if layer in expected:                                   # dense: occupancy 100% when strided
         assert report.forward.algorithm == expected[layer], str(report)
