@@ -312,3 +312,25 @@ def test_submanifold_input_gradient_reads_the_map_mirrored(mixed_scene, monkeypa
     assert grouped.shape == (len(coords), 4)
     down = csc.build_kernel_map(coords, coords, csc.kernel_offsets(3), stride=2)
     assert _cpu_plan.mirror_of(down) is None
+
+
+def test_calibration_memory_is_bounded_for_wide_layers():
+    """A grouped layer of 65,536 channels (or a 7^3 kernel at 1,024 channels) is
+    calibrated at bounded sizes and scaled: the calibration once asked for a
+    (65,536, 65,536) float64 weight (32 GiB)."""
+    import tracemalloc
+
+    from cusparseconv.backends import _cpu_cost
+    tracemalloc.start()
+    try:
+        wide = _cpu_cost.costs(65536, 65536, 27, np.float64)
+        deep = _cpu_cost.costs(1024, 1024, 343, np.float32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 384 << 20, f"calibration peak {peak / 2**20:.0f} MiB"
+    base = _cpu_cost.costs(256, 256, 27, np.float64)
+    assert wide.gemm_row == pytest.approx(base.gemm_row * 256 * 256)
+    assert wide.take_row == pytest.approx(base.take_row * 256)
+    assert deep.dense_row == pytest.approx(
+        _cpu_cost.costs(256, 256, 27, np.float32).dense_row * 16 * 343 / 27)

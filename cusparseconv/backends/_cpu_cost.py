@@ -161,8 +161,22 @@ def _measure(c_in: int, c_out: int, kernel_volume: int, dtype: np.dtype) -> Cost
                  best["dense"] / dense_rows)
 
 
+#: Largest channel count and kernel volume calibrated as they are: beyond them the
+#: constants are measured at these sizes and scaled by the work they stand for (the
+#: calibration's arrays would otherwise grow with c_in * c_out and |K| c_in c_out: a
+#: grouped layer of 65,536 channels asked for 32 GiB).
+_CALIBRATION_MAX_CHANNELS = 256
+_CALIBRATION_MAX_KERNEL_VOLUME = 27
+
+
 def costs(c_in: int, c_out: int, kernel_volume: int, dtype) -> Costs:
     """The measured :class:`Costs` of one shape (memoized for the process).
+
+    Shapes beyond ``_CALIBRATION_MAX_CHANNELS`` channels or
+    ``_CALIBRATION_MAX_KERNEL_VOLUME`` offsets are measured at those sizes and
+    scaled (per-row GEMM and dense costs by the multiply-adds, gathers by
+    ``c_in``, the reduction by ``c_out``), so calibration memory stays bounded
+    whatever the layer.
 
     Parameters
     ----------
@@ -176,7 +190,18 @@ def costs(c_in: int, c_out: int, kernel_volume: int, dtype) -> Costs:
     key = (int(c_in), int(c_out), int(kernel_volume), np.dtype(dtype).str)
     found = _memo.get(key)
     if found is None:
-        measured = _measure(key[0], key[1], key[2], np.dtype(dtype))
+        cal_in = min(key[0], _CALIBRATION_MAX_CHANNELS)
+        cal_out = min(key[1], _CALIBRATION_MAX_CHANNELS)
+        cal_k = min(key[2], _CALIBRATION_MAX_KERNEL_VOLUME)
+        if (cal_in, cal_out, cal_k) == key[:3]:
+            measured = _measure(cal_in, cal_out, cal_k, np.dtype(dtype))
+        else:
+            base = costs(cal_in, cal_out, cal_k, dtype)
+            macs = (key[0] / cal_in) * (key[1] / cal_out)
+            measured = Costs(base.gemm_call, base.gemm_row * macs,
+                             base.take_row * key[0] / cal_in,
+                             base.reduce_entry * key[1] / cal_out,
+                             base.dense_row * macs * key[2] / cal_k)
         with _lock:
             found = _memo.setdefault(key, measured)
     return found
