@@ -182,6 +182,9 @@ class CudaBackend(ArrayOps):
         # device state (see the section below)
         self._maps = StateTable(f"{self.name} kernel-map state")
         self._sets = StateTable(f"{self.name} hash tables per coordinate set")
+        #: product -> the algorithm its last call ran (``tensor_core:<shape>`` included),
+        #: for benchmarks and diagnostics
+        self.last_algorithm = {}
 
     def __repr__(self) -> str:
         return f"<CudaBackend {self.name}>"
@@ -513,13 +516,16 @@ class CudaBackend(ArrayOps):
                              f"{unusable[family]}")
         methods = self.PRODUCT_ALGORITHMS[product]
         on_tensor_cores = "tensor_core" not in unusable
-        families = [name for name in methods if name not in unusable
-                    and (not on_tensor_cores or name in self.TENSOR_CORE_FIELD[product])]
+        families = [name for name in (self.TENSOR_CORE_FIELD[product] if on_tensor_cores
+                                      else methods) if name not in unusable]
         shapes = self._tile_shapes(product, job) if on_tensor_cores else []
         if family == "tensor_core":
-            if forced != family and forced.partition(":")[2] not in shapes:
+            # the element-wise shape takes any channel count: it may always be forced
+            valid = shapes + [tensor_core.SCALAR_VARIANT.name] * (
+                tensor_core.SCALAR_VARIANT.name not in shapes and bool(shapes))
+            if forced != family and forced.partition(":")[2] not in valid:
                 raise ValueError(f"algorithm {forced!r}: the tensor-core tile shapes of this "
-                                 f"{product} are {['tensor_core:' + s for s in shapes]}")
+                                 f"{product} are {['tensor_core:' + s for s in valid]}")
             families = ["tensor_core"]
             if forced == family and shapes:       # the tuner chooses among the shapes
                 forced = None
@@ -597,7 +603,9 @@ class CudaBackend(ArrayOps):
                 workspace=workspace, free_bytes=launcher.free_bytes,
                 capturing=launcher.stream_capturing(), failures=self._candidate_errors())
             try:
-                return runners[choice]()
+                result = runners[choice]()
+                self.last_algorithm[product] = choice
+                return result
             except KernelUnavailableError as error:
                 if forced is not None or user_forced:
                     raise
