@@ -187,17 +187,19 @@ def test_every_regime_and_algorithm_with_scrambled_layouts(scrambling_backend):
     assert {"matmul", "concatenate", "argsort", "searchsorted"} <= xp.wrapped
 
 
-def test_scrambled_rank_without_the_fix_would_be_refused(cooperative):
-    """The launcher refuses an F-ordered rank for kmap_compact, naming kernel and argument."""
+def test_scrambled_layout_would_be_refused(cooperative):
+    """The launcher refuses an F-ordered (K, n_tiles) table for kmap_compact_tiles (as
+    CuPy's cumsum along axis 0 would return it), naming kernel and argument."""
     launcher = Launcher(np, emulated=True)
     neighbour = np.array([[0, -1], [1, 2]], dtype=np.int32)
-    rank = np.asfortranarray(np.cumsum(neighbour >= 0, axis=0, dtype=np.int32))
-    outputs = [np.empty(3, np.int32), np.empty(3, np.int32), np.empty((2, 2), np.int32)]
-    with pytest.raises(ValueError, match=r"kmap_compact: array argument 1 must be "
-                                         r"C-contiguous \(parameter `rank`"):
-        launcher.launch_1d("kernel_map.cu", "kmap_compact", 4,
-                           (neighbour, rank, np.int64(2), np.int32(2),
-                            np.array([0, 1, 3], np.int64), *outputs))
+    tile_start = np.asfortranarray(np.zeros((2, 3), np.int32))
+    outputs = [np.empty(3, np.int32), np.empty(3, np.int32), np.empty((2, 2), np.int32),
+               np.empty((2, 1), np.uint32)]
+    with pytest.raises(ValueError, match=r"kmap_compact_tiles: array argument 4 must be "
+                                         r"C-contiguous \(parameter `tile_start`"):
+        launcher.launch("kernel_map.cu", "kmap_compact_tiles", (1, 1, 1), (128,),
+                        (neighbour, np.int32(2), np.int32(2), np.int32(1), tile_start,
+                         np.int32(3), np.array([0, 1, 3], np.int64), *outputs))
 
 
 def test_one_host_read_per_new_geometry(cooperative):
