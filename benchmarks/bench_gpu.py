@@ -6,6 +6,11 @@ reports, after checking every algorithm's output against the CPU backend:
 
 * the kernel-map build time (hash table, both neighbour tables, pair tables);
 * per product (forward, input gradient, weight gradient) and algorithm: the
+  backend's default choice (``algorithm`` ``default (<name>)``: what a user's call
+  runs, the tuner switched off so that it is the heuristic's pick), every
+  algorithm of ``tuning.ALGORITHMS`` forced, and every tile shape of the
+  tensor-core products (``tensor_core:<shape>``; float16 and bfloat16, float32
+  only with ``--tf32``, which also makes TF32 the float32 default): the
   median time over CUDA-event-timed runs after warm-up, achieved TFLOP/s
   (2 * pairs * C_in * C_out) and GB/s (gathered rows read, weights read,
   output written once);
@@ -18,12 +23,6 @@ reports, after checking every algorithm's output against the CPU backend:
   max(flops / gemm rate, min_bytes / copy bandwidth)``, where ``min_bytes`` is
   the fewest bytes the product must move (source features once, weights once,
   result once, 4 bytes of map per pair), and ``ratio_to_floor = ms / floor_ms``;
-* the kernels not yet wired into the backend, timed directly through their
-  modules on maps built by the tiled kernel-map build: the tensor-core products
-  (``algorithm`` ``tc``: ``_tensor_core.implicit_gemm`` on rows ordered by mask,
-  ``_tensor_core.weight_grad``; float16 and bfloat16, float32 with ``--tf32``)
-  and the grouped explicit products (``explicit_grouped``, ``_explicit``,
-  deterministic scatter); ``--no-unwired`` leaves them out;
 * the kernel-map build three ways, each with CUDA events (device time, including
   the one host read) and the wall time with Python dispatch beside it: the
   backend's build, the tiled build (``_kmap_gpu.build_pair_tables``, hash table
@@ -61,7 +60,7 @@ import perf_model  # noqa: E402  (benchmarks/perf_model.py)
 
 import cusparseconv as csc  # noqa: E402
 from cusparseconv import tuning  # noqa: E402
-from cusparseconv.backends import _explicit, _kmap_gpu, cpu, get_backend  # noqa: E402
+from cusparseconv.backends import _kmap_gpu, cpu, get_backend  # noqa: E402
 from cusparseconv.backends import _tensor_core as tc  # noqa: E402
 from cusparseconv.backends._launch import device_launcher, emulated_launcher  # noqa: E402
 from cusparseconv.coords import pack  # noqa: E402
@@ -162,8 +161,8 @@ def workloads(args):
         print(f"motorcycle scan skipped: {error}")
 
 
-def check_close(got, expected, dtype, what):
-    tolerance = 1e-4 if np.dtype(dtype) == np.float32 else 2e-2
+def check_close(got, expected, dtype, what, tf32=False):
+    tolerance = (5e-3 if tf32 else 1e-4) if np.dtype(dtype) == np.float32 else 2e-2
     expected = np.asarray(expected, np.float64)
     error = np.abs(np.asarray(got, np.float64) - expected).max(initial=0.0)
     scale = max(1.0, np.abs(expected).max(initial=0.0))
@@ -260,43 +259,36 @@ def map_records(device, name, coords, coords_dev, offsets, n_pairs, repeats):
     return records
 
 
-def unwired_calls(device, tables, feats_d, weight_d, grad_d, dtype, allow_tf32):
-    """{(product, algorithm): call} for the kernels not yet wired into the backend."""
-    launcher, xp = device.launcher, device.xp
-    forward, reverse = tables.forward, tables.reverse
-    n_out, n_in = forward.neighbour.shape[0], reverse.neighbour.shape[0]
-    weight_t = xp.ascontiguousarray(weight_d.transpose(0, 2, 1))
-    calls = {
-        ("forward", "explicit_grouped"): lambda: _explicit.product(
-            launcher, feats_d, weight_d, forward.partner_rows, forward.query_rows,
-            forward.pair_offsets, forward.pair_offsets_device, n_out, position=forward.position),
-        ("input_grad", "explicit_grouped"): lambda: _explicit.product(
-            launcher, grad_d, weight_t, reverse.partner_rows, reverse.query_rows,
-            reverse.pair_offsets, reverse.pair_offsets_device, n_in, position=reverse.position),
-        ("weight_grad", "explicit_grouped"): lambda: _explicit.weight_grad(
-            launcher, feats_d, grad_d, forward.partner_rows, forward.query_rows,
-            forward.pair_offsets, forward.pair_offsets_device),
+def product_calls(device, kmap, feats_d, weight_d, grad_d, channels, dtype, allow_tf32):
+    """{(product, algorithm): call}: the default choice, every algorithm forced, and every
+    tile shape of the tensor-core products where they run this dtype."""
+    backend = device.backend
+    run = {
+        "forward": lambda a: backend.conv_forward(feats_d, weight_d, kmap, "standard",
+                                                  channels, algorithm=a),
+        "input_grad": lambda a: backend.conv_input_grad(grad_d, weight_d, kmap, "standard",
+                                                        channels, algorithm=a),
+        "weight_grad": lambda a: backend.conv_weight_grad(feats_d, grad_d, kmap, "standard",
+                                                          weight_d.shape, algorithm=a),
     }
-    if tc.supports(dtype, allow_tf32):
-        order_fwd = tc.row_order_by_mask(launcher, forward.mask)  # per-map state
-        order_rev = tc.row_order_by_mask(launcher, reverse.mask)
-        calls.update({
-            ("forward", "tc"): lambda: tc.implicit_gemm(
-                launcher, feats_d, weight_d, forward.neighbour, forward.mask,
-                row_order=order_fwd, allow_tf32=allow_tf32),
-            ("input_grad", "tc"): lambda: tc.implicit_gemm(
-                launcher, grad_d, weight_t, reverse.neighbour, reverse.mask,
-                row_order=order_rev, allow_tf32=allow_tf32),
-            ("weight_grad", "tc"): lambda: tc.weight_grad(
-                launcher, feats_d, grad_d, forward.partner_rows, forward.query_rows,
-                forward.pair_offsets, allow_tf32=allow_tf32),
-        })
+    on_tensor_cores = tc.supports(dtype, allow_tf32)
+    calls = {}
+    for product in PRODUCTS:
+        names = [a for a in tuning.ALGORITHMS[product]
+                 if a != "tensor_core" or on_tensor_cores]
+        if on_tensor_cores and product != "weight_grad":
+            names += [f"tensor_core:{shape}" for shape in tc.variants_for(dtype, channels,
+                                                                           channels)]
+        for name in names:
+            calls[product, name] = lambda p=product, a=name: run[p](a)
+        calls[product, "default"] = lambda p=product: run[p](None)
     return calls
 
 
 def run(args):
     device = Device(args.emulate)
     tuning.set_autotune(False)  # every algorithm is timed explicitly here
+    tuning.set_allow_tf32(args.tf32)
     offsets = csc.kernel_offsets(3)
     records, maps = [], []
     rates = roofline_rates(device, args.dtypes, args.repeats)
@@ -313,7 +305,6 @@ def run(args):
         print(f"{name}: {len(coords):,} voxels, {n_pairs:,} pairs")
         maps += map_records(device, name, coords, coords_dev, offsets, n_pairs, args.repeats)
         map_ms = maps[-3]["ms"]
-        tables = build_tables(device, coords_dev, offsets) if args.unwired else None
         for dtype_name in args.dtypes:
             dtype = np.dtype(dtype_name)
             for channels in args.channels:
@@ -331,22 +322,9 @@ def run(args):
                     "weight_grad": cpu.conv_weight_grad(feats, grad_out, reference_map,
                                                         "standard", weight.shape),
                 }
-                calls = {}
-                for algorithm in tuning.ALGORITHMS["forward"]:
-                    calls["forward", algorithm] = (
-                        lambda a=algorithm: device.backend.conv_forward(
-                            feats_d, weight_d, kmap, "standard", channels, algorithm=a))
-                for algorithm in tuning.ALGORITHMS["input_grad"]:
-                    calls["input_grad", algorithm] = (
-                        lambda a=algorithm: device.backend.conv_input_grad(
-                            grad_d, weight_d, kmap, "standard", channels, algorithm=a))
-                for algorithm in tuning.ALGORITHMS["weight_grad"]:
-                    calls["weight_grad", algorithm] = (
-                        lambda a=algorithm: device.backend.conv_weight_grad(
-                            feats_d, grad_d, kmap, "standard", weight.shape, algorithm=a))
-                unwired = ({} if tables is None else unwired_calls(
-                    device, tables, feats_d, weight_d, grad_d, dtype, args.tf32))
-                calls.update(unwired)
+                calls = product_calls(device, kmap, feats_d, weight_d, grad_d, channels,
+                                      dtype, args.tf32)
+                tf32 = args.tf32 and dtype == np.float32
                 dense = dense_gemm_ms(device, n_pairs, channels, channels, dtype, args.repeats)
                 cudnn, cudnn_note = (None, "emulation") if args.emulate else cudnn_ms(
                     coords, channels, dtype, args.repeats)
@@ -355,15 +333,19 @@ def run(args):
                         calls.items(), key=lambda item: PRODUCTS.index(item[0][0])):
                     error = check_close(device.get(call()), expected[product], dtype,
                                         f"{name} {dtype_name} C={channels} {product} "
-                                        f"{algorithm}")
+                                        f"{algorithm}",
+                                        tf32=tf32 and algorithm.startswith(("default",
+                                                                            "tensor_core")))
                     ms = device.time_ms(call, args.repeats)
+                    if algorithm == "default":
+                        algorithm = f"default ({device.backend.last_algorithm[product]})"
                     work = perf_model.product_work(product, len(coords), len(coords), n_pairs,
                                                    27, channels, channels, dtype.itemsize)
                     floor_ms = perf_model.floor_ms(work["flops"], work["min_bytes"], gemm_rate,
                                                    rates["copy_gbps"])
                     record = dict(workload=name, voxels=len(coords), pairs=n_pairs,
                                   dtype=dtype_name, channels=channels, product=product,
-                                  algorithm=algorithm, wired=(product, algorithm) not in unwired,
+                                  algorithm=algorithm,
                                   ms=ms, map_ms=map_ms, flops=work["flops"],
                                   min_bytes=work["min_bytes"],
                                   tflops=work["flops"] / ms / 1e9,
@@ -374,7 +356,7 @@ def run(args):
                                   max_relative_error=error,
                                   pool_bytes=device.pool_bytes())
                     records.append(record)
-                    print(f"  {dtype_name} C={channels:<4} {product:<11} {algorithm:<16}"
+                    print(f"  {dtype_name} C={channels:<4} {product:<11} {algorithm:<30}"
                           f"{ms:9.3f} ms {record['tflops']:7.2f} TFLOP/s "
                           f"x{record['ratio_to_dense']:.2f} dense "
                           f"x{record['ratio_to_floor']:.2f} floor")
@@ -423,10 +405,9 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/"
                                                      "<date>-<device>.json)")
     parser.add_argument("--no-chart", action="store_true")
-    parser.add_argument("--no-unwired", dest="unwired", action="store_false",
-                        help="leave out the kernels not yet wired into the backend")
     parser.add_argument("--tf32", action="store_true",
-                        help="time the float32 tensor-core products (TF32 operands)")
+                        help="allow TF32: float32 runs on the tensor cores by default and "
+                             "their float32 products are timed (checked to 5e-3)")
     args = parser.parse_args(argv)
     if args.emulate:
         args.channels, args.repeats = [c for c in args.channels if c <= 32] or [8], 1

@@ -21,8 +21,9 @@
 # It uses only what the GPU image holds (Python 3.12, CuPy 14, the CUDA 13 toolkit for NVRTC
 # and headers, compute-sanitizer) and runs the package from this source tree (PYTHONPATH).
 # OUT defaults to benchmarks/results/gpu-check-<time>; PYTHON to python3.
-# Caps (seconds, 290 in all on a device): check 45, tests 45 + 25, memcheck 30, racecheck 25,
-# synccheck 20, bench 55, spconv 45.
+# Caps (seconds, 310 in all on a device, within a 10-minute call): check 45, tests 45 + 25,
+# memcheck 30, racecheck 25, synccheck 20, bench 75 (the defaults, every algorithm and every
+# tensor-core tile shape), spconv 45.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -115,7 +116,7 @@ fi
 
 # 4. benchmark with roofline figures
 if [ "$MODE" = device ]; then
-    step bench 55 "$PY" benchmarks/bench_gpu.py --voxels 200000 --channels 32 64 \
+    step bench 75 "$PY" benchmarks/bench_gpu.py --voxels 200000 --channels 32 64 \
         --dtypes float32 float16 --repeats 10 --out "$OUT/bench_gpu.json"
 else
     step bench 240 "$PY" benchmarks/bench_gpu.py --emulate --channels 8 --dtypes float32 \

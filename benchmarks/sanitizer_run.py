@@ -3,8 +3,9 @@
 Runs each kernel of ``raw_kernels/`` at least once on small inputs with
 partial tiles (hash table, kernel-map search and compaction, pair masks,
 gather/scatter, every algorithm of the three products in float32 and
-float16 (bfloat16 where CuPy has it), depthwise, pooling forward and
-backward, segment reduction) and checks each result against the CPU backend,
+float16 (bfloat16 where CuPy has it; float32 on the tensor cores as TF32),
+both copy paths of the tensor-core kernels (16-byte and element-wise),
+depthwise, pooling forward and backward, segment reduction) and checks each result against the CPU backend,
 so a clean sanitizer run also means right answers. Prints one line per family
 and exits 1 if any result is wrong.
 
@@ -78,25 +79,43 @@ def main(argv=None) -> int:
             dtypes.append((bf16, 4e-2))
     except Exception:  # noqa: BLE001 - bfloat16 is optional
         print("bfloat16 skipped: this CuPy has no bfloat16 arrays")
+    # the tensor-core algorithm twice: its default shape (24 -> 16 channels: 16-byte
+    # copies) and its element-wise fallback; float32 on them as TF32
+    shapes = {"tensor_core": ["tensor_core", "tensor_core:m64n64s3-scalar"]}
     for dtype, tolerance in dtypes:
-        feats = rng.standard_normal((len(fine), 20)).astype(dtype)
-        weight = (rng.standard_normal((27, 20, 18)) / 8).astype(dtype)
-        grad = rng.standard_normal((len(coarse), 18)).astype(dtype)
-        for algorithm in tuning.ALGORITHMS["forward"]:
-            check(f"forward {algorithm} {dtype.name}",
-                  backend.conv_forward(put(feats), put(weight), kmap, "standard", 18,
-                                       algorithm=algorithm),
-                  cpu.conv_forward(feats, weight, reference, "standard", 18), tolerance)
-            check(f"input_grad {algorithm} {dtype.name}",
-                  backend.conv_input_grad(put(grad), put(weight), kmap, "standard", 20,
-                                          algorithm=algorithm),
-                  cpu.conv_input_grad(grad, weight, reference, "standard", 20), tolerance)
+        feats = rng.standard_normal((len(fine), 24)).astype(dtype)
+        weight = (rng.standard_normal((27, 24, 16)) / 8).astype(dtype)
+        grad = rng.standard_normal((len(coarse), 16)).astype(dtype)
+        tf32 = dtype == np.float32
+        tuning.set_allow_tf32(tf32)
+        for family in tuning.ALGORITHMS["forward"]:
+            limit = 5e-3 if tf32 and family == "tensor_core" else tolerance
+            for algorithm in shapes.get(family, [family]):
+                check(f"forward {algorithm} {dtype.name}",
+                      backend.conv_forward(put(feats), put(weight), kmap, "standard", 16,
+                                           algorithm=algorithm),
+                      cpu.conv_forward(feats, weight, reference, "standard", 16), limit)
+                check(f"input_grad {algorithm} {dtype.name}",
+                      backend.conv_input_grad(put(grad), put(weight), kmap, "standard", 24,
+                                              algorithm=algorithm),
+                      cpu.conv_input_grad(grad, weight, reference, "standard", 24), limit)
         for algorithm in tuning.ALGORITHMS["weight_grad"]:
+            limit = 5e-3 if tf32 and algorithm == "tensor_core" else tolerance
             check(f"weight_grad {algorithm} {dtype.name}",
                   backend.conv_weight_grad(put(feats), put(grad), kmap, "standard",
                                            weight.shape, algorithm=algorithm),
                   cpu.conv_weight_grad(feats, grad, reference, "standard", weight.shape),
-                  tolerance)
+                  limit)
+        tuning.set_allow_tf32(False)
+        # the odd channel counts take the tensor cores' element-wise weight gradient
+        odd = rng.standard_normal((len(coarse), 18)).astype(dtype)
+        if not tf32:
+            check(f"weight_grad tensor_core (scalar) {dtype.name}",
+                  backend.conv_weight_grad(put(feats[:, :20].copy()), put(odd), kmap,
+                                           "standard", (27, 20, 18), algorithm="tensor_core"),
+                  cpu.conv_weight_grad(feats[:, :20].copy(), odd, reference, "standard",
+                                       (27, 20, 18)), tolerance)
+        feats = feats[:, :20].copy()
         depth_w = rng.standard_normal((27, 20)).astype(dtype)
         grad20 = rng.standard_normal((len(coarse), 20)).astype(dtype)
         check(f"depthwise forward {dtype.name}",

@@ -15,13 +15,21 @@ from ._cachedir import cache_root
 from ._limits import get_memory_limit, set_memory_limit
 from ._threads import get_num_threads, set_num_threads
 from .backends import BACKEND_NAMES, use_backend
-from .tuning import is_autotune, is_deterministic, set_autotune, set_deterministic
+from .tuning import (
+    is_autotune,
+    is_deterministic,
+    is_tf32_allowed,
+    set_allow_tf32,
+    set_autotune,
+    set_deterministic,
+)
 
 __all__ = [
     "set_num_threads", "get_num_threads",
     "set_memory_limit", "get_memory_limit",
     "use_backend", "BACKEND_NAMES",
     "set_deterministic", "is_deterministic", "set_autotune", "is_autotune",
+    "set_allow_tf32", "is_tf32_allowed",
     "use_torch_allocator",
     "cache_dir",
 ]

@@ -14,9 +14,23 @@ algorithms (docs/SPEC.md section 6). The choice, in order of precedence:
    processes tuning at the same time keep each other's results;
 4. a heuristic, when tuning is off (``set_autotune(False)``,
    ``CUSPARSECONV_AUTOTUNE=0``, under host emulation, and while the current
-   stream is being captured into a CUDA graph): ``mask`` for 16-bit inputs
-   or in deterministic mode, ``implicit`` otherwise, ``splitk`` for the
-   weight gradient.
+   stream is being captured into a CUDA graph): ``tensor_core`` wherever the
+   tensor-core kernels run (float16 / bfloat16 on sm_80+, float32 too when
+   TF32 is allowed; one group, at most 512 offsets), else ``mask`` for 16-bit
+   inputs or in deterministic mode and ``implicit`` otherwise; for the weight
+   gradient ``tensor_core``, else ``splitk`` (``explicit`` in deterministic
+   mode).
+
+The ``tensor_core`` algorithm has several compiled tile shapes
+(:data:`cusparseconv.backends._tensor_core.VARIANTS`); the backend offers
+each as a candidate named ``tensor_core:<shape>`` (e.g.
+``tensor_core:m64n64s4``), so the tuner times and remembers the shape too.
+Forcing ``tensor_core`` lets the tuner choose among its shapes only.
+
+TF32 (float32 multiplied with 10-bit mantissas on the tensor cores) is off
+by default: :func:`set_allow_tf32` turns it on for this library, and CuPy's
+own switch (the ``CUPY_TF32`` environment variable, or
+``cupy._core.set_compute_type``) is honoured too (:func:`tf32_allowed`).
 
 Candidates whose workspace (the memory an algorithm allocates beyond its
 output) exceeds ``WORKSPACE_FRACTION`` of the free device memory are not
@@ -46,15 +60,15 @@ from ._cachedir import private_dir
 
 #: Every GPU algorithm per product, in the order tried when nothing else decides.
 ALGORITHMS = {
-    "forward": ("explicit", "explicit_sorted", "implicit", "mask"),
-    "input_grad": ("explicit", "explicit_sorted", "implicit", "mask"),
-    "weight_grad": ("explicit", "splitk"),
+    "forward": ("explicit", "explicit_sorted", "implicit", "mask", "tensor_core"),
+    "input_grad": ("explicit", "explicit_sorted", "implicit", "mask", "tensor_core"),
+    "weight_grad": ("explicit", "splitk", "tensor_core"),
 }
 #: The atomic-free subset (bit-identical results from run to run).
 DETERMINISTIC = {
-    "forward": ("explicit_sorted", "mask"),
-    "input_grad": ("explicit_sorted", "mask"),
-    "weight_grad": ("explicit",),
+    "forward": ("explicit_sorted", "mask", "tensor_core"),
+    "input_grad": ("explicit_sorted", "mask", "tensor_core"),
+    "weight_grad": ("explicit", "tensor_core"),
 }
 #: Largest share of the free device memory one candidate's workspace may take.
 WORKSPACE_FRACTION = 0.5
@@ -63,6 +77,7 @@ _settings = {
     # read once, when this module is imported (cusparseconv.config documents every variable)
     "deterministic": os.environ.get("CUSPARSECONV_DETERMINISTIC", "0") not in ("", "0"),
     "autotune": os.environ.get("CUSPARSECONV_AUTOTUNE", "1") not in ("", "0"),
+    "tf32": False,
 }
 _log = logging.getLogger(__name__)
 _memory: dict[str, str] = {}
@@ -91,6 +106,55 @@ def is_autotune() -> bool:
     return _settings["autotune"]
 
 
+def set_allow_tf32(enabled: bool) -> None:
+    """Let the GPU products multiply float32 as TF32 on the tensor cores (sm_80+).
+
+    TF32 keeps float32's range but rounds the operands to 10 mantissa bits (a
+    relative error of about 1e-3 per product, accumulated in float32). Off by
+    default; CuPy's own switch (``CUPY_TF32=1``) also turns it on
+    (:func:`tf32_allowed`)."""
+    _settings["tf32"] = bool(enabled)
+
+
+def is_tf32_allowed() -> bool:
+    """Whether :func:`set_allow_tf32` turned TF32 on (CuPy's switch not included:
+    see :func:`tf32_allowed`)."""
+    return _settings["tf32"]
+
+
+def _cupy_env_tf32() -> bool:
+    """``CUPY_TF32`` read as CuPy reads it (an integer, on when > 0)."""
+    try:
+        return int(os.environ.get("CUPY_TF32", "0") or "0") > 0
+    except ValueError:
+        return False
+
+
+def tf32_allowed(xp=None) -> bool:
+    """Whether float32 products may run as TF32: :func:`set_allow_tf32`, or CuPy's switch.
+
+    CuPy's switch is its compute type for float32 (``CUPY_TF32=1`` sets it on
+    first use; ``cupy._core.set_compute_type`` changes it) when ``xp`` is CuPy;
+    under host emulation (``xp`` NumPy, or None) the ``CUPY_TF32`` environment
+    variable, read as CuPy reads it.
+    """
+    if _settings["tf32"]:
+        return True
+    linalg = getattr(getattr(xp, "_core", None), "_routines_linalg", None)
+    get = getattr(linalg, "get_compute_type", None)
+    tf32 = getattr(linalg, "COMPUTE_TYPE_TF32", None)
+    if get is not None and tf32 is not None:
+        import numpy
+
+        return get(numpy.float32) == tf32
+    return _cupy_env_tf32()
+
+
+def algorithm_family(name: str) -> str:
+    """The algorithm a candidate name belongs to: ``tensor_core:m64n64s4`` -> ``tensor_core``."""
+    return name.partition(":")[0]
+
+
 def _tuning_file():
     """Path of tuning.json, or None when the cache directory is not usable."""
     directory, reason = private_dir()
@@ -102,9 +166,12 @@ def _tuning_file():
 
 
 def forced_algorithm(product: str, algorithm: str | None) -> str | None:
-    """The algorithm the user forces for ``product`` (argument, then environment)."""
+    """The algorithm the user forces for ``product`` (argument, then environment).
+
+    A name of :data:`ALGORITHMS`, or ``tensor_core:<shape>`` for one tile shape of
+    the tensor-core kernels (the backend checks the shape)."""
     if algorithm not in (None, "auto"):
-        if algorithm not in ALGORITHMS[product]:
+        if algorithm_family(str(algorithm)) not in ALGORITHMS[product]:
             raise ValueError(f"algorithm for the {product} product must be one of "
                              f"{('auto',) + ALGORITHMS[product]}, got {algorithm!r}")
         return algorithm
@@ -114,11 +181,11 @@ def forced_algorithm(product: str, algorithm: str | None) -> str | None:
     for part in setting.split(","):
         name, _, value = part.partition("=")
         if not value:  # a single name applies to every product that has it
-            if name.strip() in ALGORITHMS[product]:
+            if algorithm_family(name.strip()) in ALGORITHMS[product]:
                 return name.strip()
             continue
         if name.strip() == product:
-            if value.strip() not in ALGORITHMS[product]:
+            if algorithm_family(value.strip()) not in ALGORITHMS[product]:
                 raise ValueError(f"CUSPARSECONV_ALGORITHM: {product} must be one of "
                                  f"{ALGORITHMS[product]}, got {value.strip()!r}")
             return value.strip()
@@ -343,7 +410,8 @@ def _allowed(product, candidates, bucket, workspace, free_bytes) -> tuple[list, 
     """(the candidates allowed for this call, notes on what was excluded and why)."""
     dropped = failed(bucket)
     allowed = [c for c in candidates if c not in dropped
-               and (not _settings["deterministic"] or c in DETERMINISTIC[product])]
+               and (not _settings["deterministic"]
+                    or algorithm_family(c) in DETERMINISTIC[product])]
     if not allowed:
         raise RuntimeError(f"no {product} algorithm is allowed for this call (candidates "
                            f"{list(candidates)}, failed here {sorted(dropped)}, deterministic "

@@ -2,22 +2,16 @@
 //
 // depthwise_forward walks the output-major neighbour table: each output
 // element is a K-term dot product, written once (deterministic). Run on the
-// reverse table it is the input gradient. depthwise_wgrad reduces each
-// (offset, channel) over that offset's pairs inside one block (deterministic);
-// it launches only K x ceil(C / 32) blocks, each looping over all of an offset's
-// pairs, so depthwise_wgrad_split + depthwise_wgrad_reduce supersede it: the
-// pairs of each offset are cut into chunks (any number of blocks), each block
-// writes its chunk's sums, and a second kernel adds an offset's chunks in chunk
-// order (deterministic, no atomics; launched by backends/_tensor_core.py).
+// reverse table it is the input gradient. The weight gradient
+// (depthwise_wgrad_split + depthwise_wgrad_reduce) cuts the pairs of each offset
+// into chunks (any number of blocks), each block writes its chunk's sums, and a
+// second kernel adds an offset's chunks in chunk order (deterministic, no atomics;
+// launched by backends/_tensor_core.py).
 //
 // csc-instantiate: depthwise_forward<float>
 // csc-instantiate: depthwise_forward<double>
 // csc-instantiate: depthwise_forward<__half>
 // csc-instantiate: depthwise_forward<__nv_bfloat16>
-// csc-instantiate: depthwise_wgrad<float>
-// csc-instantiate: depthwise_wgrad<double>
-// csc-instantiate: depthwise_wgrad<__half>
-// csc-instantiate: depthwise_wgrad<__nv_bfloat16>
 // csc-instantiate: depthwise_wgrad_split<float>
 // csc-instantiate: depthwise_wgrad_split<double>
 // csc-instantiate: depthwise_wgrad_split<__half>
@@ -46,33 +40,6 @@ __global__ void depthwise_forward(const T* __restrict__ feats, const T* __restri
                        (ACC)csc_load(weight[(long long)k * channels + c]);
         }
         out[index] = csc_store<T>(sum);
-    }
-}
-
-// grid (K, ceil(C / 32)); block 256 = 32 channels x 8 pair lanes.
-template <typename T>
-__global__ void __launch_bounds__(256)
-depthwise_wgrad(const T* __restrict__ feats, const T* __restrict__ grad_out,
-                const int* __restrict__ in_rows, const int* __restrict__ out_rows,
-                const long long* __restrict__ pair_offsets, int channels,
-                typename csc_acc<T>::type* __restrict__ grad_weight) {
-    typedef typename csc_acc<T>::type ACC;
-    __shared__ ACC partial[8][32];
-    const int k = blockIdx.x;
-    const int lane = threadIdx.x % 32, pair_lane = threadIdx.x / 32;
-    const int c = blockIdx.y * 32 + lane;
-    ACC sum = (ACC)0;
-    if (c < channels) {
-        for (long long p = pair_offsets[k] + pair_lane; p < pair_offsets[k + 1]; p += 8)
-            sum += (ACC)csc_load(feats[(long long)in_rows[p] * channels + c]) *
-                   (ACC)csc_load(grad_out[(long long)out_rows[p] * channels + c]);
-    }
-    partial[pair_lane][lane] = sum;
-    __syncthreads();
-    if (pair_lane == 0 && c < channels) {
-        ACC total = (ACC)0;
-        for (int i = 0; i < 8; ++i) total += partial[i][lane];
-        grad_weight[(long long)k * channels + c] = total;
     }
 }
 

@@ -13,10 +13,6 @@
 // csc-instantiate: scatter_by_index<double>
 // csc-instantiate: scatter_by_index<__half>
 // csc-instantiate: scatter_by_index<__nv_bfloat16>
-// csc-instantiate: segment_reduce<float>
-// csc-instantiate: segment_reduce<double>
-// csc-instantiate: segment_reduce<__half>
-// csc-instantiate: segment_reduce<__nv_bfloat16>
 // csc-instantiate: segment_reduce_split<float>
 // csc-instantiate: segment_reduce_split<double>
 // csc-instantiate: segment_reduce_split<__half>
@@ -92,32 +88,9 @@ __global__ void scatter_by_index(const T* __restrict__ grad_out, const long long
     }
 }
 
-// Rows grouped by segment: segment s owns order[starts[s]:starts[s + 1]].
-// mode 0: sum, 1: mean, 2: max. One thread per (segment, channel); deterministic.
-template <typename T>
-__global__ void segment_reduce(const T* __restrict__ feats, const long long* __restrict__ order,
-                               const long long* __restrict__ starts, long long n_segments,
-                               int channels, int mode, T* __restrict__ out) {
-    typedef typename csc_acc<T>::type ACC;
-    CSC_GRID_LOOP(index, n_segments * channels) {
-        long long segment = index / channels;
-        int c = (int)(index - segment * channels);
-        long long first = starts[segment], last = starts[segment + 1];
-        ACC value = (ACC)0;
-        for (long long i = first; i < last; ++i) {
-            ACC x = csc_load(feats[order[i] * channels + c]);
-            if (mode == 2) value = (i == first || x > value) ? x : value;
-            else value += x;
-        }
-        if (mode == 1 && last > first) value /= (ACC)(last - first);
-        out[index] = csc_store<T>(value);
-    }
-}
-
-// segment_reduce with the rows of each segment split into chunks, so that a few
-// long segments (global pooling: one per batch item) still spread over many
-// blocks; superseded segment_reduce (one thread per whole segment). Launched by
-// backends/_tensor_core.py. Deterministic: fixed chunks, fixed combining order.
+// Rows reduced by segment (global pooling), the rows of each segment split into
+// chunks, so that a few long segments (one per batch item) still spread over many
+// blocks. Launched by backends/_tensor_core.py. Deterministic: fixed chunks, fixed combining order.
 //
 // Max propagates NaN (SPEC: a NaN among the inputs gives NaN).
 template <typename ACC>

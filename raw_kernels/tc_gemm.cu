@@ -49,6 +49,15 @@
 #include "csc_exact.cuh"
 
 #define CSC_TC_THREADS 128
+// Launch bounds of tc_implicit_gemm. ptxas for sm_100 and newer, left to itself, fits
+// the m64n64s4 variant into 72 registers with an 8-byte stack frame and 4-byte spills;
+// a minimum of one block per SM lifts that cap there (about 107 registers, no spills).
+// sm_80 / sm_90 keep the compiler's own choice (fewer registers, no spills either).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000
+#define CSC_TC_LAUNCH_BOUNDS __launch_bounds__(CSC_TC_THREADS, 1)
+#else
+#define CSC_TC_LAUNCH_BOUNDS __launch_bounds__(CSC_TC_THREADS)
+#endif
 #define CSC_TC_MAX_WORDS 16  // pair-mask words per row: |K| <= 512
 
 template <typename T, int BM, int BN, int STAGES>
@@ -78,7 +87,7 @@ struct csc_tc_gemm_shape {
 };
 
 template <typename T, int BM, int BN, int STAGES, int VEC16>
-__global__ void __launch_bounds__(CSC_TC_THREADS)
+__global__ void CSC_TC_LAUNCH_BOUNDS
 tc_implicit_gemm(const T* __restrict__ src, const T* __restrict__ weight,
                  const int* __restrict__ neighbour, const unsigned int* __restrict__ mask,
                  const int* __restrict__ row_order, int has_order, int n_words, int n_rows,

@@ -150,11 +150,38 @@ def make_weight(rng, layout, kernel_volume, c_in, c_out, groups, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
 
+def refused_by_tensor_cores(backend, algorithm, dtype_name, layout, product):
+    """True (after checking the error) where the tensor-core algorithm must refuse the
+    product: float64, float32 with TF32 off (the default), grouped layouts."""
+    if algorithm != "tensor_core" or (dtype_name in ("float16", "bfloat16")
+                                      and layout == "standard"):
+        return False
+    reason = {"float64": "not float64", "float32": "only as TF32"}.get(dtype_name,
+                                                                       "take one group")
+    kmap = backend.kmap(np.zeros((1, 4), np.int32), np.zeros((1, 4), np.int32),
+                        csc.kernel_offsets(1), (1, 1, 1), False, same_set=True)
+    dtype = dtype_for(backend, dtype_name)
+    groups = 2 if layout == "grouped" else 1
+    weight = np.ones((1, 2, 1, 1) if groups == 2 else (1, 2, 2), dtype)
+    feats = backend.put(np.ones((1, 2), dtype))
+    with pytest.raises(ValueError, match=reason):
+        if product == "forward":
+            backend.backend.conv_forward(feats, backend.put(weight), kmap, layout, 2,
+                                         algorithm="tensor_core")
+        else:
+            backend.backend.conv_weight_grad(feats, feats, kmap, layout, weight.shape,
+                                             algorithm="tensor_core")
+    return True
+
+
 @pytest.mark.parametrize("dtype_name", DTYPE_NAMES)
-@pytest.mark.parametrize("algorithm", ["explicit", "explicit_sorted", "implicit", "mask"])
+@pytest.mark.parametrize("algorithm", ["explicit", "explicit_sorted", "implicit", "mask",
+                                       "tensor_core"])
 @pytest.mark.parametrize("layout", ["standard", "grouped"])
 def test_forward_and_input_grad_match_the_oracle(backend, dtype_name, algorithm, layout):
     dtype = dtype_for(backend, dtype_name)
+    if refused_by_tensor_cores(backend, algorithm, dtype_name, layout, "forward"):
+        return
     rng = np.random.default_rng(11)
     coords = coords_of(rng, 170)                      # 170 rows: partial 64- and 32-row tiles
     offsets = csc.kernel_offsets(3)
@@ -178,10 +205,12 @@ def test_forward_and_input_grad_match_the_oracle(backend, dtype_name, algorithm,
 
 
 @pytest.mark.parametrize("dtype_name", DTYPE_NAMES)
-@pytest.mark.parametrize("algorithm", ["explicit", "splitk"])
+@pytest.mark.parametrize("algorithm", ["explicit", "splitk", "tensor_core"])
 @pytest.mark.parametrize("layout", ["standard", "grouped"])
 def test_weight_grad_matches_the_oracle(backend, dtype_name, algorithm, layout):
     dtype = dtype_for(backend, dtype_name)
+    if refused_by_tensor_cores(backend, algorithm, dtype_name, layout, "weight_grad"):
+        return
     rng = np.random.default_rng(12)
     fine = coords_of(rng, 200)
     coarse = downsample(fine, 2)

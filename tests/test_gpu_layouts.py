@@ -12,6 +12,7 @@
   backend falls back (one warning) and still matches the CPU.
 """
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -65,6 +66,17 @@ class LayoutScramblingNumpy:
             return _scrambled(value(*args, **kwargs))
 
         return wrapper
+
+
+@contextlib.contextmanager
+def tf32(enabled):
+    """TF32 allowed inside the block when ``enabled``."""
+    before = tuning.is_tf32_allowed()
+    tuning.set_allow_tf32(enabled or before)
+    try:
+        yield
+    finally:
+        tuning.set_allow_tf32(before)
 
 
 @pytest.fixture
@@ -138,24 +150,30 @@ def test_every_regime_and_algorithm_with_scrambled_layouts(scrambling_backend):
     coarse, _ = csc.coords.downsample(fine, (2, 2, 2))
     kmap = backend.build_kernel_map(fine, coarse, offsets, (2, 2, 2), False)
     reference = cpu.build_kernel_map(fine, coarse, offsets, (2, 2, 2), False)
-    for dtype in (np.float32, np.float16):
-        x = np.asfortranarray(rng.standard_normal((len(fine), 6)).astype(dtype))
-        w = rng.standard_normal((27, 6, 5)).astype(dtype)
-        g = rng.standard_normal((len(coarse), 5)).astype(dtype)
-        tol = 1e-4 if dtype == np.float32 else 3e-2
+    # float16 with 8 channels in (the tensor cores' 16-byte copies) and 6 out (their
+    # element-wise fallback in the weight gradient); float32 with TF32 allowed
+    for dtype, c_in in ((np.float32, 6), (np.float16, 8)):
+        x = np.asfortranarray(rng.standard_normal((len(fine), c_in)).astype(dtype))
+        w = rng.standard_normal((27, c_in, 8)).astype(dtype)
+        g = rng.standard_normal((len(coarse), 8)).astype(dtype)
         for algorithm in tuning.ALGORITHMS["forward"]:
-            np.testing.assert_allclose(
-                backend.conv_forward(x, w, kmap, "standard", 5, algorithm=algorithm),
-                cpu.conv_forward(x, w, reference, "standard", 5), rtol=tol, atol=tol * 10)
-            np.testing.assert_allclose(
-                backend.conv_input_grad(g, w, kmap, "standard", 6, algorithm=algorithm),
-                cpu.conv_input_grad(g, w, reference, "standard", 6), rtol=tol, atol=tol * 10)
+            tol = 1e-4 if dtype == np.float32 and algorithm != "tensor_core" else 3e-2
+            with tf32(dtype == np.float32 and algorithm == "tensor_core"):
+                np.testing.assert_allclose(
+                    backend.conv_forward(x, w, kmap, "standard", 8, algorithm=algorithm),
+                    cpu.conv_forward(x, w, reference, "standard", 8), rtol=tol, atol=tol * 10)
+                np.testing.assert_allclose(
+                    backend.conv_input_grad(g, w, kmap, "standard", c_in, algorithm=algorithm),
+                    cpu.conv_input_grad(g, w, reference, "standard", c_in), rtol=tol,
+                    atol=tol * 10)
         for algorithm in tuning.ALGORITHMS["weight_grad"]:
-            np.testing.assert_allclose(
-                backend.conv_weight_grad(x, g, kmap, "standard", (27, 6, 5),
-                                         algorithm=algorithm),
-                cpu.conv_weight_grad(x, g, reference, "standard", (27, 6, 5)),
-                rtol=tol, atol=tol * 10)
+            tol = 1e-4 if dtype == np.float32 and algorithm != "tensor_core" else 3e-2
+            with tf32(dtype == np.float32 and algorithm == "tensor_core"):
+                np.testing.assert_allclose(
+                    backend.conv_weight_grad(x, g, kmap, "standard", (27, c_in, 8),
+                                             algorithm=algorithm),
+                    cpu.conv_weight_grad(x, g, reference, "standard", (27, c_in, 8)),
+                    rtol=tol, atol=tol * 10)
     x32 = rng.permutation(len(fine) * 3).reshape(len(fine), 3).astype(np.float32)
     for mode in ("max", "avg", "sum"):
         np.testing.assert_allclose(backend.pool_forward(np.asfortranarray(x32), kmap, mode),
@@ -166,20 +184,22 @@ def test_every_regime_and_algorithm_with_scrambled_layouts(scrambling_backend):
                                    atol=1e-6)
     assert xp.wrapped and set(xp.calls) == xp.wrapped, (
         f"wrapped routines never exercised: {sorted(xp.wrapped - set(xp.calls))}")
-    assert {"cumsum", "matmul", "concatenate", "argsort", "searchsorted"} <= xp.wrapped
+    assert {"matmul", "concatenate", "argsort", "searchsorted"} <= xp.wrapped
 
 
-def test_scrambled_rank_without_the_fix_would_be_refused(cooperative):
-    """The launcher refuses an F-ordered rank for kmap_compact, naming kernel and argument."""
+def test_scrambled_layout_would_be_refused(cooperative):
+    """The launcher refuses an F-ordered (K, n_tiles) table for kmap_compact_tiles (as
+    CuPy's cumsum along axis 0 would return it), naming kernel and argument."""
     launcher = Launcher(np, emulated=True)
     neighbour = np.array([[0, -1], [1, 2]], dtype=np.int32)
-    rank = np.asfortranarray(np.cumsum(neighbour >= 0, axis=0, dtype=np.int32))
-    outputs = [np.empty(3, np.int32), np.empty(3, np.int32), np.empty((2, 2), np.int32)]
-    with pytest.raises(ValueError, match=r"kmap_compact: array argument 1 must be "
-                                         r"C-contiguous \(parameter `rank`"):
-        launcher.launch_1d("kernel_map.cu", "kmap_compact", 4,
-                           (neighbour, rank, np.int64(2), np.int32(2),
-                            np.array([0, 1, 3], np.int64), *outputs))
+    tile_start = np.asfortranarray(np.zeros((2, 3), np.int32))
+    outputs = [np.empty(3, np.int32), np.empty(3, np.int32), np.empty((2, 2), np.int32),
+               np.empty((2, 1), np.uint32)]
+    with pytest.raises(ValueError, match=r"kmap_compact_tiles: array argument 4 must be "
+                                         r"C-contiguous \(parameter `tile_start`"):
+        launcher.launch("kernel_map.cu", "kmap_compact_tiles", (1, 1, 1), (128,),
+                        (neighbour, np.int32(2), np.int32(2), np.int32(1), tile_start,
+                         np.int32(3), np.array([0, 1, 3], np.int64), *outputs))
 
 
 def test_one_host_read_per_new_geometry(cooperative):
@@ -201,7 +221,12 @@ def test_one_host_read_per_new_geometry(cooperative):
     x = rng.standard_normal((len(fine), 4)).astype(np.float32)
     w = rng.standard_normal((8, 4, 3)).astype(np.float32)
     for algorithm in tuning.ALGORITHMS["forward"]:
-        backend.conv_forward(x, w, kmap, "standard", 3, algorithm=algorithm)
+        with tf32(algorithm == "tensor_core"):
+            backend.conv_forward(x, w, kmap, "standard", 3, algorithm=algorithm)
+    g = rng.standard_normal((kmap.n_out, 3)).astype(np.float16)
+    for algorithm in tuning.ALGORITHMS["weight_grad"]:
+        backend.conv_weight_grad(x.astype(np.float16), g, kmap, "standard", (8, 4, 3),
+                                 algorithm=algorithm)
     assert launcher.host_reads == before
     # duplicates are still found by that one read
     duplicated = np.concatenate([fine, fine[:1]])

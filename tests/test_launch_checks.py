@@ -78,41 +78,49 @@ def fake_cupy(current_device=0, arch="90"):
     return types.SimpleNamespace(cuda=cuda, RawModule=FakeRawModule)
 
 
-def compact_args(n_rows=4, kernel_volume=3, rank_order="C", rank_dtype=np.int32, device=0):
+def compact_args(n_rows=40, kernel_volume=3, order="C", start_dtype=np.int32, device=0):
+    """Arguments of kmap_compact_tiles; ``order`` / ``start_dtype`` / ``device`` apply to
+    argument 4, the (K, n_tiles) tile starts."""
+    n_tiles = -(-n_rows // 32)
     return (FakeDeviceArray((n_rows, kernel_volume), np.int32),
-            FakeDeviceArray((n_rows, kernel_volume), rank_dtype, order=rank_order, device=device),
-            np.int64(n_rows), np.int32(kernel_volume),
+            np.int32(n_rows), np.int32(kernel_volume), np.int32(1),
+            FakeDeviceArray((kernel_volume, n_tiles), start_dtype, order=order, device=device),
+            np.int32(n_tiles),
             FakeDeviceArray((kernel_volume + 1,), np.int64),
             FakeDeviceArray((n_rows * kernel_volume,), np.int32),
             FakeDeviceArray((n_rows * kernel_volume,), np.int32),
-            FakeDeviceArray((n_rows, kernel_volume), np.int32))
+            FakeDeviceArray((n_rows, kernel_volume), np.int32),
+            FakeDeviceArray((n_rows, 1), np.uint32))
+
+
+def compact(launcher, args):
+    launcher.launch("kernel_map.cu", "kmap_compact_tiles", (1, 1, 1), (128,), args)
 
 
 def test_device_launcher_checks_layout_dtype_and_device(nvrtc_ready):
     launcher = Launcher(fake_cupy(), emulated=False)
     FakeRawModule.launches.clear()
-    launcher.launch_1d("kernel_map.cu", "kmap_compact", 12, compact_args())
-    assert [name for name, _, _ in FakeRawModule.launches] == ["kmap_compact"]
+    compact(launcher, compact_args())
+    assert [name for name, _, _ in FakeRawModule.launches] == ["kmap_compact_tiles"]
     with pytest.raises(KernelArgumentError,
-                       match=r"kmap_compact: array argument 1 must be C-contiguous "
-                             r"\(parameter `rank` of kmap_compact\)"):
-        launcher.launch_1d("kernel_map.cu", "kmap_compact", 12, compact_args(rank_order="F"))
-    with pytest.raises(KernelArgumentError, match=r"parameter 1 is a pointer to 4-byte signed "
+                       match=r"kmap_compact_tiles: array argument 4 must be C-contiguous "
+                             r"\(parameter `tile_start` of kmap_compact_tiles\)"):
+        compact(launcher, compact_args(order="F"))
+    with pytest.raises(KernelArgumentError, match=r"parameter 4 is a pointer to 4-byte signed "
                                                   r"integer, got an array of int64 \(parameter "
-                                                  r"`rank`"):
-        launcher.launch_1d("kernel_map.cu", "kmap_compact", 12,
-                           compact_args(rank_dtype=np.int64))
-    with pytest.raises(KernelArgumentError, match=r"argument 1 lives on device 1, but the "
+                                                  r"`tile_start`"):
+        compact(launcher, compact_args(start_dtype=np.int64))
+    with pytest.raises(KernelArgumentError, match=r"argument 4 lives on device 1, but the "
                                                   r"current device is 0"):
-        launcher.launch_1d("kernel_map.cu", "kmap_compact", 12, compact_args(device=1))
+        compact(launcher, compact_args(device=1))
     host = list(compact_args())
-    host[0] = np.zeros((4, 3), np.int32)
+    host[0] = np.zeros((40, 3), np.int32)
     with pytest.raises(KernelArgumentError, match=r"argument 0 is a host \(NumPy\) array"):
-        launcher.launch_1d("kernel_map.cu", "kmap_compact", 12, tuple(host))
+        compact(launcher, tuple(host))
     python_int = list(compact_args())
-    python_int[2] = 4
-    with pytest.raises(KernelArgumentError, match=r"parameter 2 .*Python int .*`n_rows`"):
-        launcher.launch_1d("kernel_map.cu", "kmap_compact", 12, tuple(python_int))
+    python_int[1] = 40
+    with pytest.raises(KernelArgumentError, match=r"parameter 1 .*Python int .*`n_query`"):
+        compact(launcher, tuple(python_int))
     assert len(FakeRawModule.launches) == 1          # nothing bad was launched
     # a 16-bit kernel: float16 and bfloat16 storage are accepted, float32 is not
     launcher.kernel("pooling.cu", "pool_sum<__half>")
@@ -129,6 +137,7 @@ def test_device_launcher_refuses_kernels_above_the_device_arch(nvrtc_ready):
 
 
 def test_params_from_mangled_names():
+    # (a kernel of an earlier kernel_map.cu; the parser only reads the name)
     # kmap_search<3>(const int*, long long, const int*, int, const int*, int,
     #                const unsigned long long*, const int*, unsigned long long, int*)
     params = params_from_mangled("_Z11kmap_searchILi3EEvPKixS1_iS1_iPKyS1_yPi")

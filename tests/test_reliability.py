@@ -262,16 +262,7 @@ def test_max_pool_propagates_nan_in_any_position(backend, values):
     np.testing.assert_array_equal(grad, ref)
 
 
-def test_global_max_pool_propagates_nan_forward_and_backward(backend, request):
-    if backend.emulated:
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="segment_reduce in raw_kernels/pooling.cu of this branch keeps "
-                                "the first value over NaN; helper tc13's rewrite of that kernel "
-                                "propagates NaN: remove this marker when the branches merge"))
-    _global_max_pool_with_nan()
-
-
-def _global_max_pool_with_nan():
+def test_global_max_pool_propagates_nan_forward_and_backward(backend):
     coords = np.array([[0, 0, 0, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 2, 0, 0]], np.int32)
     feats = np.array([[1.0, 0.0], [np.nan, 5.0], [3.0, 1.0], [np.nan, 2.0]])
     x = csc.SparseTensor(coords, feats)

@@ -13,6 +13,7 @@ import pytest
 import cusparseconv as csc
 from cusparseconv import tuning
 from cusparseconv.backends import cpu
+from cusparseconv.backends import _explicit
 from cusparseconv.backends._launch import KernelUnavailableError, Launcher
 from cusparseconv.backends.cuda import CudaBackend
 
@@ -63,8 +64,10 @@ def test_workspace_budget_skips_large_candidates(fresh, monkeypatch):
     launcher.tune_under_emulation = True
     calls = spy(monkeypatch, backend, ["explicit", "implicit", "mask"])
     n_out, c_out = kmap.n_out, 4
-    max_count = int(kmap.pair_counts().max())
-    explicit_bytes = (27 * max_count * 10 + n_out * c_out) * 4
+    # the grouped explicit algorithm's gathered rows and products, and its accumulator
+    explicit_bytes = (_explicit.workspace_bytes(kmap.pair_counts(), 6, c_out, np.float32)
+                      + n_out * c_out * 4)
+    assert explicit_bytes > 4 * n_out * c_out * 4          # far above implicit's and mask's
     # free memory such that explicit's workspace is above half of it, the others below
     launcher.emulated_free_bytes = explicit_bytes
     got = backend.conv_forward(feats, weight, kmap, "standard", 4)
@@ -113,7 +116,8 @@ def test_unavailable_heuristic_choice_falls_back_with_a_warning(fresh, monkeypat
     monkeypatch.setattr(cuda, "_WARNED", set())
     rng = np.random.default_rng(3)
     launcher, backend, kmap, reference, feats, weight = setup(rng, dtype=np.float16)
-    spy(monkeypatch, backend, ["mask"], fail={"mask": KernelUnavailableError("x.cu", 80, 75)})
+    calls = spy(monkeypatch, backend, ["tensor_core", "explicit"],
+                fail={"tensor_core": KernelUnavailableError("tc_gemm.cu", 80, 75)})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(2):
@@ -121,10 +125,12 @@ def test_unavailable_heuristic_choice_falls_back_with_a_warning(fresh, monkeypat
     expected = cpu.conv_forward(feats, weight, reference, "standard", 4)
     np.testing.assert_allclose(got.astype(np.float64), expected.astype(np.float64), rtol=3e-2,
                                atol=0.1)
-    assert sum("'mask' forward algorithm is not available" in str(w.message)
+    # the heuristic's tile shape failed: every shape of the algorithm is dropped, once
+    assert sum("'tensor_core' forward algorithm is not available" in str(w.message)
                for w in caught) == 1
+    assert calls == {"tensor_core": 1, "explicit": 2}
     with pytest.raises(KernelUnavailableError):          # forced: the user's call fails
-        backend.conv_forward(feats, weight, kmap, "standard", 4, algorithm="mask")
+        backend.conv_forward(feats, weight, kmap, "standard", 4, algorithm="tensor_core")
 
 
 def test_no_tuning_while_capturing(fresh, monkeypatch):
@@ -141,18 +147,24 @@ def test_no_tuning_while_capturing(fresh, monkeypatch):
 def test_defaults_when_tuning_is_off(fresh, monkeypatch):
     rng = np.random.default_rng(5)
     launcher, backend, kmap, reference, feats, weight = setup(rng)
-    calls = spy(monkeypatch, backend, ["explicit", "implicit", "mask", "wgrad_explicit",
-                                       "wgrad_splitk"])
+    calls = spy(monkeypatch, backend, ["explicit", "implicit", "mask", "tensor_core",
+                                       "wgrad_explicit", "wgrad_splitk", "wgrad_tensor_core"])
     backend.conv_forward(feats, weight, kmap, "standard", 4)
     grad = rng.standard_normal((kmap.n_out, 4)).astype(np.float32)
     backend.conv_weight_grad(feats, grad, kmap, "standard", (27, 6, 4))
+    # float32 (TF32 off): the SIMT kernels
+    assert calls == {"explicit": 0, "implicit": 1, "mask": 0, "tensor_core": 0,
+                     "wgrad_explicit": 0, "wgrad_splitk": 1, "wgrad_tensor_core": 0}
+    # float16: the tensor cores, forward and weight gradient
     backend.conv_forward(feats.astype(np.float16), weight, kmap, "standard", 4)
-    assert calls == {"explicit": 0, "implicit": 1, "mask": 1, "wgrad_explicit": 0,
-                     "wgrad_splitk": 1}
+    backend.conv_weight_grad(feats.astype(np.float16), grad.astype(np.float16), kmap,
+                             "standard", (27, 6, 4))
+    assert calls["tensor_core"] == 1 and calls["wgrad_tensor_core"] == 1
+    assert calls["mask"] == 0 and calls["wgrad_splitk"] == 1
     tuning.set_deterministic(True)
     backend.conv_forward(feats, weight, kmap, "standard", 4)
     backend.conv_weight_grad(feats, grad, kmap, "standard", (27, 6, 4))
-    assert calls["mask"] == 2 and calls["wgrad_explicit"] == 1
+    assert calls["mask"] == 1 and calls["wgrad_explicit"] == 1
 
 
 _WRITER = """

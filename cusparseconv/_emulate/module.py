@@ -570,7 +570,7 @@ class EmulatedModule:
         are honoured, the rest (``-arch``, ``--std``, ...) is ignored.
     name_expressions : sequence of str
         The kernels to make callable, spelled as for `cupy.RawModule`
-        (``"gather_rows<float>"``, ``"kmap_search<3>"``).
+        (``"gather_rows<float>"``, ``"kmap_search_tiles<3>"``).
     path : str, optional
         Read the source from this file instead of `code`.
     include_dirs : sequence of str, optional

@@ -182,8 +182,9 @@ def _parse_ptx(ptx: str) -> dict:
     return result
 
 
-def inspect_source(path, arch: str) -> list[KernelReport]:
-    """Compile one source for `arch` and report every kernel it declares.
+def inspect_source(path, arch: str, names=None) -> list[KernelReport]:
+    """Compile one source for `arch` and report every kernel it declares (or only the
+    name expressions `names`).
 
     Raises
     ------
@@ -194,7 +195,7 @@ def inspect_source(path, arch: str) -> list[KernelReport]:
     """
     path = Path(path)
     text = path.read_text()
-    names = nvrtc_check.parse_instantiations(text)
+    names = list(names) if names else nvrtc_check.parse_instantiations(text)
     include = [str(path.parent), *nvrtc_check.cuda_include_dirs()]
     compiled = nvrtc_check.run_nvrtc(text, path.name, f"-arch=compute_{arch.split('_')[1]}",
                                      names, [f"-I{d}" for d in include], output="ptx")

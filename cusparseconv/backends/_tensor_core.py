@@ -201,7 +201,7 @@ def _check_array(array, name, ndim, dtype=None):
 
 
 def implicit_gemm(launcher, src, weight, neighbour, mask, bias=None, row_order=None, *,
-                  variant: str | None = None, allow_tf32: bool = False):
+                  variant: str | None = None, allow_tf32: bool = False, out=None):
     """``out[r] = bias + sum_k src[neighbour[r, k]] @ weight[k]`` on the tensor cores.
 
     The forward product of a kernel map (``neighbour``/``mask`` of the output-major
@@ -229,6 +229,8 @@ def implicit_gemm(launcher, src, weight, neighbour, mask, bias=None, row_order=N
         ``SCALAR_VARIANT.name``; default :func:`default_variant`.
     allow_tf32 : bool
         Required for float32.
+    out : array, shape (n_rows, C_dst), dtype of `src`, C-contiguous, optional
+        Where to write the result (returned).
 
     Returns
     -------
@@ -264,7 +266,13 @@ def implicit_gemm(launcher, src, weight, neighbour, mask, bias=None, row_order=N
                              f"got {tuple(row_order.shape)}")
     src, weight = xp.ascontiguousarray(src), xp.ascontiguousarray(weight)
     neighbour, mask = xp.ascontiguousarray(neighbour), xp.ascontiguousarray(mask)
-    out = xp.empty((n_rows, c_dst), dtype=src.dtype)
+    if out is None:
+        out = xp.empty((n_rows, c_dst), dtype=src.dtype)
+    elif (tuple(out.shape) != (n_rows, c_dst) or np.dtype(out.dtype) != np.dtype(src.dtype)
+          or not out.flags.c_contiguous):
+        raise ValueError(f"out must be a C-contiguous {np.dtype(src.dtype).name} array of shape "
+                         f"{(n_rows, c_dst)}, got {np.dtype(out.dtype).name} "
+                         f"{tuple(out.shape)}")
     if n_rows == 0 or c_dst == 0:
         return out
     if c_src == 0:

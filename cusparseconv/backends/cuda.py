@@ -6,12 +6,22 @@ on NumPy arrays standing in for device memory), so CI executes this file's
 code paths without a GPU. :class:`CudaBackend` implements
 :class:`cusparseconv.backends.protocol.Backend`.
 
-Kernel maps are built with a hash table of packed keys and two searches: the
-output-major neighbour table (pair mask, pair table sorted by output row,
-positions for the deterministic scatter) and the input-major one (the reverse
-table used by the input gradient). One read comes back to the host per new
-geometry: the duplicate counts of the two hash tables and the pair counts of
-both tables, in one transfer, to size the pair tables.
+Kernel maps are built with a hash table of packed keys and the tiled
+kernel-map kernels (:func:`._kmap_gpu.build_pair_tables`): the output-major
+neighbour table (pair mask, pair table sorted by output row, positions for the
+deterministic scatter) and the input-major one (the reverse table used by the
+input gradient), taken by symmetry for a submanifold map. One read comes back
+to the host per new geometry: the duplicate counts of the two hash tables and
+the pair counts, in one transfer, to size the pair tables.
+
+Products (the algorithms of each in ``PRODUCT_ALGORITHMS``, chosen by
+:mod:`cusparseconv.tuning`): ``tensor_core`` (:mod:`._tensor_core`: implicit
+GEMM on ``mma.sync`` with rows ordered by pair mask, and the split-K weight
+gradient), the default for float16 / bfloat16 on sm_80+ and for float32 when
+TF32 is allowed; ``explicit`` / ``explicit_sorted`` (:mod:`._explicit`:
+grouped cuBLAS GEMMs, the baseline the tuner compares with); the SIMT and WMMA
+kernels ``implicit``, ``mask`` and ``splitk`` for float64, grouped
+convolutions and devices older than sm_80.
 
 Layouts: kernels read raw pointers, so every array handed to a kernel is one
 this backend made C-contiguous (``_c``) or allocated itself (``xp.empty`` /
@@ -38,12 +48,14 @@ from .._dtypes import FLOAT_DTYPE_NAMES, accumulate_dtype
 from .._kernels import KERNEL_CONSTANTS
 from ..coords import SortedKeys
 from ..kmap import KernelMap
+from . import _explicit as explicit_gemm
+from . import _kmap_gpu
+from . import _tensor_core as tensor_core
 from ._array_ops import ArrayOps
 from ._launch import MAX_GRID, KernelUnavailableError
 from ._state import MapState, StateTable, array_nbytes, link_reverse
 
 _CTYPES = dict(zip(FLOAT_DTYPE_NAMES, ("__half", "__nv_bfloat16", "float", "double")))
-_EMPTY_KEY = np.uint64(0xFFFFFFFFFFFFFFFF)
 # Tile, block and chunk sizes of the kernels (defined once, in cusparseconv/_kernels.py).
 _TILE = KERNEL_CONSTANTS["CSC_TILE"]                 # implicit_gemm / wgrad_splitk tiles
 _THREADS = KERNEL_CONSTANTS["CSC_THREADS"]
@@ -83,7 +95,8 @@ def _warn_once(key, message):
 class _DeviceMapState(MapState):
     """The GPU backend's state of one kernel map (beside MapState's reverse link and
     ``derived`` memo, which holds ("tile_starts", per_tile) -> (device starts, tiles)
-    and is where a row order for the tensor-core kernels belongs).
+    and "row_order" -> the output rows ordered by pair mask for the tensor-core
+    GEMM, each computed once per map).
 
     Attributes
     ----------
@@ -98,12 +111,12 @@ class _DeviceMapState(MapState):
 
     __slots__ = ("pair_offsets", "neighbour", "position", "mask")
 
-    def __init__(self, tables: dict):
+    def __init__(self, tables: _kmap_gpu.PairTables):
         super().__init__()
-        self.pair_offsets = tables["pair_offsets_dev"]
-        self.neighbour = tables["neighbour"]
-        self.position = tables["position"]
-        self.mask = tables["mask"]
+        self.pair_offsets = tables.pair_offsets_device
+        self.neighbour = tables.neighbour
+        self.position = tables.position
+        self.mask = tables.mask
 
     @property
     def nbytes(self) -> int:
@@ -157,11 +170,17 @@ class CudaBackend(ArrayOps):
     #: algorithm is added as a method, an entry here and its limits in ``_limits``.
     PRODUCT_ALGORITHMS = {
         "forward": {"explicit": "_explicit_atomic", "explicit_sorted": "_explicit_sorted",
-                    "implicit": "_implicit", "mask": "_mask"},
+                    "implicit": "_implicit", "mask": "_mask", "tensor_core": "_tensor_core"},
         "input_grad": {"explicit": "_explicit_atomic", "explicit_sorted": "_explicit_sorted",
-                       "implicit": "_implicit", "mask": "_mask"},
-        "weight_grad": {"explicit": "_wgrad_explicit", "splitk": "_wgrad_splitk"},
+                       "implicit": "_implicit", "mask": "_mask", "tensor_core": "_tensor_core"},
+        "weight_grad": {"explicit": "_wgrad_explicit", "splitk": "_wgrad_splitk",
+                        "tensor_core": "_wgrad_tensor_core"},
     }
+    #: Algorithms the tuner considers where the tensor cores run a product (the SIMT
+    #: and WMMA kernels then run only when forced).
+    TENSOR_CORE_FIELD = {"forward": ("tensor_core", "explicit", "explicit_sorted"),
+                         "input_grad": ("tensor_core", "explicit", "explicit_sorted"),
+                         "weight_grad": ("tensor_core", "explicit")}
 
     def __init__(self, launcher):
         self.launcher = launcher
@@ -171,6 +190,9 @@ class CudaBackend(ArrayOps):
         self._maps = StateTable(f"{self.name} kernel-map state")
         self._sets = StateTable(f"{self.name} hash tables per coordinate set")
         self._planning = threading.local()   # choose_algorithm: stop at the choice
+        #: product -> the algorithm its last call ran (``tensor_core:<shape>`` included),
+        #: for benchmarks and diagnostics
+        self.last_algorithm = {}
 
     def __repr__(self) -> str:
         return f"<CudaBackend {self.name}>"
@@ -186,11 +208,13 @@ class CudaBackend(ArrayOps):
     # * ``_sets``: per coordinate set (SortedKeys), its hash table per device,
     #   {device id: {"table": (keys, values, mask), "duplicates": array or None}};
     # * ``_maps``: per kernel map (and its reverse), a _DeviceMapState: device pair
-    #   offsets, neighbour table, scatter positions, pair mask, the reverse link.
+    #   offsets, neighbour table, scatter positions, pair mask, the reverse link, and
+    #   what the products derive once per map (tile starts, the row order).
     def _set_state(self, keys: SortedKeys) -> _HashTables:
         return self._sets.get_or_make(keys, _HashTables)
 
-    def _new_map_state(self, kmap: KernelMap, tables: dict) -> _DeviceMapState:
+    def _new_map_state(self, kmap: KernelMap,
+                       tables: _kmap_gpu.PairTables) -> _DeviceMapState:
         state = _DeviceMapState(tables)
         self._maps.set(kmap, state)
         return state
@@ -244,27 +268,44 @@ class CudaBackend(ArrayOps):
         reverse = state.reverse
         if reverse is None:
             tables = self._tables_from_pairs(kmap, by_input=True)
-            reverse = KernelMap(tables["partner_rows"], tables["query_rows"],
-                                tables["pair_offsets"], kmap.n_out, kmap.n_in, kmap.offsets,
-                                kmap.stride, not kmap.transposed)
+            reverse = KernelMap(tables.partner_rows, tables.query_rows, tables.pair_offsets,
+                                kmap.n_out, kmap.n_in, kmap.offsets, kmap.stride,
+                                not kmap.transposed)
             self._new_map_state(reverse, tables)
             link_reverse(self._maps, kmap, reverse)
         return reverse
 
-    def _tables_from_pairs(self, kmap: KernelMap, by_input: bool) -> dict:
-        """Neighbour tables of a map from its pair table: output-major, or input-major
-        (the reverse table's) with ``by_input``."""
-        xp, kernel_volume = self.xp, kmap.kernel_volume
-        counts = kmap.pair_counts()
-        offset_of_pair = self.launcher.to_device(
-            np.repeat(np.arange(kernel_volume, dtype=np.int64), counts))
+    def _tables_from_pairs(self, kmap: KernelMap, by_input: bool) -> _kmap_gpu.PairTables:
+        """The tables of one direction of a map from its pair table alone (a map this
+        backend did not build): output-major, or input-major (the reverse table's,
+        pairs re-sorted by input row within each offset) with ``by_input``. Array
+        routines only (no host read: the pair counts are the map's host array)."""
+        xp, launcher, kernel_volume = self.xp, self.launcher, kmap.kernel_volume
+        pair_offsets = np.asarray(kmap.pair_offsets, dtype=np.int64)
+        pair_offsets_device = launcher.to_device(pair_offsets)
+        offset_of_pair = launcher.to_device(
+            np.repeat(np.arange(kernel_volume, dtype=np.int64), kmap.pair_counts()))
         query, partner = ((kmap.in_rows, kmap.out_rows) if by_input
                           else (kmap.out_rows, kmap.in_rows))
         n_query = kmap.n_in if by_input else kmap.n_out
+        if by_input and kmap.n_pairs:    # (offset, input row) keys are unique
+            order = xp.argsort(offset_of_pair * max(n_query, 1) + query.astype(np.int64))
+            query, partner = query[order], partner[order]
+        query, partner = self._c(query, np.int32), self._c(partner, np.int32)
         neighbour = xp.full((n_query, kernel_volume), -1, dtype=np.int32)
         neighbour[query, offset_of_pair] = partner
-        rank, _ = self._column_ranks(neighbour, kernel_volume)
-        return self._pair_tables(neighbour, rank, counts, kernel_volume)
+        position = xp.full((n_query, kernel_volume), -1, dtype=np.int32)
+        position[query, offset_of_pair] = (
+            xp.arange(kmap.n_pairs, dtype=np.int64)
+            - pair_offsets_device[offset_of_pair]).astype(np.int32)
+        n_words = _ceil_div(kernel_volume, 32)
+        active = xp.zeros((n_query, n_words * 32), dtype=np.uint32)
+        active[:, :kernel_volume] = neighbour >= 0
+        bits = xp.asarray(np.left_shift(np.uint32(1), np.arange(32, dtype=np.uint32)))
+        mask = self._c((active.reshape(n_query, n_words, 32) * bits).sum(axis=2,
+                                                                           dtype=np.uint32))
+        return _kmap_gpu.PairTables(neighbour, mask, pair_offsets, pair_offsets_device,
+                                    query, partner, position)
 
     def _tile_starts(self, kmap: KernelMap, state: _DeviceMapState, per_tile: int):
         """(device starts (K + 1,) int64, number of tiles): offset k's pairs split into
@@ -332,17 +373,7 @@ class CudaBackend(ArrayOps):
         entry = state.get(slot)
         if entry is not None:
             return entry["table"], entry["duplicates"]
-        xp = self.xp
-        n_keys = keys.keys.shape[0]
-        capacity = 1 << max(4, (2 * max(n_keys, 1) - 1).bit_length())
-        table_keys = xp.full(capacity, _EMPTY_KEY, dtype=np.uint64)
-        table_values = xp.full(capacity, -1, dtype=np.int32)
-        duplicates = xp.zeros(1, dtype=np.int32)
-        self.launcher.launch_1d("hash_table.cu", "hash_insert", n_keys,
-                                (self._c(keys.keys), self._c(keys.order, np.int64),
-                                 _i64(n_keys), table_keys, table_values,
-                                 np.uint64(capacity - 1), duplicates))
-        table = (table_keys, table_values, np.uint64(capacity - 1))
+        table, duplicates = _kmap_gpu.insert_keys(self.launcher, keys.keys, keys.order)
         state[slot] = {"table": table, "duplicates": duplicates}
         return table, duplicates
 
@@ -373,98 +404,34 @@ class CudaBackend(ArrayOps):
         return rows
 
     # ------------------------------------------------------------ kernel maps
-    def _search(self, query_coords, offsets_dev, stride_dev, kernel_volume, divide, table):
-        xp = self.xp
-        n_query, ndim = query_coords.shape[0], query_coords.shape[1] - 1
-        neighbour = xp.empty((n_query, kernel_volume), dtype=np.int32)
-        table_keys, table_values, mask = table
-        self.launcher.launch_1d(
-            "kernel_map.cu", f"kmap_search<{ndim}>", n_query * kernel_volume,
-            (self._c(query_coords, np.int32), _i64(n_query), offsets_dev,
-             _i32(kernel_volume), stride_dev, _i32(int(divide)), table_keys, table_values, mask,
-             neighbour))
-        return neighbour
-
-    def _column_ranks(self, neighbour, kernel_volume):
-        """(rank, counts): rank[row, k] = active entries of column k up to row
-        (inclusive), C-contiguous; counts[k] its last row (device arrays)."""
-        xp = self.xp
-        n_rows = neighbour.shape[0]
-        if not n_rows:
-            return (xp.zeros((0, kernel_volume), dtype=np.int32),
-                    xp.zeros(kernel_volume, dtype=np.int32))
-        # CuPy scans axis 0 of a 2-D array on a rolled copy and hands back an
-        # F-ordered view: kmap_compact reads rank as C order, so make it so.
-        rank = self._c(xp.cumsum(neighbour >= 0, axis=0, dtype=np.int32))
-        return rank, rank[n_rows - 1]
-
-    def _pair_tables(self, neighbour, rank, counts, kernel_volume):
-        """Pair table (CSR by offset, sorted by query row), positions and pair mask,
-        from the neighbour table, its column ranks and the pair counts (host)."""
-        xp, launcher = self.xp, self.launcher
-        n_rows = neighbour.shape[0]
-        pair_offsets = np.zeros(kernel_volume + 1, dtype=np.int64)
-        np.cumsum(counts, out=pair_offsets[1:])
-        n_pairs = int(pair_offsets[-1])
-        pair_offsets_dev = launcher.to_device(pair_offsets)
-        query_rows = xp.empty(n_pairs, dtype=np.int32)
-        partner_rows = xp.empty(n_pairs, dtype=np.int32)
-        position = xp.empty((n_rows, kernel_volume), dtype=np.int32)
-        launcher.launch_1d("kernel_map.cu", "kmap_compact", n_rows * kernel_volume,
-                           (neighbour, rank, _i64(n_rows), _i32(kernel_volume), pair_offsets_dev,
-                            query_rows, partner_rows, position))
-        n_words = _ceil_div(kernel_volume, 32)
-        mask = xp.empty((n_rows, n_words), dtype=np.uint32)
-        launcher.launch_1d("kernel_map.cu", "kmap_pair_mask", n_rows * n_words,
-                           (neighbour, _i64(n_rows), _i32(kernel_volume), _i32(n_words), mask))
-        return dict(pair_offsets=pair_offsets, pair_offsets_dev=pair_offsets_dev,
-                    query_rows=query_rows, partner_rows=partner_rows, position=position,
-                    mask=mask, neighbour=neighbour)
-
     def build_kernel_map(self, in_coords, out_coords, offsets, stride, transposed, *,
                          same_set=False, in_keys=None, out_keys=None) -> KernelMap:
-        """Both neighbour tables through the hash tables of the two sets."""
-        launcher = self.launcher
-        kernel_volume = offsets.shape[0]
+        """Both directions of the map through the hash tables of the two sets and the
+        tiled kernel-map kernels (one host read: duplicates and pair counts)."""
         in_keys = in_keys if in_keys is not None else SortedKeys(in_coords, "in_coords")
         if same_set:
             out_keys = in_keys
         elif out_keys is None:
             out_keys = SortedKeys(out_coords, "out_coords")
-        xp = self.xp
-        offsets_dev = launcher.to_device(np.asarray(offsets, dtype=np.int32))
-        stride_dev = launcher.to_device(np.asarray(stride, dtype=np.int32))
         in_table, in_duplicates = self._hash_table(in_keys)
-        out_table, out_duplicates = (in_table, None) if same_set else self._hash_table(out_keys)
-        # forward map: input = stride * output + K[k]; transposed: output = stride * input + K[k]
-        by_output = self._search(out_coords, offsets_dev, stride_dev, kernel_volume,
-                                 divide=transposed, table=in_table)
-        by_input = self._search(in_coords, offsets_dev, stride_dev, kernel_volume,
-                                divide=not transposed, table=out_table)
-        rank_out, counts_out = self._column_ranks(by_output, kernel_volume)
-        rank_in, counts_in = self._column_ranks(by_input, kernel_volume)
-        # the one host read of a new geometry: duplicates of both sets, both pair counts
-        no_duplicates = xp.zeros(1, dtype=np.int32)
-        read = launcher.to_host(xp.concatenate([
-            in_duplicates if in_duplicates is not None else no_duplicates,
-            out_duplicates if out_duplicates is not None else no_duplicates,
-            counts_out.astype(np.int32), counts_in.astype(np.int32)])).astype(np.int64)
-        if in_duplicates is not None:
-            self._hash_validated(in_keys, int(read[0]))
-        if out_duplicates is not None:
-            self._hash_validated(out_keys, int(read[1]))
-        forward = self._pair_tables(by_output, rank_out, read[2:2 + kernel_volume],
-                                    kernel_volume)
-        reverse = self._pair_tables(by_input, rank_in, read[2 + kernel_volume:], kernel_volume)
-        if not np.array_equal(forward["pair_offsets"], reverse["pair_offsets"]):
-            raise RuntimeError("kernel-map build: the two neighbour tables disagree "
-                               "(please report this bug)")
-        kmap = KernelMap(forward["partner_rows"], forward["query_rows"], forward["pair_offsets"],
+        out_table, out_duplicates = (None, None) if same_set else self._hash_table(out_keys)
+        unchecked = [(keys, counter) for keys, counter in ((in_keys, in_duplicates),
+                                                            (out_keys, out_duplicates))
+                     if counter is not None]
+        tables = _kmap_gpu.build_pair_tables(
+            self.launcher, in_coords, out_coords, np.asarray(offsets, dtype=np.int32),
+            stride, transposed, in_table, out_table, same_set=same_set,
+            duplicates=[counter for _, counter in unchecked])
+        for (keys, _), n_duplicates in zip(unchecked, tables.duplicates):
+            self._hash_validated(keys, n_duplicates)
+        forward, backward = tables.forward, tables.reverse
+        kmap = KernelMap(forward.partner_rows, forward.query_rows, forward.pair_offsets,
                          in_coords.shape[0], out_coords.shape[0], offsets, stride, transposed)
-        back = KernelMap(reverse["partner_rows"], reverse["query_rows"], reverse["pair_offsets"],
-                         out_coords.shape[0], in_coords.shape[0], offsets, stride, not transposed)
+        back = KernelMap(backward.partner_rows, backward.query_rows, backward.pair_offsets,
+                         out_coords.shape[0], in_coords.shape[0], offsets, stride,
+                         not transposed)
         self._new_map_state(kmap, forward)
-        self._new_map_state(back, reverse)
+        self._new_map_state(back, backward)
         link_reverse(self._maps, kmap, back)
         return kmap
 
@@ -495,32 +462,58 @@ class CudaBackend(ArrayOps):
         return self._product("input_grad", grad_out, self._transposed_weight(weight, layout),
                              self.reverse(kmap), layout, c_in, None, algorithm, out)
 
-    @staticmethod
-    def _limits(product, job, acc_size) -> tuple[dict, dict]:
+    def _tensor_core_refusal(self, dtype, groups, kernel_volume) -> str | None:
+        """Why the tensor-core kernels cannot run a product (None when they can)."""
+        name = np.dtype(dtype).name
+        if name == "float64":
+            return "the tensor-core kernels take float16, bfloat16 and float32 (TF32), not float64"
+        if name == "float32" and not tuning.tf32_allowed(self.xp):
+            return ("float32 runs on the tensor cores only as TF32, which is off: allow it with "
+                    "cusparseconv.config.set_allow_tf32(True) (or CuPy's CUPY_TF32=1)")
+        arch = self.launcher.device_arch()
+        if arch is not None and arch < 80:
+            return f"the tensor-core kernels need sm_80 or newer, this device is sm_{arch}"
+        if groups > 1:
+            return (f"the tensor-core kernels take one group, got {groups} (grouped "
+                    f"convolutions run on the other algorithms)")
+        if kernel_volume > tensor_core.MAX_KERNEL_VOLUME:
+            return (f"the kernel has {kernel_volume} offsets (the tensor-core kernels take up "
+                    f"to {tensor_core.MAX_KERNEL_VOLUME})")
+        return None
+
+    def _limits(self, product, job, dtype) -> tuple[dict, dict]:
         """(workspace bytes per algorithm, reason per algorithm that cannot run ``job``)."""
         kmap = job.kmap
+        acc_size = accumulate_dtype(dtype).itemsize
+        itemsize = np.dtype(dtype).itemsize
+        counts = kmap.pair_counts()
+        groups, group_in, group_out = job.groups, job.group_in, job.group_out
+        c_in, c_out = groups * group_in, groups * group_out
+        unusable = {}
+        refusal = self._tensor_core_refusal(dtype, groups, kmap.kernel_volume)
+        if refusal is not None:
+            unusable["tensor_core"] = refusal
         if product == "weight_grad":
-            groups, group_in, group_out = job.groups, job.group_in, job.group_out
-            max_count = int(kmap.pair_counts().max())
+            n_chunks = (tensor_core.wgrad_chunking(kmap.pair_offsets, c_in, c_out)[1].shape[0]
+                        if refusal is None else 0)
             workspace = {
-                "explicit": kmap.kernel_volume * (max_count * (group_in + group_out)
-                                                  + group_in * group_out) * groups * acc_size,
+                "explicit": (explicit_gemm.workspace_bytes(counts, c_in, c_out, dtype)
+                             + kmap.kernel_volume * groups * group_in * group_out * itemsize),
                 "splitk": kmap.kernel_volume * groups * group_in * group_out * acc_size,
+                "tensor_core": n_chunks * c_in * c_out * 4,
             }
-            unusable = {}
             splitk_tiles = _ceil_div(group_in, _TILE) * _ceil_div(group_out, _TILE)
             if groups > MAX_GRID[2] or splitk_tiles > MAX_GRID[1]:
                 unusable["splitk"] = (f"its grid ({splitk_tiles} channel tiles, {groups} "
                                       f"groups) exceeds CUDA's limits {MAX_GRID[1:]}")
             return workspace, unusable
-        groups, group_in, group_out, c_dst = job.groups, job.group_in, job.group_out, job.c_dst
-        max_count = int(kmap.pair_counts().max()) if kmap.n_pairs else 0
-        explicit_bytes = (kmap.kernel_volume * max_count * (group_in + group_out) * groups
-                          + kmap.n_out * c_dst) * acc_size
+        c_dst = job.c_dst
+        explicit_bytes = (explicit_gemm.workspace_bytes(counts, c_in, c_dst, dtype)
+                          + kmap.n_out * c_dst * acc_size)
         workspace = {"explicit": explicit_bytes, "explicit_sorted": explicit_bytes,
                      "implicit": kmap.n_out * c_dst * acc_size,
-                     "mask": kmap.n_out * c_dst * np.dtype(job.src.dtype).itemsize}
-        unusable = {}
+                     "mask": kmap.n_out * c_dst * itemsize,
+                     "tensor_core": kmap.n_out * c_dst * itemsize}
         if groups > MAX_GRID[2]:
             for name in ("implicit", "mask"):
                 unusable[name] = (f"it maps the {groups} groups to gridDim.z, at most "
@@ -530,18 +523,58 @@ class CudaBackend(ArrayOps):
                                 f"up to {32 * _MAX_MASK_WORDS})")
         return workspace, unusable
 
-    def _choose_and_run(self, product, job, algorithm, dtype, heuristic):
+    def _tile_shapes(self, product, job) -> list:
+        """The tensor-core tile shapes worth timing for a forward / input-gradient job."""
+        if product == "weight_grad":
+            return []
+        return tensor_core.variants_for(job.src.dtype, job.group_in, job.c_dst)
+
+    def _choose_and_run(self, product, job, algorithm, dtype, fallback):
         """Choose an algorithm of ``product`` for ``job`` (forced, tuned or heuristic)
-        among those of PRODUCT_ALGORITHMS that can run it, and run it."""
+        among those of PRODUCT_ALGORITHMS that can run it, and run it.
+
+        Where the tensor cores run the product, the candidates are their tile shapes
+        (``tensor_core:<shape>``) and the cuBLAS explicit algorithms, the heuristic
+        the default shape; elsewhere every algorithm that can run it, the heuristic
+        ``fallback``."""
         forced = tuning.forced_algorithm(product, algorithm)
-        workspace, unusable = self._limits(product, job, accumulate_dtype(dtype).itemsize)
-        if forced is not None and forced in unusable:
+        user_forced = forced is not None
+        family = tuning.algorithm_family(forced) if forced is not None else None
+        workspace, unusable = self._limits(product, job, dtype)
+        if family is not None and family in unusable:
             raise ValueError(f"algorithm {forced!r} cannot run this {product}: "
-                             f"{unusable[forced]}")
+                             f"{unusable[family]}")
         methods = self.PRODUCT_ALGORITHMS[product]
-        candidates = [name for name in methods if name not in unusable]
-        runners = {name: (lambda method=methods[name]: getattr(self, method)(job))
-                   for name in candidates}
+        on_tensor_cores = "tensor_core" not in unusable
+        families = [name for name in (self.TENSOR_CORE_FIELD[product] if on_tensor_cores
+                                      else methods) if name not in unusable]
+        shapes = self._tile_shapes(product, job) if on_tensor_cores else []
+        if family == "tensor_core":
+            # the element-wise shape takes any channel count: it may always be forced
+            valid = shapes + [tensor_core.SCALAR_VARIANT.name] * (
+                tensor_core.SCALAR_VARIANT.name not in shapes and bool(shapes))
+            if forced != family and forced.partition(":")[2] not in valid:
+                raise ValueError(f"algorithm {forced!r}: the tensor-core tile shapes of this "
+                                 f"{product} are {['tensor_core:' + s for s in valid]}")
+            families = ["tensor_core"]
+            if forced == family and shapes:       # the tuner chooses among the shapes
+                forced = None
+        candidates = []
+        for name in families:
+            candidates += [f"tensor_core:{s}" for s in shapes] if (
+                name == "tensor_core" and shapes) else [name]
+        if forced is not None and forced not in candidates:
+            candidates.append(forced)
+        if on_tensor_cores:
+            heuristic = "tensor_core"
+            if shapes:
+                heuristic += ":" + tensor_core.default_variant(
+                    job.kmap.n_out, job.group_in, job.c_dst, dtype)
+        else:
+            heuristic = fallback
+        workspace = {name: workspace.get(tuning.algorithm_family(name), 0)
+                     for name in candidates}
+        runners = {name: self._runner(product, name, job) for name in candidates}
         kmap = job.kmap
         if product == "weight_grad":
             c_src, c_dst = job.groups * job.group_in, job.groups * job.group_out
@@ -550,8 +583,18 @@ class CudaBackend(ArrayOps):
         bucket = tuning.shape_bucket(product, kmap.n_in, kmap.n_out, kmap.n_pairs, c_src,
                                      c_dst, kmap.kernel_volume, np.dtype(dtype).name,
                                      self._device_name())
+        if user_forced and forced is None and not set(candidates) - tuning.failed(bucket):
+            forced = heuristic      # every shape failed here before: let the user see why
         return self._run_chosen(product, candidates, forced, bucket, heuristic, runners,
-                                workspace)
+                                workspace, user_forced)
+
+    def _runner(self, product, name, job):
+        """A callable running candidate ``name`` (``tensor_core:<shape>`` included) on job."""
+        family, _, shape = name.partition(":")
+        method = getattr(self, self.PRODUCT_ALGORITHMS[product][family])
+        if shape:
+            return lambda: method(job, shape)
+        return lambda: method(job)
 
     def _product(self, product, src, weight, kmap, layout, c_dst, bias, algorithm, out):
         """dst[out] += src[in] @ W[k] over ``kmap`` (forward, or input gradient on the
@@ -573,13 +616,15 @@ class CudaBackend(ArrayOps):
         job = _Conv(src=src, weight4=weight4, kmap=kmap, state=state, groups=groups,
                     group_in=group_in, group_out=group_out, c_dst=c_dst, bias=bias, out=out)
         sixteen_bit = np.dtype(src.dtype).itemsize == 2
-        heuristic = "mask" if sixteen_bit or tuning.is_deterministic() else "implicit"
-        return self._choose_and_run(product, job, algorithm, src.dtype, heuristic)
+        fallback = "mask" if sixteen_bit or tuning.is_deterministic() else "implicit"
+        return self._choose_and_run(product, job, algorithm, src.dtype, fallback)
 
-    def _run_chosen(self, product, candidates, forced, bucket, heuristic, runners, workspace):
+    def _run_chosen(self, product, candidates, forced, bucket, heuristic, runners, workspace,
+                    user_forced=False):
         """Choose an algorithm (forced, tuned or heuristic) and run it; a candidate
-        that turns out not to exist on this device is dropped (remembered by the
-        tuner, with a one-time warning) and the choice made again."""
+        that turns out not to exist on this device is dropped with every candidate
+        of its algorithm (remembered by the tuner, with a one-time warning) and the
+        choice made again, unless the user forced the algorithm (then it raises)."""
         launcher = self.launcher
         if getattr(self._planning, "active", False):
             raise _Planned(*tuning.plan(
@@ -596,15 +641,20 @@ class CudaBackend(ArrayOps):
                 capturing=launcher.stream_capturing(), failures=self._candidate_errors())
             self._log_algorithm(product, choice)
             try:
-                return runners[choice]()
+                result = runners[choice]()
+                self.last_algorithm[product] = choice
+                return result
             except KernelUnavailableError as error:
-                if forced is not None:
+                if forced is not None or user_forced:
                     raise
-                tuning.remember_failure(bucket, choice)
-                _warn_once(("unavailable", product, choice, error.device_arch),
-                           f"cusparseconv: the {choice!r} {product} algorithm is not available "
+                family = tuning.algorithm_family(choice)
+                same = [c for c in candidates if tuning.algorithm_family(c) == family]
+                for name in same:
+                    tuning.remember_failure(bucket, name)
+                _warn_once(("unavailable", product, family, error.device_arch),
+                           f"cusparseconv: the {family!r} {product} algorithm is not available "
                            f"on this device ({error}); using another algorithm")
-                candidates = [c for c in candidates if c != choice]
+                candidates = [c for c in candidates if c not in same]
                 if not candidates:
                     raise
 
@@ -640,18 +690,23 @@ class CudaBackend(ArrayOps):
         shape = (job.kmap.n_out, job.c_dst)
         return xp.zeros(shape, dtype=acc_dtype) if zeroed else xp.empty(shape, dtype=acc_dtype)
 
-    def _gather(self, src, rows, kmap, state, max_count):
-        """(K, max_count, C) gathered rows of every offset, zero-padded, accumulation type."""
-        xp = self.xp
-        acc_dtype = accumulate_dtype(src.dtype)
-        channels = src.shape[1]
-        out = xp.empty((kmap.kernel_volume, max_count, channels), dtype=acc_dtype)
-        self.launcher.launch_1d(
-            "gather_scatter.cu",
-            f"gather_padded<{self._ctype(src.dtype)}, {self._ctype(acc_dtype)}>", out.size,
-            (src, _i32(channels), _i32(0), _i32(channels), rows, state.pair_offsets,
-             _i32(kmap.kernel_volume), _i64(max_count), out))
-        return out
+    def _row_order(self, state: _DeviceMapState):
+        """The output rows ordered by pair mask (computed once per map)."""
+        return state.memo("row_order",
+                          lambda: tensor_core.row_order_by_mask(self.launcher, state.mask))
+
+    def _tensor_core(self, job, shape):
+        """Implicit GEMM on the tensor cores with tile shape ``shape``; rows ordered by
+        pair mask; the 16-byte-copy shapes fall back to the element-wise one when an
+        array is not 16-byte aligned."""
+        src, state = job.src, job.state
+        weight = job.weight4[:, 0]
+        if shape != tensor_core.SCALAR_VARIANT.name and not tensor_core.vectorizable(
+                src.dtype, job.group_in, job.c_dst, src, weight, job.bias, job.out):
+            shape = tensor_core.SCALAR_VARIANT.name
+        return tensor_core.implicit_gemm(
+            self.launcher, src, weight, state.neighbour, state.mask, job.bias,
+            self._row_order(state), variant=shape, allow_tf32=True, out=job.out)
 
     def _explicit_atomic(self, job):
         return self._explicit(job, deterministic=False)
@@ -660,40 +715,14 @@ class CudaBackend(ArrayOps):
         return self._explicit(job, deterministic=True)
 
     def _explicit(self, job, deterministic):
-        xp = self.xp
-        src, weight4, kmap, state = job.src, job.weight4, job.kmap, job.state
-        groups, c_dst = job.groups, job.c_dst
-        acc_dtype = accumulate_dtype(src.dtype)
-        kernel_volume = kmap.kernel_volume
-        max_count = int(kmap.pair_counts().max()) if kmap.n_pairs else 0
-        if max_count == 0:
-            return self._finish(self._accumulator(job, zeroed=True), job.bias, src.dtype,
-                                job.out)
-        gathered = self._gather(src, kmap.in_rows, kmap, state, max_count)
-        weight_acc = weight4.astype(acc_dtype)
-        if groups == 1:
-            products = xp.matmul(gathered, weight_acc[:, 0])
-        else:
-            group_in = weight4.shape[2]
-            stacked = gathered.reshape(kernel_volume, max_count, groups, group_in).transpose(
-                0, 2, 1, 3)
-            products = xp.matmul(stacked, weight_acc).transpose(0, 2, 1, 3).reshape(
-                kernel_volume, max_count, c_dst)
-        products = xp.ascontiguousarray(products)
-        ctype = self._ctype(acc_dtype)
-        if deterministic:
-            acc = self._accumulator(job, zeroed=False)
-            self.launcher.launch_1d(
-                "gather_scatter.cu", f"scatter_sorted<{ctype}>", acc.size,
-                (products, state.position, _i64(kmap.n_out), _i32(kernel_volume),
-                 _i64(max_count), _i32(c_dst), _i32(c_dst), _i32(0), acc))
-        else:
-            acc = self._accumulator(job, zeroed=True)
-            self.launcher.launch_1d(
-                "gather_scatter.cu", f"scatter_add_pairs<{ctype}>", products.size,
-                (products, kmap.out_rows, state.pair_offsets, _i32(kernel_volume),
-                 _i64(max_count), _i32(c_dst), _i32(c_dst), _i32(0), acc))
-        return self._finish(acc, job.bias, src.dtype, job.out)
+        """Grouped cuBLAS GEMMs (:func:`._explicit.product`)."""
+        kmap, state = job.kmap, job.state
+        weight = job.weight4 if job.groups > 1 else job.weight4[:, 0]
+        result = explicit_gemm.product(
+            self.launcher, job.src, weight, kmap.in_rows, kmap.out_rows, kmap.pair_offsets,
+            state.pair_offsets, kmap.n_out, groups=job.groups, bias=job.bias,
+            position=state.position if deterministic else None)
+        return self._deliver(result, job.out, job.src.dtype)
 
     def _implicit(self, job):
         src, kmap, state = job.src, job.kmap, job.state
@@ -766,14 +795,9 @@ class CudaBackend(ArrayOps):
         if layout == "depthwise":
             tuning.forced_algorithm("weight_grad", algorithm)
             self._log_algorithm("weight_grad", "depthwise")
-            channels = feats.shape[1]
-            grad = (direct.reshape(kmap.kernel_volume, channels) if direct is not None
-                    else xp.empty((kmap.kernel_volume, channels), dtype=acc_dtype))
-            self.launcher.launch(
-                "depthwise.cu", f"depthwise_wgrad<{self._ctype(dtype)}>",
-                (kmap.kernel_volume, _ceil_div(channels, 32), 1), (256,),
-                (feats, grad_out, kmap.in_rows, kmap.out_rows, state.pair_offsets,
-                 _i32(channels), grad))
+            grad = tensor_core.depthwise_weight_grad(self.launcher, feats, grad_out,
+                                                     kmap.in_rows, kmap.out_rows,
+                                                     kmap.pair_offsets)
             return self._deliver(grad.reshape(weight_shape), out, dtype)
         if layout == "grouped":
             _, groups, group_in, group_out = weight_shape
@@ -781,8 +805,8 @@ class CudaBackend(ArrayOps):
             (_, group_in, group_out), groups = weight_shape, 1
         job = _WeightGrad(feats=feats, grad_out=grad_out, kmap=kmap, state=state,
                           groups=groups, group_in=group_in, group_out=group_out, out=direct)
-        # splitk by default: explicit pads every offset to the largest pair count
-        # (the centre offset pairs every row) and gathers both sides
+        # tensor_core where it runs; else splitk, or explicit (atomic-free) in
+        # deterministic mode (the tuner's choice of the heuristic when splitk is barred)
         grad = self._choose_and_run("weight_grad", job, algorithm, dtype, "splitk")
         return self._deliver(grad.reshape(weight_shape), out, dtype)
 
@@ -799,19 +823,21 @@ class CudaBackend(ArrayOps):
         return self.xp.zeros(shape, dtype=dtype) if zeroed else self.xp.empty(shape, dtype)
 
     def _wgrad_explicit(self, job):
-        xp = self.xp
-        kmap, state, groups = job.kmap, job.state, job.groups
-        kernel_volume = kmap.kernel_volume
-        max_count = int(kmap.pair_counts().max())
-        inputs = self._gather(job.feats, kmap.in_rows, kmap, state, max_count)
-        grads = self._gather(job.grad_out, kmap.out_rows, kmap, state, max_count)
-        inputs = inputs.reshape(kernel_volume, max_count, groups, job.group_in).transpose(
-            0, 2, 3, 1)
-        grads = grads.reshape(kernel_volume, max_count, groups, job.group_out).transpose(
-            0, 2, 1, 3)
-        if job.out is not None:
-            return xp.matmul(inputs, grads, out=self._wgrad_accumulator(job, zeroed=False))
-        return self._c(xp.matmul(inputs, grads))  # (K, G, gin, gout)
+        """Grouped cuBLAS GEMMs X^T G per group of offsets (:func:`._explicit.weight_grad`):
+        (K, G, gin, gout) in the dtype of the features."""
+        kmap = job.kmap
+        grad = explicit_gemm.weight_grad(
+            self.launcher, job.feats, job.grad_out, kmap.in_rows, kmap.out_rows,
+            kmap.pair_offsets, job.state.pair_offsets, groups=job.groups)
+        return grad.reshape(kmap.kernel_volume, job.groups, job.group_in, job.group_out)
+
+    def _wgrad_tensor_core(self, job):
+        """Split-K weight gradient on the tensor cores (:func:`._tensor_core.weight_grad`):
+        fixed chunks, partials reduced in chunk order (deterministic)."""
+        kmap = job.kmap
+        grad = tensor_core.weight_grad(self.launcher, job.feats, job.grad_out, kmap.in_rows,
+                                       kmap.out_rows, kmap.pair_offsets, allow_tf32=True)
+        return grad.reshape(kmap.kernel_volume, 1, job.group_in, job.group_out)
 
     def _wgrad_splitk(self, job):
         kmap, state = job.kmap, job.state
@@ -873,19 +899,9 @@ class CudaBackend(ArrayOps):
         return self._c(self._pool_sum(self._c(scaled), self.reverse(kmap), False).astype(dtype))
 
     def segment_reduce(self, feats, segment_ids, n_segments, mode):
-        xp = self.xp
-        channels = feats.shape[1]
-        out = xp.empty((n_segments, channels), dtype=feats.dtype)
-        if n_segments == 0:
-            return out
-        order = xp.argsort(segment_ids, kind="stable") if xp is np else xp.argsort(segment_ids)
-        starts = xp.searchsorted(segment_ids[order], xp.arange(n_segments + 1))
-        self.launcher.launch_1d(
-            "pooling.cu", f"segment_reduce<{self._ctype(feats.dtype)}>", out.size,
-            (self._c(feats), self._c(order, np.int64),
-             self._c(starts, np.int64), _i64(n_segments), _i32(channels),
-             _i32({"sum": 0, "mean": 1, "max": 2}[mode]), out))
-        return out
+        """Rows reduced by segment, each segment split into chunks combined in a fixed
+        order (:func:`._tensor_core.segment_reduce`; max propagates NaN)."""
+        return tensor_core.segment_reduce(self.launcher, feats, segment_ids, n_segments, mode)
 
 
 def _check_registry() -> None:
