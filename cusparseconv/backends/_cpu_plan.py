@@ -38,18 +38,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._cpu_cost import DENSE_MARGIN, costs
+from ._cpu_cost import DENSE_MARGIN, costs, dense_chunk_rows
 from ._cpu_state import MAPS, state_of
 
 __all__ = ["Plan", "Block", "plan_for", "choose_dense", "add_products", "note_mirror",
-           "mirror_of"]
+           "mirror_of", "dense_chunk_rows"]
 
 #: Bytes of one block's product buffer the block size aims at (fits in L2 with its sources),
 #: within [_MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS] rows (at C = 256, 1,024-row blocks run 12-20 %
 #: faster than 256-row ones: longer GEMMs).
 _BUFFER_BYTES = 2 << 20
 _MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS = 1024, 16384
-
 
 
 def note_mirror(kmap, mirror: np.ndarray) -> None:
@@ -131,11 +130,13 @@ class Block:
         return layout
 
     def neighbours(self, kmap) -> np.ndarray:
-        """(last - first, |K|) int32: the input row paired with each (row, offset), -1 if
-        none (made on first use, then kept)."""
+        """(last - first, |K|) int32: the input row paired with each (row, offset),
+        ``kmap.n_in`` if none (the zero row the dense product appends to its source;
+        made on first use, then kept)."""
         table = self._neighbours
         if table is None:
-            table = np.full((self.last - self.first, kmap.kernel_volume), -1, dtype=np.int32)
+            table = np.full((self.last - self.first, kmap.kernel_volume), kmap.n_in,
+                            dtype=np.int32)
             for k, _, _, _, _, begin, end in self.items:
                 table[kmap.out_rows[begin:end] - self.first, k] = kmap.in_rows[begin:end]
             self._neighbours = table

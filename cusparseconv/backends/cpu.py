@@ -32,7 +32,8 @@ import numpy as np
 from .._arrays import read_only
 from .._dtypes import accumulate_dtype
 from .._threads import parallel_for
-from ._cpu_plan import add_products, choose_dense, mirror_of, note_mirror, plan_for
+from ._cpu_plan import (add_products, choose_dense, dense_chunk_rows, mirror_of, note_mirror,
+                        plan_for)
 from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
 from ..kmap import KernelMap
 from ._array_ops import ArrayOps, reduce_runs
@@ -590,10 +591,12 @@ def dense_product(src, kmap, weight, n_channels, dtype, out=None):
     """``out = [src[nbr[:, 0]], ..., src[nbr[:, K-1]]] @ W.reshape(K * C_in, C_out)``.
 
     Gathers every offset's input row of a block of output rows through the
-    block's neighbour table (zero where a pair is missing; made on first use by
-    the thread that runs the block) and multiplies once: no scatter at all, at
-    the price of the missing slots' work. Chosen when the cost model predicts
-    it clearly faster (dense volumes).
+    block's neighbour table (made on first use by the thread that runs the
+    block; a missing pair reads a zero row appended to a copy of ``src``) and
+    multiplies in chunks of :func:`._cpu_plan.dense_chunk_rows` rows, so that
+    each gathered chunk is still in cache when multiplied: no scatter at all,
+    at the price of the missing slots' work. Chosen when the cost model
+    predicts it clearly faster (dense volumes).
     """
     n_out, kernel_volume = kmap.n_out, kmap.kernel_volume
     if out is None:
@@ -605,18 +608,28 @@ def dense_product(src, kmap, weight, n_channels, dtype, out=None):
         return out
     flat_weight = weight.reshape(kernel_volume * src.shape[1], n_channels)
     plan = plan_for(kmap, src.shape[1], n_channels, dtype)
+    padded = _with_zero_row(src)
+    chunk = dense_chunk_rows(kernel_volume, src.shape[1], np.dtype(dtype).itemsize)
 
     def run_block(block) -> None:
         index = block.neighbours(kmap)
-        gathered = src.take(index, axis=0, mode="wrap")  # -1 reads the last row...
-        missing = index < 0
-        if missing.any():
-            gathered[missing] = 0                          # ...and is zeroed here
-        np.matmul(gathered.reshape(index.shape[0], -1), flat_weight,
-                  out=out[block.first:block.last])
+        for first in range(0, index.shape[0], chunk):
+            rows = index[first:first + chunk]
+            gathered = padded.take(rows, axis=0)
+            begin = block.first + first
+            np.matmul(gathered.reshape(rows.shape[0], -1), flat_weight,
+                      out=out[begin:begin + rows.shape[0]])
 
     parallel_for(run_block, plan.blocks)
     return out
+
+
+def _with_zero_row(src: np.ndarray) -> np.ndarray:
+    """``src`` with one row of zeros appended (row ``n_in``: what missing pairs read)."""
+    padded = np.empty((src.shape[0] + 1, src.shape[1]), dtype=src.dtype)
+    padded[:-1] = src
+    padded[-1] = 0
+    return padded
 
 
 def _check_algorithm(algorithm, product):
