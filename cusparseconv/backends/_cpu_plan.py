@@ -295,9 +295,10 @@ def plan_for(kmap, c_in: int, c_out: int, dtype) -> Plan:
     return state_of(kmap).memo(key, lambda: _build(kmap, c_in, c_out, dtype))
 
 
-def choose_dense(kmap, c_in: int, c_out: int, dtype) -> bool:
-    """Is the dense product predicted clearly faster than the blocked one?"""
+def choose_dense(kmap, c_in: int, c_out: int, dtype, margin: float = DENSE_MARGIN) -> bool:
+    """Is the dense product predicted faster than the blocked one, by ``margin``
+    (dense time < margin * blocked time)?"""
     if kmap.n_out == 0 or kmap.n_pairs == 0:
         return False
     plan = plan_for(kmap, c_in, c_out, dtype)
-    return plan.dense_predicted_s < DENSE_MARGIN * plan.predicted_s
+    return plan.dense_predicted_s < margin * plan.predicted_s
