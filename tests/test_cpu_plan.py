@@ -312,3 +312,23 @@ def test_submanifold_input_gradient_reads_the_map_mirrored(mixed_scene, monkeypa
     assert grouped.shape == (len(coords), 4)
     down = csc.build_kernel_map(coords, coords, csc.kernel_offsets(3), stride=2)
     assert _cpu_plan.mirror_of(down) is None
+
+
+def test_in_monotone_flags_match_a_direct_check_per_offset(mixed_scene):
+    """The plan's per-offset monotone flags (one cumulative pass over the table) on a map
+    of shuffled rows (some offsets monotone, some not) and with empty offsets."""
+    rng = np.random.default_rng(7)
+    half = mixed_scene[:len(mixed_scene) // 2]
+    shuffled = np.concatenate([half, mixed_scene[len(half):][rng.permutation(
+        len(mixed_scene) - len(half))]])
+    offsets = np.concatenate([csc.kernel_offsets(3), [[500, 0, 0], [0, 0, 900]]]).astype(
+        np.int32)
+    for coords in (mixed_scene, shuffled):
+        kmap = csc.build_kernel_map(coords, coords, offsets)
+        expected = []
+        for k in range(kmap.kernel_volume):
+            rows = kmap.in_rows[kmap.pair_offsets[k]:kmap.pair_offsets[k + 1]]
+            expected.append(all(int(b) > int(a) for a, b in zip(rows[:-1], rows[1:])))
+        flags = _cpu_plan.in_monotone(kmap)
+        assert flags.tolist() == expected
+    assert not all(expected) and any(expected)          # the shuffled map has both kinds

@@ -32,8 +32,8 @@ import numpy as np
 from .._arrays import read_only
 from .._dtypes import accumulate_dtype
 from .._threads import parallel_for
-from ._cpu_plan import (add_products, choose_dense, dense_chunk_rows, mirror_of, note_mirror,
-                        plan_for)
+from ._cpu_plan import (add_products, choose_dense, dense_chunk_rows, in_monotone, mirror_of,
+                        note_mirror, plan_for)
 from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
 from ..kmap import KernelMap
 from ._array_ops import ArrayOps, reduce_runs
@@ -372,14 +372,7 @@ def _block_rows(channels: int) -> int:
 
 def _in_monotone(kmap: KernelMap) -> np.ndarray:
     """Per offset: are the input rows strictly increasing (memoised per map)?"""
-    def make():
-        flags = np.zeros(kmap.kernel_volume, dtype=bool)
-        for k in range(kmap.kernel_volume):
-            rows = kmap.pairs(k)[0]
-            flags[k] = rows.shape[0] < 2 or bool(np.all(rows[1:] > rows[:-1]))
-        return flags
-
-    return _state(kmap).memo("in_monotone", make)
+    return in_monotone(kmap)
 
 
 def _one_pair_per_output(kmap: KernelMap) -> bool:
