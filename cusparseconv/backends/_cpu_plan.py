@@ -279,16 +279,15 @@ def in_monotone(kmap) -> np.ndarray:
     """(K,) bool: are offset k's input rows strictly increasing (memoised per map)?"""
     def make():
         in_rows, pair_offsets = kmap.in_rows, kmap.pair_offsets
-        # falls[i]: how many of pairs 1..i do not exceed the input row of the pair before;
-        # offset k is monotone when none of its pairs after its first does
-        n = in_rows.shape[0]
-        falls = np.zeros(n + 1, dtype=np.int64)
-        if n > 1:
-            np.cumsum(in_rows[1:] <= in_rows[:-1], out=falls[1:n])
-            falls[n] = falls[n - 1]
-        first = pair_offsets[:-1]
-        last = np.maximum(pair_offsets[1:] - 1, first)
-        return falls[last] == falls[first]
+        # the pairs whose input row does not exceed the one before; offset k is monotone
+        # when none of them lies in k after its first pair (usually there are none)
+        flags = np.ones(kmap.kernel_volume, dtype=bool)
+        if in_rows.shape[0] > 1:
+            falls = np.flatnonzero(in_rows[1:] <= in_rows[:-1]) + 1
+            if falls.shape[0]:
+                offset = np.searchsorted(pair_offsets, falls, side="right") - 1
+                flags[offset[falls != pair_offsets[offset]]] = False
+        return flags
 
     return state_of(kmap).memo("in_monotone", make)
 
