@@ -332,3 +332,36 @@ def test_in_monotone_flags_match_a_direct_check_per_offset(mixed_scene):
         flags = _cpu_plan.in_monotone(kmap)
         assert flags.tolist() == expected
     assert not all(expected) and any(expected)          # the shuffled map has both kinds
+
+
+def test_blas_runs_one_thread_inside_items_and_gets_its_count_back():
+    """The pin talks to threadpoolctl's per-library controllers: inside every item (on
+    the caller and on the workers) each BLAS library reports one thread, after the call
+    the count it had."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_counts():
+        return [d["num_threads"] for d in threadpoolctl.threadpool_info()
+                if d["user_api"] == "blas"]
+
+    before_counts = blas_counts()
+    if not before_counts or max(before_counts) < 2:
+        with threadpoolctl.threadpool_limits(2, user_api="blas"):
+            _check_pin(blas_counts)
+    else:
+        _check_pin(blas_counts)
+    assert blas_counts() == before_counts
+
+
+def _check_pin(blas_counts):
+    outside = blas_counts()
+    assert max(outside) >= 2
+    seen = []
+    before = csc.get_num_threads()
+    try:
+        csc.set_num_threads(2)
+        _threads.parallel_for(lambda item: seen.append(blas_counts()), range(6))
+    finally:
+        csc.set_num_threads(before)
+    assert len(seen) == 6 and all(max(counts) == 1 for counts in seen)
+    assert blas_counts() == outside
