@@ -370,3 +370,31 @@ def _check_pin(blas_counts):
         csc.set_num_threads(before)
     assert len(seen) == 6 and all(max(counts) == 1 for counts in seen)
     assert blas_counts() == outside
+
+
+def test_wide_shapes_are_calibrated_at_bounded_sizes_and_scaled(monkeypatch):
+    """A grouped layer of 65,536 channels once made the calibration allocate a
+    65,536 x 65,536 weight (the process was killed for memory): wide shapes are
+    measured at the bounds and their per-row costs scaled by the channels."""
+    measured_shapes = []
+    unit = _cpu_cost.Costs(1e-6, 1e-8, 2e-9, 3e-9, 4e-7)
+
+    def fake_measure(c_in, c_out, kernel_volume, dtype):
+        measured_shapes.append((c_in, c_out, kernel_volume))
+        return unit
+
+    monkeypatch.setattr(_cpu_cost, "_measure", fake_measure)
+    monkeypatch.setattr(_cpu_cost, "_memo", {})
+    wide = _cpu_cost.costs(65536, 2048, 27, np.float32)
+    bound = _cpu_cost._MAX_CHANNELS
+    volume = _cpu_cost._MAX_DENSE_DEPTH // bound
+    assert measured_shapes == [(bound, bound, volume)]
+    assert wide.gemm_call == unit.gemm_call
+    np.testing.assert_allclose(wide.gemm_row, unit.gemm_row * (65536 / bound) * (2048 / bound))
+    np.testing.assert_allclose(wide.take_row, unit.take_row * 65536 / bound)
+    np.testing.assert_allclose(wide.reduce_entry, unit.reduce_entry * 2048 / bound)
+    np.testing.assert_allclose(wide.dense_row, unit.dense_row * (65536 / bound) * (2048 / bound)
+                               * 27 / volume)
+    assert _cpu_cost.costs(65536, 2048, 27, np.float32) is wide
+    narrow = _cpu_cost.costs(32, 64, 27, np.float32)       # in bounds: measured as it is
+    assert narrow is unit and measured_shapes[-1] == (32, 64, 27)

@@ -180,8 +180,21 @@ def _measure(c_in: int, c_out: int, kernel_volume: int, dtype: np.dtype) -> Cost
                  best["dense"] / dense_rows)
 
 
+#: Largest channel count calibrated as it is, and largest |K| * c_in of the dense
+#: calibration: wider shapes are measured at these sizes and the per-row costs scaled
+#: by the channels (a grouped layer of 65,536 channels must not allocate a 65,536^2
+#: calibration weight; the calibration's arrays stay under ~60 MB).
+_MAX_CHANNELS = 512
+_MAX_DENSE_DEPTH = 8192
+
+
 def costs(c_in: int, c_out: int, kernel_volume: int, dtype) -> Costs:
     """The measured :class:`Costs` of one shape (memoized for the process).
+
+    Shapes wider than ``_MAX_CHANNELS`` channels (or a dense depth |K| c_in above
+    ``_MAX_DENSE_DEPTH``) are measured at those bounds and scaled linearly: a GEMM
+    row by c_in c_out, a gathered row by c_in, a sum entry by c_out, a dense row by
+    |K| c_in c_out.
 
     Parameters
     ----------
@@ -195,7 +208,19 @@ def costs(c_in: int, c_out: int, kernel_volume: int, dtype) -> Costs:
     key = (int(c_in), int(c_out), int(kernel_volume), np.dtype(dtype).str)
     found = _memo.get(key)
     if found is None:
-        measured = _measure(key[0], key[1], key[2], np.dtype(dtype))
+        m_in, m_out = min(key[0], _MAX_CHANNELS), min(key[1], _MAX_CHANNELS)
+        m_volume = max(1, min(key[2], _MAX_DENSE_DEPTH // max(m_in, 1)))
+        bounded = (m_in, m_out, m_volume, key[3])
+        measured = _memo.get(bounded)
+        if measured is None:
+            measured = _measure(m_in, m_out, m_volume, np.dtype(dtype))
+            with _lock:
+                measured = _memo.setdefault(bounded, measured)
+        if bounded != key:
+            in_scale, out_scale = key[0] / max(m_in, 1), key[1] / max(m_out, 1)
+            measured = Costs(measured.gemm_call, measured.gemm_row * in_scale * out_scale,
+                             measured.take_row * in_scale, measured.reduce_entry * out_scale,
+                             measured.dense_row * in_scale * out_scale * key[2] / m_volume)
         with _lock:
             found = _memo.setdefault(key, measured)
     return found
