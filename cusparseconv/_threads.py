@@ -92,7 +92,7 @@ _state = {
     "threads": _default_threads(),
     "explicit": _env_threads() is not None,  # set by the user (call or variable)
     "pool": None,            # _Pool of workers (threads - 1 or more), built on first use
-    "controller": None,      # threadpoolctl.ThreadpoolController, built on first use
+    "controller": None,      # threadpoolctl's controllers of the BLAS libraries (first use)
     "blas_users": 0,         # running calls that need BLAS pinned to one thread
     "blas_limiter": None,    # the limiter that pinned it (restores the previous count)
 }
@@ -175,13 +175,33 @@ def framework_threads(n: int):
         _worker.hint = previous
 
 
+class _BlasPin:
+    """The BLAS libraries pinned to one thread; :meth:`restore_original_limits` puts
+    back the counts they had. Talks to threadpoolctl's per-library controllers
+    directly: ``ThreadpoolController.limit`` re-reads every library's state first
+    (about 40 us against 15 us a call with torch loaded, and a pin is taken per
+    product call: it showed on small layers)."""
+
+    __slots__ = ("saved",)
+
+    def __init__(self, libraries):
+        self.saved = [(library, library.get_num_threads()) for library in libraries]
+        for library, _ in self.saved:
+            library.set_num_threads(1)
+
+    def restore_original_limits(self) -> None:
+        for library, count in self.saved:
+            library.set_num_threads(count)
+
+
 def _pin_blas_locked() -> None:
     if _state["controller"] is None:
-        _state["controller"] = _threadpoolctl.ThreadpoolController()
+        controller = _threadpoolctl.ThreadpoolController()
+        _state["controller"] = controller.select(user_api="blas").lib_controllers
     if _state["blas_users"] == 0:
         # BLAS is pinned to one thread inside every block, whatever the worker
         # count: a BLAS product split over threads may sum in another order.
-        _state["blas_limiter"] = _state["controller"].limit(limits=1, user_api="blas")
+        _state["blas_limiter"] = _BlasPin(_state["controller"])
     _state["blas_users"] += 1
 
 

@@ -217,7 +217,8 @@ def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_s
         Shape of the weight; by default (K, C_in, C_out) for groups == 1,
         (K, C) when groups == C_in == C_out, else (K, G, C_in/G, C_out/G).
     algorithm : str, optional
-        CPU: "blocked"; GPU: "explicit" or "splitk"; None lets the backend choose.
+        CPU: "blocked" or "dense"; GPU: "explicit" or "splitk"; None lets the backend
+        choose.
     out : ndarray of ``weight_shape``, the dtype of ``feats``, optional
         As for :func:`conv_forward`.
 

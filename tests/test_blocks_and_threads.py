@@ -117,6 +117,17 @@ def test_dense_algorithm_matches_the_oracle(blob, algorithm):
     grad_out = rng.normal(size=out.shape)
     grad_in = csc.conv_input_grad(grad_out, weight, kmap, algorithm=algorithm)
     np.testing.assert_allclose(np.sum(feats * grad_in), np.sum(out * grad_out), rtol=1e-10)
+    # the weight gradient (dense: the blocks' gathered neighbour tables times dY's rows)
+    # against a direct sum over the enumerated pairs
+    grad_w = csc.conv_weight_grad(feats, grad_out, kmap, algorithm=algorithm)
+    index = {tuple(r): i for i, r in enumerate(blob[:, 1:].tolist())}
+    expected_w = np.zeros_like(weight)
+    for k, off in enumerate(offsets.tolist()):
+        for u, row in enumerate(blob[:, 1:].tolist()):
+            i = index.get(tuple(a + b for a, b in zip(row, off)))
+            if i is not None:
+                expected_w[k] += np.outer(feats[i], grad_out[u])
+    np.testing.assert_allclose(grad_w, expected_w, rtol=1e-10, atol=1e-10)
 
 
 def test_dense_algorithm_is_thread_invariant_and_standard_only(blob):
@@ -136,3 +147,24 @@ def test_dense_algorithm_is_thread_invariant_and_standard_only(blob):
     with pytest.raises(ValueError, match="dense"):
         csc.conv_forward(feats, rng.normal(size=(27, 2, 16, 16)).astype(np.float32), kmap,
                          groups=2, algorithm="dense")
+
+
+def test_dense_weight_gradient_is_thread_invariant_and_standard_only(blob):
+    """Its partial sums (runs of blocks) are fixed by the plan, never by the threads."""
+    rng = np.random.default_rng(6)
+    feats = rng.normal(size=(len(blob), 16)).astype(np.float32)
+    grad_out = rng.normal(size=(len(blob), 8)).astype(np.float32)
+    kmap = csc.build_kernel_map(blob, blob, csc.kernel_offsets(3))
+    before = csc.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            csc.set_num_threads(threads)
+            results.append(csc.conv_weight_grad(feats, grad_out, kmap, algorithm="dense"))
+    finally:
+        csc.set_num_threads(before)
+    assert np.array_equal(results[0], results[1]) and np.array_equal(results[0], results[2])
+    blocked = csc.conv_weight_grad(feats, grad_out, kmap, algorithm="blocked")
+    np.testing.assert_allclose(results[0], blocked, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="dense"):
+        csc.conv_weight_grad(feats, grad_out, kmap, groups=2, algorithm="dense")

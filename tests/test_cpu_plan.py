@@ -6,6 +6,7 @@ test is deterministic: the plans tested are chosen by the test, and each is
 checked against a float64 brute force written below.
 """
 
+import os
 import threading
 import time
 
@@ -314,6 +315,91 @@ def test_submanifold_input_gradient_reads_the_map_mirrored(mixed_scene, monkeypa
     assert _cpu_plan.mirror_of(down) is None
 
 
+def test_in_monotone_flags_match_a_direct_check_per_offset(mixed_scene):
+    """The plan's per-offset monotone flags (one cumulative pass over the table) on a map
+    of shuffled rows (some offsets monotone, some not) and with empty offsets."""
+    rng = np.random.default_rng(7)
+    half = mixed_scene[:len(mixed_scene) // 2]
+    shuffled = np.concatenate([half, mixed_scene[len(half):][rng.permutation(
+        len(mixed_scene) - len(half))]])
+    offsets = np.concatenate([csc.kernel_offsets(3), [[500, 0, 0], [0, 0, 900]]]).astype(
+        np.int32)
+    for coords in (mixed_scene, shuffled):
+        kmap = csc.build_kernel_map(coords, coords, offsets)
+        expected = []
+        for k in range(kmap.kernel_volume):
+            rows = kmap.in_rows[kmap.pair_offsets[k]:kmap.pair_offsets[k + 1]]
+            expected.append(all(int(b) > int(a) for a, b in zip(rows[:-1], rows[1:])))
+        flags = _cpu_plan.in_monotone(kmap)
+        assert flags.tolist() == expected
+    assert not all(expected) and any(expected)          # the shuffled map has both kinds
+
+
+def test_blas_runs_one_thread_inside_items_and_gets_its_count_back():
+    """The pin talks to threadpoolctl's per-library controllers: inside every item (on
+    the caller and on the workers) NumPy's BLAS (the one the products call) reports one
+    thread, after the call the count it had. (BLAS libraries other modules load later,
+    e.g. a framework's, are not NumPy's and are left alone.)"""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+
+    def blas_counts():
+        return [d["num_threads"] for d in threadpoolctl.threadpool_info()
+                if d["user_api"] == "blas" and d["filepath"].startswith(numpy_dir)
+                and "numpy" in os.path.relpath(d["filepath"], numpy_dir).split(os.sep)[0]]
+
+    before_counts = blas_counts()
+    assert before_counts, "NumPy's BLAS not found by threadpoolctl"
+    if max(before_counts) < 2:
+        with threadpoolctl.threadpool_limits(2, user_api="blas"):
+            _check_pin(blas_counts)
+    else:
+        _check_pin(blas_counts)
+    assert blas_counts() == before_counts
+
+
+def _check_pin(blas_counts):
+    outside = blas_counts()
+    assert max(outside) >= 2
+    seen = []
+    before = csc.get_num_threads()
+    try:
+        csc.set_num_threads(2)
+        _threads.parallel_for(lambda item: seen.append(blas_counts()), range(6))
+    finally:
+        csc.set_num_threads(before)
+    assert len(seen) == 6 and all(max(counts) == 1 for counts in seen)
+    assert blas_counts() == outside
+
+
+def test_wide_shapes_are_calibrated_at_bounded_sizes_and_scaled(monkeypatch):
+    """A grouped layer of 65,536 channels once made the calibration allocate a
+    65,536 x 65,536 weight (the process was killed for memory): wide shapes are
+    measured at the bounds and their per-row costs scaled by the channels."""
+    measured_shapes = []
+    unit = _cpu_cost.Costs(1e-6, 1e-8, 2e-9, 3e-9, 4e-7)
+
+    def fake_measure(c_in, c_out, kernel_volume, dtype):
+        measured_shapes.append((c_in, c_out, kernel_volume))
+        return unit
+
+    monkeypatch.setattr(_cpu_cost, "_measure", fake_measure)
+    monkeypatch.setattr(_cpu_cost, "_memo", {})
+    wide = _cpu_cost.costs(65536, 2048, 27, np.float32)
+    bound = _cpu_cost._MAX_CHANNELS
+    volume = _cpu_cost._MAX_DENSE_DEPTH // bound
+    assert measured_shapes == [(bound, bound, volume)]
+    assert wide.gemm_call == unit.gemm_call
+    np.testing.assert_allclose(wide.gemm_row, unit.gemm_row * (65536 / bound) * (2048 / bound))
+    np.testing.assert_allclose(wide.take_row, unit.take_row * 65536 / bound)
+    np.testing.assert_allclose(wide.reduce_entry, unit.reduce_entry * 2048 / bound)
+    np.testing.assert_allclose(wide.dense_row, unit.dense_row * (65536 / bound) * (2048 / bound)
+                               * 27 / volume)
+    assert _cpu_cost.costs(65536, 2048, 27, np.float32) is wide
+    narrow = _cpu_cost.costs(32, 64, 27, np.float32)       # in bounds: measured as it is
+    assert narrow is unit and measured_shapes[-1] == (32, 64, 27)
+
+
 def test_calibration_memory_is_bounded_for_wide_layers():
     """A grouped layer of 65,536 channels (or a 7^3 kernel at 1,024 channels) is
     calibrated at bounded sizes and scaled: the calibration once asked for a
@@ -328,9 +414,5 @@ def test_calibration_memory_is_bounded_for_wide_layers():
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 384 << 20, f"calibration peak {peak / 2**20:.0f} MiB"
-    base = _cpu_cost.costs(256, 256, 27, np.float64)
-    assert wide.gemm_row == pytest.approx(base.gemm_row * 256 * 256)
-    assert wide.take_row == pytest.approx(base.take_row * 256)
-    assert deep.dense_row == pytest.approx(
-        _cpu_cost.costs(256, 256, 27, np.float32).dense_row * 16 * 343 / 27)
+    assert peak < 256 << 20, f"calibration peak {peak / 2**20:.0f} MiB"
+    assert wide.gemm_row > 0 and deep.dense_row > 0

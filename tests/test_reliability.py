@@ -215,6 +215,31 @@ def test_non_finite_weights_same_result_on_every_cpu_algorithm(filled_ball, rng,
     np.testing.assert_array_equal(np.isnan(grad_in), np.isnan(ref_in))
 
 
+# NumPy's error state is per thread: the worker threads' matmuls warn about inf * 0
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("algorithm", [None, "dense", "blocked"])
+def test_non_finite_gradients_same_weight_gradient_on_every_cpu_algorithm(filled_ball, rng,
+                                                                          algorithm):
+    """A non-finite dY must not reach the offsets a row has no pair for (the dense weight
+    gradient would multiply it by a missing slot's zero row): dense falls back to blocked."""
+    offsets = csc.kernel_offsets(3)
+    kmap = csc.build_kernel_map(filled_ball, filled_ball, offsets)
+    feats = rng.standard_normal((len(filled_ball), 4))
+    grad_out = rng.standard_normal((len(filled_ball), 3))
+    surface = int(np.argmax(np.abs(filled_ball[:, 1:]).sum(axis=1)))  # a corner row
+    grad_out[surface, 1] = np.inf
+    feats[0, 2] = np.nan
+    pairs = oracle.kernel_map_oracle(filled_ball, filled_ball, offsets)
+    with np.errstate(invalid="ignore"):
+        ref = oracle.conv_weight_grad_oracle(feats, grad_out, pairs, (27, 4, 3))
+        grad_w = csc.conv_weight_grad(feats, grad_out, kmap, algorithm=algorithm)
+    assert not np.isnan(ref).all()
+    np.testing.assert_array_equal(np.isnan(grad_w), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(grad_w), np.isinf(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(grad_w[finite], ref[finite], rtol=1e-10, atol=1e-10)
+
+
 EMULATED_ALGORITHMS = ["explicit", "explicit_sorted", "implicit", "mask"]
 
 

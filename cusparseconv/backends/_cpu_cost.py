@@ -38,13 +38,24 @@ import time
 
 import numpy as np
 
-__all__ = ["Costs", "costs", "DENSE_MARGIN"]
+__all__ = ["Costs", "costs", "DENSE_MARGIN", "dense_chunk_rows"]
 
 #: The dense product is chosen only when predicted this much faster than the blocked one.
 DENSE_MARGIN = 0.85
 _ROWS = 2048          # rows of the calibration products (about one block's item)
 _REPEATS = 7
-_TABLE_ROWS = 65536   # source rows of the gathers (beyond L2 at C >= 16, like real inputs)
+_TABLE_BYTES = 8 << 20  # source table of the gathers: beyond L2, like real inputs
+#: Bytes of gathered rows one GEMM of the dense product takes (the gather stays in L2 until
+#: it is multiplied), at least _MIN_DENSE_CHUNK rows (shorter GEMMs repack W too often).
+#: frog-4x (76 % of slots paired), C = 32, one thread: 34-36 ms in chunks of 64-256 rows vs
+#: 46 ms for whole 1,024-row blocks with the missing slots zeroed after the gather.
+_DENSE_CHUNK_BYTES = 512 << 10
+_MIN_DENSE_CHUNK = 64
+
+
+def dense_chunk_rows(kernel_volume: int, c_in: int, itemsize: int) -> int:
+    """Output rows per GEMM of the dense product: about ``_DENSE_CHUNK_BYTES`` gathered."""
+    return max(_MIN_DENSE_CHUNK, _DENSE_CHUNK_BYTES // max(kernel_volume * c_in * itemsize, 1))
 
 _memo: dict = {}
 _lock = threading.Lock()
@@ -100,8 +111,11 @@ def _measure(c_in: int, c_out: int, kernel_volume: int, dtype: np.dtype) -> Cost
     from .._threads import blas_pinned
 
     rng = np.random.default_rng(0)
-    table = rng.standard_normal((_TABLE_ROWS, c_in)).astype(dtype)
-    weight = rng.standard_normal((c_in, c_out)).astype(dtype)
+    # random numbers drawn in the dtype itself (float64 draws cast down took ~1 s a shape at
+    # C = 256); a table of _TABLE_BYTES, at least four blocks' rows
+    table_rows = max(4 * _ROWS, _TABLE_BYTES // (c_in * dtype.itemsize))
+    table = rng.random((table_rows, c_in), dtype=dtype)
+    weight = rng.random((c_in, c_out), dtype=dtype)
     # the rows a block gathers for one offset: increasing, about half of a range (the
     # pairs of one offset over a block of output rows of a scan)
     rows = np.sort(rng.choice(2 * _ROWS, _ROWS, replace=False))
@@ -110,7 +124,7 @@ def _measure(c_in: int, c_out: int, kernel_volume: int, dtype: np.dtype) -> Cost
 
     # the sum: ~9 entries per row scattered over a block's products
     per_row = 9
-    products = rng.standard_normal((_ROWS * per_row, c_out)).astype(dtype)
+    products = rng.random((_ROWS * per_row, c_out), dtype=dtype)
     indices = rng.permutation(_ROWS * per_row).reshape(_ROWS, per_row)
     indices.sort(axis=1)
     matrix = scipy.sparse.csr_array(
@@ -118,16 +132,21 @@ def _measure(c_in: int, c_out: int, kernel_volume: int, dtype: np.dtype) -> Cost
          np.arange(0, indices.size + 1, per_row, dtype=np.int32)),
         shape=(_ROWS, products.shape[0]))
 
-    # the dense product: |K| gathers per row and one (n, |K| c_in) @ (|K| c_in, c_out)
-    dense_rows = max(64, min(_ROWS, (1 << 19) // max(kernel_volume * c_in, 1)))
-    neighbour = rng.integers(-1, _TABLE_ROWS, (dense_rows, kernel_volume))
-    neighbour.sort(axis=0)
-    flat_weight = rng.standard_normal((kernel_volume * c_in, c_out)).astype(dtype)
+    # the dense product as cpu.dense_product runs it: per chunk of output rows, |K| rows
+    # gathered per row through the neighbour table (increasing per offset, a third of the
+    # slots missing: they read the zero row at the end) and one (n, |K| c_in) @ (|K| c_in,
+    # c_out)
+    dense_rows = dense_chunk_rows(kernel_volume, c_in, dtype.itemsize)
+    neighbour = np.stack([np.sort(rng.choice(2 * dense_rows, dense_rows, replace=False))
+                          + rng.integers(0, table_rows - 2 * dense_rows - 1)
+                          for _ in range(kernel_volume)], axis=1)
+    neighbour[rng.random(neighbour.shape) < 1 / 3] = table_rows - 1
+    table[-1] = 0
+    flat_weight = rng.random((kernel_volume * c_in, c_out), dtype=dtype)
     dense_out = np.empty((dense_rows, c_out), dtype=dtype)
 
     def dense():
-        block = table.take(neighbour, axis=0, mode="wrap")
-        block[neighbour < 0] = 0
+        block = table.take(neighbour, axis=0)
         np.matmul(block.reshape(dense_rows, -1), flat_weight, out=dense_out)
 
     # a window: a slice of the table multiplied as it is (a different slice each time, as
@@ -135,7 +154,7 @@ def _measure(c_in: int, c_out: int, kernel_volume: int, dtype: np.dtype) -> Cost
     places = iter(range(1 << 62))
 
     def place() -> int:    # a different part of the table each time, as blocks are
-        return (next(places) * 2 * _ROWS) % (_TABLE_ROWS - 2 * _ROWS)
+        return (next(places) * 2 * _ROWS) % (table_rows - 2 * _ROWS)
 
     def window():
         first = place()
@@ -161,22 +180,21 @@ def _measure(c_in: int, c_out: int, kernel_volume: int, dtype: np.dtype) -> Cost
                  best["dense"] / dense_rows)
 
 
-#: Largest channel count and kernel volume calibrated as they are: beyond them the
-#: constants are measured at these sizes and scaled by the work they stand for (the
-#: calibration's arrays would otherwise grow with c_in * c_out and |K| c_in c_out: a
-#: grouped layer of 65,536 channels asked for 32 GiB).
-_CALIBRATION_MAX_CHANNELS = 256
-_CALIBRATION_MAX_KERNEL_VOLUME = 27
+#: Largest channel count calibrated as it is, and largest |K| * c_in of the dense
+#: calibration: wider shapes are measured at these sizes and the per-row costs scaled
+#: by the channels (a grouped layer of 65,536 channels must not allocate a 65,536^2
+#: calibration weight; the calibration's arrays stay under ~60 MB).
+_MAX_CHANNELS = 512
+_MAX_DENSE_DEPTH = 8192
 
 
 def costs(c_in: int, c_out: int, kernel_volume: int, dtype) -> Costs:
     """The measured :class:`Costs` of one shape (memoized for the process).
 
-    Shapes beyond ``_CALIBRATION_MAX_CHANNELS`` channels or
-    ``_CALIBRATION_MAX_KERNEL_VOLUME`` offsets are measured at those sizes and
-    scaled (per-row GEMM and dense costs by the multiply-adds, gathers by
-    ``c_in``, the reduction by ``c_out``), so calibration memory stays bounded
-    whatever the layer.
+    Shapes wider than ``_MAX_CHANNELS`` channels (or a dense depth |K| c_in above
+    ``_MAX_DENSE_DEPTH``) are measured at those bounds and scaled linearly: a GEMM
+    row by c_in c_out, a gathered row by c_in, a sum entry by c_out, a dense row by
+    |K| c_in c_out.
 
     Parameters
     ----------
@@ -190,18 +208,19 @@ def costs(c_in: int, c_out: int, kernel_volume: int, dtype) -> Costs:
     key = (int(c_in), int(c_out), int(kernel_volume), np.dtype(dtype).str)
     found = _memo.get(key)
     if found is None:
-        cal_in = min(key[0], _CALIBRATION_MAX_CHANNELS)
-        cal_out = min(key[1], _CALIBRATION_MAX_CHANNELS)
-        cal_k = min(key[2], _CALIBRATION_MAX_KERNEL_VOLUME)
-        if (cal_in, cal_out, cal_k) == key[:3]:
-            measured = _measure(cal_in, cal_out, cal_k, np.dtype(dtype))
-        else:
-            base = costs(cal_in, cal_out, cal_k, dtype)
-            macs = (key[0] / cal_in) * (key[1] / cal_out)
-            measured = Costs(base.gemm_call, base.gemm_row * macs,
-                             base.take_row * key[0] / cal_in,
-                             base.reduce_entry * key[1] / cal_out,
-                             base.dense_row * macs * key[2] / cal_k)
+        m_in, m_out = min(key[0], _MAX_CHANNELS), min(key[1], _MAX_CHANNELS)
+        m_volume = max(1, min(key[2], _MAX_DENSE_DEPTH // max(m_in, 1)))
+        bounded = (m_in, m_out, m_volume, key[3])
+        measured = _memo.get(bounded)
+        if measured is None:
+            measured = _measure(m_in, m_out, m_volume, np.dtype(dtype))
+            with _lock:
+                measured = _memo.setdefault(bounded, measured)
+        if bounded != key:
+            in_scale, out_scale = key[0] / max(m_in, 1), key[1] / max(m_out, 1)
+            measured = Costs(measured.gemm_call, measured.gemm_row * in_scale * out_scale,
+                             measured.take_row * in_scale, measured.reduce_entry * out_scale,
+                             measured.dense_row * in_scale * out_scale * key[2] / m_volume)
         with _lock:
             found = _memo.setdefault(key, measured)
     return found

@@ -38,18 +38,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._cpu_cost import DENSE_MARGIN, costs
+from ._cpu_cost import DENSE_MARGIN, costs, dense_chunk_rows
 from ._cpu_state import MAPS, state_of
 
 __all__ = ["Plan", "Block", "plan_for", "choose_dense", "add_products", "note_mirror",
-           "mirror_of"]
+           "mirror_of", "dense_chunk_rows", "in_monotone"]
 
 #: Bytes of one block's product buffer the block size aims at (fits in L2 with its sources),
 #: within [_MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS] rows (at C = 256, 1,024-row blocks run 12-20 %
 #: faster than 256-row ones: longer GEMMs).
 _BUFFER_BYTES = 2 << 20
 _MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS = 1024, 16384
-
 
 
 def note_mirror(kmap, mirror: np.ndarray) -> None:
@@ -131,11 +130,13 @@ class Block:
         return layout
 
     def neighbours(self, kmap) -> np.ndarray:
-        """(last - first, |K|) int32: the input row paired with each (row, offset), -1 if
-        none (made on first use, then kept)."""
+        """(last - first, |K|) int32: the input row paired with each (row, offset),
+        ``kmap.n_in`` if none (the zero row the dense product appends to its source;
+        made on first use, then kept)."""
         table = self._neighbours
         if table is None:
-            table = np.full((self.last - self.first, kmap.kernel_volume), -1, dtype=np.int32)
+            table = np.full((self.last - self.first, kmap.kernel_volume), kmap.n_in,
+                            dtype=np.int32)
             for k, _, _, _, _, begin, end in self.items:
                 table[kmap.out_rows[begin:end] - self.first, k] = kmap.in_rows[begin:end]
             self._neighbours = table
@@ -227,34 +228,30 @@ def _build(kmap, c_in: int, c_out: int, dtype) -> Plan:
     kernel_volume = kmap.kernel_volume
     in_rows, out_rows, pair_offsets = kmap.in_rows, kmap.out_rows, kmap.pair_offsets
 
-    # per (offset, block): pair range, first / last input row, window or gather
-    starts = np.empty((kernel_volume, n_blocks), dtype=np.int64)
-    stops = np.empty((kernel_volume, n_blocks), dtype=np.int64)
-    lengths = np.zeros((kernel_volume, n_blocks), dtype=np.int64)
-    window = np.zeros((kernel_volume, n_blocks), dtype=bool)
-    item_start = np.zeros((kernel_volume, n_blocks), dtype=np.int64)
-    predicted = 0.0
+    # per (offset, block): pair range, first / last input row, window or gather; one
+    # search per offset, the rest on (offset, block) arrays (a plan per map and shape is
+    # made on every fresh coordinate set: its Python overhead counts on small layers)
+    cuts = np.empty((kernel_volume, n_blocks + 1), dtype=np.int64)
     for k in range(kernel_volume):
         begin, end = int(pair_offsets[k]), int(pair_offsets[k + 1])
-        cuts = begin + np.searchsorted(out_rows[begin:end], bounds)
-        starts[k], stops[k] = cuts[:-1], cuts[1:]
-        count = stops[k] - starts[k]
-        present = count > 0
-        if not present.any():
-            continue
-        rows_k = in_rows[begin:end]
-        monotone = rows_k.shape[0] < 2 or bool(np.all(rows_k[1:] > rows_k[:-1]))
-        first_in = np.where(present, in_rows[np.minimum(starts[k], max(end - 1, 0))], 0)
-        last_in = np.where(present, in_rows[np.maximum(stops[k] - 1, 0)], 0)
-        span = last_in.astype(np.int64) - first_in + 1
-        gather_cost = count * (model.take_row + model.gemm_row)
-        window_cost = span * model.gemm_row
-        use_window = present & monotone & (window_cost <= gather_cost)
-        window[k] = use_window
-        item_start[k] = np.where(use_window, first_in, starts[k])
-        lengths[k] = np.where(use_window, span, count)
-        predicted += float(np.where(use_window, window_cost, gather_cost)[present].sum()
-                           + model.gemm_call * present.sum())
+        cuts[k] = begin + np.searchsorted(out_rows[begin:end], bounds)
+    starts, stops = cuts[:, :-1], cuts[:, 1:]
+    count = stops - starts
+    present = count > 0
+    if kmap.n_pairs:
+        last_pair = kmap.n_pairs - 1
+        first_in = np.where(present, in_rows[np.minimum(starts, last_pair)], 0)
+        last_in = np.where(present, in_rows[np.maximum(stops - 1, 0)], 0)
+    else:
+        first_in = last_in = np.zeros(count.shape, dtype=np.int64)
+    span = last_in.astype(np.int64) - first_in + 1
+    gather_cost = count * (model.take_row + model.gemm_row)
+    window_cost = span * model.gemm_row
+    window = present & in_monotone(kmap)[:, None] & (window_cost <= gather_cost)
+    item_start = np.where(window, first_in, starts)
+    lengths = np.where(window, span, count)
+    predicted = float(np.where(window, window_cost, gather_cost)[present].sum()
+                      + model.gemm_call * np.count_nonzero(present))
     predicted += model.reduce_entry * kmap.n_pairs
 
     # product rows of (offset, block): stacked in offset order within each block
@@ -278,6 +275,23 @@ def _build(kmap, c_in: int, c_out: int, dtype) -> Plan:
     return Plan(blocks, predicted, dense_predicted)
 
 
+def in_monotone(kmap) -> np.ndarray:
+    """(K,) bool: are offset k's input rows strictly increasing (memoised per map)?"""
+    def make():
+        in_rows, pair_offsets = kmap.in_rows, kmap.pair_offsets
+        # the pairs whose input row does not exceed the one before; offset k is monotone
+        # when none of them lies in k after its first pair (usually there are none)
+        flags = np.ones(kmap.kernel_volume, dtype=bool)
+        if in_rows.shape[0] > 1:
+            falls = np.flatnonzero(in_rows[1:] <= in_rows[:-1]) + 1
+            if falls.shape[0]:
+                offset = np.searchsorted(pair_offsets, falls, side="right") - 1
+                flags[offset[falls != pair_offsets[offset]]] = False
+        return flags
+
+    return state_of(kmap).memo("in_monotone", make)
+
+
 def plan_for(kmap, c_in: int, c_out: int, dtype) -> Plan:
     """The :class:`Plan` of a product over ``kmap`` (memoized per map and shape).
 
@@ -294,9 +308,10 @@ def plan_for(kmap, c_in: int, c_out: int, dtype) -> Plan:
     return state_of(kmap).memo(key, lambda: _build(kmap, c_in, c_out, dtype))
 
 
-def choose_dense(kmap, c_in: int, c_out: int, dtype) -> bool:
-    """Is the dense product predicted clearly faster than the blocked one?"""
+def choose_dense(kmap, c_in: int, c_out: int, dtype, margin: float = DENSE_MARGIN) -> bool:
+    """Is the dense product predicted faster than the blocked one, by ``margin``
+    (dense time < margin * blocked time)?"""
     if kmap.n_out == 0 or kmap.n_pairs == 0:
         return False
     plan = plan_for(kmap, c_in, c_out, dtype)
-    return plan.dense_predicted_s < DENSE_MARGIN * plan.predicted_s
+    return plan.dense_predicted_s < margin * plan.predicted_s

@@ -35,7 +35,8 @@ from .._arrays import read_only
 from .._dtypes import accumulate_dtype
 from .._threads import parallel_for
 from ._cpu_cost import DENSE_MARGIN
-from ._cpu_plan import add_products, choose_dense, mirror_of, note_mirror, plan_for
+from ._cpu_plan import (add_products, choose_dense, dense_chunk_rows, in_monotone, mirror_of,
+                        note_mirror, plan_for)
 from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
 from ..kmap import KernelMap
 from ._array_ops import ArrayOps, reduce_runs
@@ -375,14 +376,7 @@ def _block_rows(channels: int) -> int:
 
 def _in_monotone(kmap: KernelMap) -> np.ndarray:
     """Per offset: are the input rows strictly increasing (memoised per map)?"""
-    def make():
-        flags = np.zeros(kmap.kernel_volume, dtype=bool)
-        for k in range(kmap.kernel_volume):
-            rows = kmap.pairs(k)[0]
-            flags[k] = rows.shape[0] < 2 or bool(np.all(rows[1:] > rows[:-1]))
-        return flags
-
-    return _state(kmap).memo("in_monotone", make)
+    return in_monotone(kmap)
 
 
 def _one_pair_per_output(kmap: KernelMap) -> bool:
@@ -566,7 +560,7 @@ def _apply_for(weight: np.ndarray, layout: str, transpose: bool):
 
 
 ALGORITHMS = {"forward": ("blocked", "dense"), "input_grad": ("blocked", "dense"),
-              "weight_grad": ("blocked",)}
+              "weight_grad": ("blocked", "dense")}
 
 
 def _choose(kmap, layout, algorithm, weight) -> str:
@@ -613,14 +607,34 @@ def _choice_reason(kmap, layout, algorithm, chosen, weight) -> str:
     return f"{filled}; {predicted}: dense not below {DENSE_MARGIN:g}x blocked"
 
 
-#: Why the weight gradient runs "blocked" (its one CPU algorithm).
-_WGRAD_REASON = "the one CPU weight-gradient algorithm"
+def _weight_grad_reason(kmap, layout, algorithm, chosen, c_in, c_out, dtype) -> str:
+    """Why the weight gradient runs ``chosen`` (see :func:`_weight_grad_is_dense`)."""
+    if algorithm not in (None, "auto"):
+        if chosen != algorithm:
+            return (f"{algorithm!r} asked, but the output gradient holds inf/NaN (dense "
+                    f"would spread them)")
+        return "forced by algorithm="
+    if layout != "standard":
+        return f"the {layout} weight layout runs blocked only"
+    if kmap.n_out == 0 or kmap.n_pairs == 0:
+        return "no pairs"
+    plan = plan_for(kmap, c_in, c_out, dtype)
+    predicted = (f"the forward over this map by the cost model (one thread): blocked "
+                 f"{plan.predicted_s * 1e3:.2f} ms, dense {plan.dense_predicted_s * 1e3:.2f} ms")
+    if chosen == "dense":
+        return f"{predicted}: dense faster"
+    if choose_dense(kmap, c_in, c_out, dtype, margin=1.0):
+        return f"{predicted}, but the output gradient holds inf/NaN (dense would spread them)"
+    return f"{predicted}: dense not faster"
 
 
-def _log_choice(product, chosen, kmap, layout, algorithm, weight=None):
-    """One DEBUG record per product run (nothing is computed when DEBUG is off)."""
+def _log_choice(product, chosen, kmap, layout, algorithm, weight=None, channels=None):
+    """One DEBUG record per product run (nothing is computed when DEBUG is off).
+    ``weight`` as the product reads it (forward, input gradient); ``channels``
+    (c_in, c_out, accumulation dtype) for the weight gradient."""
     if _log.isEnabledFor(logging.DEBUG):
-        reason = (_WGRAD_REASON if product == "weight_grad"
+        reason = (_weight_grad_reason(kmap, layout, algorithm, chosen, *channels)
+                  if product == "weight_grad"
                   else _choice_reason(kmap, layout, algorithm, chosen, weight))
         _log.debug("cpu %s: algorithm %r, %s", product, chosen, reason,
                    extra={"product": product, "algorithm": chosen, "reason": reason})
@@ -630,10 +644,12 @@ def dense_product(src, kmap, weight, n_channels, dtype, out=None):
     """``out = [src[nbr[:, 0]], ..., src[nbr[:, K-1]]] @ W.reshape(K * C_in, C_out)``.
 
     Gathers every offset's input row of a block of output rows through the
-    block's neighbour table (zero where a pair is missing; made on first use by
-    the thread that runs the block) and multiplies once: no scatter at all, at
-    the price of the missing slots' work. Chosen when the cost model predicts
-    it clearly faster (dense volumes).
+    block's neighbour table (made on first use by the thread that runs the
+    block; a missing pair reads a zero row appended to a copy of ``src``) and
+    multiplies in chunks of :func:`._cpu_plan.dense_chunk_rows` rows, so that
+    each gathered chunk is still in cache when multiplied: no scatter at all,
+    at the price of the missing slots' work. Chosen when the cost model
+    predicts it clearly faster (dense volumes).
     """
     n_out, kernel_volume = kmap.n_out, kmap.kernel_volume
     if out is None:
@@ -645,18 +661,28 @@ def dense_product(src, kmap, weight, n_channels, dtype, out=None):
         return out
     flat_weight = weight.reshape(kernel_volume * src.shape[1], n_channels)
     plan = plan_for(kmap, src.shape[1], n_channels, dtype)
+    padded = _with_zero_row(src)
+    chunk = dense_chunk_rows(kernel_volume, src.shape[1], np.dtype(dtype).itemsize)
 
     def run_block(block) -> None:
         index = block.neighbours(kmap)
-        gathered = src.take(index, axis=0, mode="wrap")  # -1 reads the last row...
-        missing = index < 0
-        if missing.any():
-            gathered[missing] = 0                          # ...and is zeroed here
-        np.matmul(gathered.reshape(index.shape[0], -1), flat_weight,
-                  out=out[block.first:block.last])
+        for first in range(0, index.shape[0], chunk):
+            rows = index[first:first + chunk]
+            gathered = padded.take(rows, axis=0)
+            begin = block.first + first
+            np.matmul(gathered.reshape(rows.shape[0], -1), flat_weight,
+                      out=out[begin:begin + rows.shape[0]])
 
     parallel_for(run_block, plan.blocks)
     return out
+
+
+def _with_zero_row(src: np.ndarray) -> np.ndarray:
+    """``src`` with one row of zeros appended (row ``n_in``: what missing pairs read)."""
+    padded = np.empty((src.shape[0] + 1, src.shape[1]), dtype=src.dtype)
+    padded[:-1] = src
+    padded[-1] = 0
+    return padded
 
 
 def _check_algorithm(algorithm, product):
@@ -724,6 +750,80 @@ def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None, out=No
     return _deliver(result, out, grad_out.dtype)
 
 
+def _weight_grad_is_dense(kmap, layout, algorithm, src, dst) -> bool:
+    """Run the weight gradient densely? When asked to, or (``algorithm`` None / "auto")
+    when the forward product over this map is predicted faster dense: the dense
+    weight gradient gathers and multiplies the same rows as the dense forward, the
+    blocked one gathers the pairs' rows on both sides where the blocked forward
+    sums its products, so no margin (paired A/B, one thread, C = 32: dense / blocked
+    0.62 on frog-2x, 0.75 on frog-4x; 2.1 on surface-50k at 37 % of slots paired,
+    never predicted dense). Never when ``dst`` holds a non-finite value (a missing
+    slot's zero row times it would add NaN)."""
+    if algorithm in (None, "auto"):
+        dense = layout == "standard" and choose_dense(kmap, src.shape[1], dst.shape[1],
+                                                      src.dtype, margin=1.0)
+    elif algorithm == "dense":
+        if layout != "standard":
+            raise ValueError(f"algorithm 'dense' supports the standard weight layout only, "
+                             f"got a {layout} weight")
+        dense = True
+    else:
+        dense = False
+    return dense and kmap.n_pairs > 0 and bool(np.isfinite(dst).all())
+
+
+#: Most partial sums of the dense weight gradient (each one weight's size).
+_DENSE_WGRAD_PARTS = 16
+
+
+def dense_weight_grad(src, dst, kmap, grad_weight) -> None:
+    """``dW.reshape(K * C_in, C_out) += sum over blocks of G^T @ dY[block]``, where
+    ``G = [src[nbr[:, 0]], ..., src[nbr[:, K-1]]]`` is the block's neighbour table
+    gathered (a missing pair reads a zero row), in chunks as :func:`dense_product`.
+
+    The blocks of the forward plan are split into at most ``_DENSE_WGRAD_PARTS``
+    runs of consecutive blocks, one partial sum each; the partials are added in
+    order, so the result does not depend on the thread count. ``dY`` is read as a
+    slice: no gather of it at all.
+
+    Parameters
+    ----------
+    src : ndarray, shape (n_in, C_in), C-contiguous, accumulation dtype
+    dst : ndarray, shape (n_out, C_out), C-contiguous, accumulation dtype
+    kmap : KernelMap
+    grad_weight : ndarray, shape (K, C_in, C_out), zeros: the result is added here.
+    """
+    kernel_volume, c_in, c_out = grad_weight.shape
+    plan = plan_for(kmap, c_in, c_out, src.dtype)
+    padded = _with_zero_row(src)
+    chunk = dense_chunk_rows(kernel_volume, c_in, src.dtype.itemsize)
+    blocks = plan.blocks
+    n_parts = min(_DENSE_WGRAD_PARTS, len(blocks))
+    cuts = [len(blocks) * p // n_parts for p in range(n_parts + 1)]
+    partials = [None] * n_parts
+
+    def run_part(part: int) -> None:
+        total = None
+        for block in blocks[cuts[part]:cuts[part + 1]]:
+            index = block.neighbours(kmap)
+            for first in range(0, index.shape[0], chunk):
+                rows = index[first:first + chunk]
+                gathered = padded.take(rows, axis=0).reshape(rows.shape[0], -1)
+                begin = block.first + first
+                term = gathered.T @ dst[begin:begin + rows.shape[0]]
+                if total is None:
+                    total = term
+                else:
+                    total += term
+        partials[part] = total
+
+    parallel_for(run_part, range(n_parts))
+    total = partials[0]
+    for partial in partials[1:]:  # fixed order: deterministic sums
+        total += partial
+    grad_weight += total.reshape(grad_weight.shape)
+
+
 #: Pairs per weight-gradient work item (bounds the gathered blocks' size).
 _WGRAD_PAIRS = 16384
 #: Pairs gathered and multiplied at once inside a work item.
@@ -737,7 +837,6 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
     when given).
     """
     _check_algorithm(algorithm, "weight_grad")
-    _log_choice("weight_grad", "blocked", kmap, layout, algorithm)
     dtype = accumulate_dtype(np.result_type(feats.dtype, grad_out.dtype))
     src = np.ascontiguousarray(feats, dtype=dtype)
     dst = np.ascontiguousarray(grad_out, dtype=dtype)
@@ -746,6 +845,12 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
         grad_weight = np.zeros(weight_shape, dtype=dtype)
     else:
         grad_weight[...] = 0
+    dense = _weight_grad_is_dense(kmap, layout, algorithm, src, dst)
+    _log_choice("weight_grad", "dense" if dense else "blocked", kmap, layout, algorithm,
+                channels=(src.shape[1], dst.shape[1], dtype))
+    if dense:
+        dense_weight_grad(src, dst, kmap, grad_weight)
+        return _deliver(grad_weight, out, feats.dtype)
     items = []
     for k in range(kmap.kernel_volume):
         start, stop = int(kmap.pair_offsets[k]), int(kmap.pair_offsets[k + 1])
@@ -941,7 +1046,19 @@ class CpuBackend(ArrayOps):
         """(algorithm, reason) of ``product``, by the products' own choice (nothing runs)."""
         _check_algorithm(algorithm, product)
         if product == "weight_grad":
-            return "blocked", _WGRAD_REASON
+            # as conv_weight_grad decides it for an output gradient of finite values
+            # (one holding inf/NaN runs blocked)
+            dtype = accumulate_dtype(feats.dtype)
+            c_in = feats.shape[1]
+            dense = (algorithm == "dense" or (
+                algorithm in (None, "auto") and layout == "standard"
+                and choose_dense(kmap, c_in, c_out, dtype, margin=1.0))) and kmap.n_pairs > 0
+            if algorithm == "dense" and layout != "standard":
+                raise ValueError(f"algorithm 'dense' supports the standard weight layout only, "
+                                 f"got a {layout} weight")
+            chosen = "dense" if dense else "blocked"
+            return chosen, _weight_grad_reason(kmap, layout, algorithm, chosen, c_in, c_out,
+                                               dtype)
         weight = np.ascontiguousarray(weight, dtype=accumulate_dtype(feats.dtype))
         if product == "forward":
             target = kmap
