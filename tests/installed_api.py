@@ -66,6 +66,10 @@ assert call("get_num_threads") == 2
 old = call("set_memory_limit", 1 << 30)
 assert call("get_memory_limit") == 1 << 30
 call("set_memory_limit", old)
+report = call("explain", x, w)
+assert isinstance(report, csc.Explanation) and isinstance(report.forward, csc.ProductChoice)
+assert report.n_pairs > 0 and "forward" in str(report)
+used.update({"Explanation", "ProductChoice"})
 missing = set(csc.__all__) - used
 assert not missing, missing
 # the settings module
