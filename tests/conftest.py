@@ -349,3 +349,18 @@ def kmap_case(rng, case, geometry, ndim=3):
         offsets = np.unique(rng.integers(-2, 3, size=(7, ndim)), axis=0).astype(np.int32)
         return coords, oracle.downsample_coords_oracle(coords, 2), offsets, 2, False
     raise ValueError(case)
+
+
+@pytest.fixture
+def cooperative(monkeypatch):
+    """The host emulator in cooperative mode (a block's threads interleaved at every
+    barrier); kernel test modules take it for every test with
+    ``pytestmark = pytest.mark.usefixtures("cooperative")``."""
+    monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE", "cooperative")
+
+
+@pytest.fixture(scope="module")
+def launcher():
+    """One emulated launcher per test module (kernels compiled once per module)."""
+    from cusparseconv.backends._launch import emulated_launcher
+    return emulated_launcher()

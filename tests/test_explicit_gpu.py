@@ -15,7 +15,6 @@ import pytest
 
 import cusparseconv as csc
 from cusparseconv.backends import _explicit as ex
-from cusparseconv.backends._launch import emulated_launcher
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -25,14 +24,8 @@ TOLERANCE = {np.dtype(np.float16): 4e-3, BF16: 3e-2, np.dtype(np.float32): 1e-5,
              np.dtype(np.float64): 1e-12}
 
 
-@pytest.fixture(autouse=True)
-def cooperative(monkeypatch):
-    monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE", "cooperative")
-
-
-@pytest.fixture(scope="module")
-def launcher():
-    return emulated_launcher()
+# every test here runs the emulator in cooperative mode (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("cooperative")
 
 
 def cloud(seed, n=160, extent=7):

@@ -80,11 +80,6 @@ def tf32(enabled):
 
 
 @pytest.fixture
-def cooperative(monkeypatch):
-    monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE", "cooperative")
-
-
-@pytest.fixture
 def scrambling_backend(monkeypatch, cooperative):
     xp = LayoutScramblingNumpy()
     backend = CudaBackend(Launcher(xp, emulated=True))

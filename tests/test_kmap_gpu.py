@@ -18,18 +18,11 @@ import pytest
 
 import cusparseconv as csc
 from cusparseconv.backends import _kmap_gpu as kg
-from cusparseconv.backends._launch import emulated_launcher
 from cusparseconv.coords import pack
 
 
-@pytest.fixture(autouse=True)
-def cooperative(monkeypatch):
-    monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE", "cooperative")
-
-
-@pytest.fixture(scope="module")
-def launcher():
-    return emulated_launcher()
+# every test here runs the emulator in cooperative mode (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("cooperative")
 
 
 def cloud(seed, n, ndim=3, low=-4, high=4, batches=2):

@@ -26,9 +26,8 @@ TOLERANCE = {np.dtype(np.float16): 3e-3, BF16: 2e-2, np.dtype(np.float32): 2e-3,
              np.dtype(np.float64): 1e-12}
 
 
-@pytest.fixture(autouse=True)
-def cooperative(monkeypatch):
-    monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE", "cooperative")
+# every test here runs the emulator in cooperative mode (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("cooperative")
 
 
 def sparse_cloud(seed, n=90, extent=6):

@@ -18,7 +18,6 @@ import pytest
 
 import cusparseconv as csc
 from cusparseconv.backends import _tensor_core as tc
-from cusparseconv.backends._launch import emulated_launcher
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 
@@ -28,14 +27,8 @@ FLOAT16, BFLOAT16, FLOAT32 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16),
 TOLERANCE = {FLOAT16: 2e-3, BFLOAT16: 1.5e-2, FLOAT32: 2e-3}
 
 
-@pytest.fixture(autouse=True)
-def cooperative(monkeypatch):
-    monkeypatch.setenv("CUSPARSECONV_EMULATOR_MODE", "cooperative")
-
-
-@pytest.fixture(scope="module")
-def launcher():
-    return emulated_launcher()
+# every test here runs the emulator in cooperative mode (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("cooperative")
 
 
 def cloud(rng, n, extent=8, ndim=3):
