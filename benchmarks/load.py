@@ -46,7 +46,8 @@ def _burn(stop_at: float, counter, parent_pid: int) -> None:
     while time.time() < stop_at:
         for _ in range(20):
             a = np.sort(a)[::-1].copy()
-            a += 0.5 * a.sum() / a.size
+            a -= a.sum() / a.size                  # centred and scaled: stays finite
+            a /= max(float(np.abs(a).max()), 1e-30)
             b = b @ b
             b /= max(float(np.abs(b).max()), 1e-30)
             total = 0

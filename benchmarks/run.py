@@ -147,6 +147,38 @@ def load_torch():
         return None
 
 
+def spconv_settings(args):
+    """torch thread counts spconv is timed at: ``{label: threads}``.
+
+    By default both settings a user gets without environment variables: torch at
+    one thread (spconv's own OpenMP kernels still use every core, and its idle
+    threads do not spin against torch's) and torch at ``--threads`` (spconv's
+    GEMMs, which are torch's ``mm``, on every core). The row's spconv time of an
+    operation is the faster of the two (see :func:`pick_spconv_setting`).
+    """
+    if args.spconv_torch_threads is None:
+        counts = sorted({1, args.threads})
+    else:
+        counts = [args.spconv_torch_threads or args.threads]
+    return {f"spconv_t{n}": n for n in counts}
+
+
+def pick_spconv_setting(entry, labels):
+    """Per operation, the faster spconv setting (lower median) becomes ``entry["spconv"][op]``.
+
+    The pick is recorded as ``entry["spconv"][op]["torch_threads"]``; every setting's
+    times stay in ``entry[label]``. The other library's runs of a round were interleaved
+    with every setting, so the paired ratios stay run-by-run.
+    """
+    for op in ("map", "mapfwd", "fwd", "fwdbwd"):
+        timed = [(entry[label][op]["median_s"], label) for label in labels
+                 if op in entry.get(label, {})]
+        if timed:
+            _, label = min(timed)
+            entry["spconv"][op] = {**entry[label][op],
+                                   "torch_threads": int(label.split("_t")[1])}
+
+
 def with_torch_threads(torch, threads, fn):
     """``fn`` run with torch's intra-op thread count set to ``threads`` (restored after)."""
     if not threads:
@@ -652,6 +684,7 @@ def run_layer(args, csc, torch, spconv_libs, orders, workload, layer_name, chann
                       "fwdbwd": 6.0 * layer.n_pairs * channels * channels},
              "repeats": repeats,
              "ours": {}, "spconv": {}, "dense": {}, "agreement": {}}
+    settings = spconv_settings(args)
     peers = {}
     if spconv_libs is not None:
         peer = SpconvLayer(spconv_libs, orders, layer)
@@ -682,14 +715,15 @@ def run_layer(args, csc, torch, spconv_libs, orders, workload, layer_name, chann
             continue
         fns = {"ours": layer.build_map if op == "map" else getattr(layer, op)}
         if "spconv" in peers and not (op == "map" and layer_name == "up2"):
-            fns["spconv"] = with_torch_threads(torch, args.spconv_torch_threads,
-                                               getattr(peers["spconv"], op))
+            for label, threads in settings.items():
+                fns[label] = with_torch_threads(torch, threads, getattr(peers["spconv"], op))
         for name, timing in bc.measure(fns, repeats, args.warmup).items():
-            entry[name][op] = timing_summary(timing["times_s"])
+            entry.setdefault(name, {})[op] = timing_summary(timing["times_s"])
         if "dense" in peers and op in ("fwd", "fwdbwd"):  # slow: fewer runs, after its check
             timing = bc.measure({"dense": getattr(peers["dense"], op)},
                                 min(repeats, DENSE_REPEATS), 0)["dense"]
             entry["dense"][op] = timing_summary(timing["times_s"])
+    pick_spconv_setting(entry, settings)
     entry["ours"]["peak_mib"] = peak_rss_growth(layer.fwdbwd)
     for name, peer in peers.items():
         entry[name]["peak_mib"] = peak_rss_growth(peer.fwdbwd)
@@ -728,14 +762,18 @@ def run_unet(args, torch, spconv_libs, orders, workload, seed):
         peers["spconv"] = peer
     else:
         entry["spconv"]["skipped"] = args.spconv_reason
-    # both networks with torch at the same thread count (their batch norms, ReLUs and
-    # concatenations are torch's); the sparse convolutions use each library's threads
+    # ours with torch at its default count (--threads; batch norms, ReLUs and
+    # concatenations are torch's), spconv at each setting of spconv_settings (the
+    # faster one per operation is the row's spconv time)
+    settings = spconv_settings(args)
     for op in ("fwd", "fwdbwd"):
-        fns = {"ours": with_torch_threads(torch, args.spconv_torch_threads, getattr(ours, op)),
-               **{n: with_torch_threads(torch, args.spconv_torch_threads, getattr(p, op))
-                  for n, p in peers.items()}}
+        fns = {"ours": with_torch_threads(torch, args.threads, getattr(ours, op))}
+        if "spconv" in peers:
+            fns.update({label: with_torch_threads(torch, threads, getattr(peers["spconv"], op))
+                        for label, threads in settings.items()})
         for name, timing in bc.measure(fns, args.net_repeats, args.warmup).items():
-            entry[name][op] = timing_summary(timing["times_s"])
+            entry.setdefault(name, {})[op] = timing_summary(timing["times_s"])
+    pick_spconv_setting(entry, settings)
     entry["ours"]["peak_mib"] = peak_rss_growth(ours.fwdbwd)
     for name, peer in peers.items():
         entry[name]["peak_mib"] = peak_rss_growth(peer.fwdbwd)
@@ -758,7 +796,7 @@ def add_ratios(entry):
     paired = {}
     for op in ("map", "mapfwd", "fwd", "fwdbwd"):
         ours, peer = entry["ours"].get(op), entry["spconv"].get(op)
-        if ours and peer and "times_s" in ours and "times_s" in peer:
+        if ours and isinstance(peer, dict) and "times_s" in ours and "times_s" in peer:
             paired[op] = statistics.median(a / b for a, b in zip(ours["times_s"],
                                                                  peer["times_s"]))
     entry["paired_ours_over_spconv"] = paired
@@ -893,11 +931,11 @@ def parse_args(argv=None):
     parser.add_argument("--tag", default="", help="appended to the output file names")
     parser.add_argument("--threads", type=int, default=2,
                         help="threads of every library (default 2)")
-    parser.add_argument("--spconv-torch-threads", type=int, default=1,
-                        help="torch's thread count while spconv runs (default 1: spconv's "
-                             "fastest setting without environment variables, see "
-                             "benchmarks/README.md; 0 keeps --threads); the network rows run "
-                             "both networks with torch at this count")
+    parser.add_argument("--spconv-torch-threads", type=int, default=None,
+                        help="time spconv only with torch at this thread count (0: --threads); "
+                             "default: at 1 and at --threads, interleaved, and take the faster "
+                             "per operation (both are settings a user gets without environment "
+                             "variables; see benchmarks/README.md)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per layer")
     parser.add_argument("--no-spconv", action="store_true", help="do not time spconv")
     parser.add_argument("--no-dense", dest="dense", action="store_false",
@@ -1013,7 +1051,8 @@ def main(argv=None):
            "spconv": spconv_libs[2] if spconv_libs else None,
            "spconv_skipped": args.spconv_reason, "quick": args.quick,
            "held_out": args.held_out, "sweep": args.sweep, "channel_sweep": args.channel_sweep,
-           "load_procs": args.load, "spconv_torch_threads": args.spconv_torch_threads,
+           "load_procs": args.load,
+           "spconv_torch_threads": list(spconv_settings(args).values()),
            "repeats": args.repeats, "net_repeats": args.net_repeats, "warmup": args.warmup,
            "thread_environment": bc.thread_environment(),
            "loadavg_start": os.getloadavg(),

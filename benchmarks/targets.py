@@ -27,6 +27,13 @@ SGEMM_FRACTION = 0.5        # products at C >= 32
 TRAIN_P90 = 1.5             # p90 / median step time, quiet machine
 
 
+def _threads_text(counts):
+    """The torch thread counts spconv ran at, as the run recorded them."""
+    if isinstance(counts, list):
+        return " and ".join(map(str, counts)) + " thread(s), the faster per operation"
+    return f"{counts} thread(s)"
+
+
 def _ratio(entry, op):
     """ours / spconv: the median of the run-by-run ratios when recorded (the two runs of
     a pair see the same phase of a shared machine), else the ratio of the medians."""
@@ -182,7 +189,7 @@ def main(argv=None):
         env = run["environment"]
         lines.append(f"- `{path.rsplit('/', 1)[-1]}`: {env['date']}, {env['cpu']}, "
                      f"{env['threads']} threads, spconv {env.get('spconv')} (torch at "
-                     f"{env.get('spconv_torch_threads')} thread(s) while it runs), load average "
+                     f"{_threads_text(env.get('spconv_torch_threads'))} while it runs), load average "
                      f"{[round(v, 1) for v in env.get('loadavg_start', [])]} -> "
                      f"{[round(v, 1) for v in env.get('loadavg_end', [])]}, sgemm "
                      f"{env.get('sgemm_gflops_start', 0):.0f} / "

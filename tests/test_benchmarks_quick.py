@@ -108,3 +108,43 @@ def test_load_generator_runs_and_stops():
     with pytest.raises(ValueError, match="procs"):
         with busy(-1):
             pass
+
+
+def test_spconv_is_compared_at_its_faster_torch_setting():
+    """The row's spconv time of an operation is the faster of the torch thread settings
+    it ran at (per operation), recorded with the setting, and the paired ratios use the
+    runs of that setting."""
+    import argparse
+    from benchmarks import run
+    args = argparse.Namespace(spconv_torch_threads=None, threads=2)
+    assert run.spconv_settings(args) == {"spconv_t1": 1, "spconv_t2": 2}
+    assert run.spconv_settings(argparse.Namespace(spconv_torch_threads=0, threads=4)) == \
+        {"spconv_t4": 4}
+    entry = {"ours": {"fwd": run.timing_summary([1.0, 1.0, 1.0]),
+                      "fwdbwd": run.timing_summary([3.0, 3.0, 3.0])},
+             "spconv": {}, "dense": {},
+             "spconv_t1": {"fwd": run.timing_summary([2.0, 2.2, 2.4]),
+                           "fwdbwd": run.timing_summary([4.0, 4.0, 4.0])},
+             "spconv_t2": {"fwd": run.timing_summary([1.6, 1.5, 1.7]),
+                           "fwdbwd": run.timing_summary([6.0, 6.0, 6.0])}}
+    run.pick_spconv_setting(entry, {"spconv_t1": 1, "spconv_t2": 2})
+    assert entry["spconv"]["fwd"]["torch_threads"] == 2
+    assert entry["spconv"]["fwdbwd"]["torch_threads"] == 1
+    run.add_ratios(entry)
+    assert entry["paired_ours_over_spconv"]["fwd"] == pytest.approx(1 / 1.6)
+    assert entry["paired_ours_over_spconv"]["fwdbwd"] == pytest.approx(0.75)
+
+
+def test_load_generator_stays_finite():
+    """The busy processes' arrays stay finite (an overflow once turned the load into
+    arithmetic on infinities)."""
+    import multiprocessing
+    from benchmarks import load
+    context = multiprocessing.get_context("spawn")
+    counter = context.Value("q", 0)
+    import time
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load._burn(time.time() + 5.0, counter, os.getppid())   # overflowed after ~2.4 s
+    assert counter.value >= 1
