@@ -226,6 +226,36 @@ def sgemm_rate(threads, n=2048, repeats=3):
     return 2.0 * n ** 3 / best / 1e9
 
 
+def skinny_gemm_rate(threads, channels, rows=2048, items=32, repeats=3):
+    """GFLOP/s of the GEMM shape the products are made of, run the way they run.
+
+    ``items`` independent ``(rows, C) @ (C, C)`` float32 matmuls (the product of
+    one block and offset) spread over ``threads`` threads by
+    ``cusparseconv._threads.parallel_for`` with BLAS at one thread inside, as in
+    the CPU products: the rate a gather-multiply-sum product could reach if its
+    gathers and sums were free. NumPy's BLAS reaches far less of its square-matrix
+    rate on this shape at small C (the short inner dimension) than at large C.
+    """
+    from cusparseconv import _threads
+    rng = np.random.default_rng(2)
+    source = rng.standard_normal((rows, channels), dtype=np.float32)
+    weight = rng.standard_normal((channels, channels), dtype=np.float32)
+    outs = np.empty((items, rows, channels), dtype=np.float32)
+
+    def item(index):
+        np.matmul(source, weight, out=outs[index])
+
+    before = _threads.get_num_threads()
+    _threads.set_num_threads(threads)
+    try:
+        _threads.parallel_for(item, range(items))
+        best = min(_timed(lambda: _threads.parallel_for(item, range(items)))
+                   for _ in range(repeats))
+    finally:
+        _threads.set_num_threads(before)
+    return 2.0 * items * rows * channels * channels / best / 1e9
+
+
 def _timed(fn):
     start = time.perf_counter()
     fn()
@@ -710,6 +740,7 @@ def run_layer(args, csc, torch, spconv_libs, orders, workload, layer_name, chann
     else:
         entry["dense"]["skipped"] = "torch not installed" if torch is None else "--no-dense"
     entry["sgemm_gflops"] = sgemm_rate(args.threads)
+    entry["skinny_gemm_gflops"] = skinny_gemm_rate(args.threads, channels)
     for op in ("map", "mapfwd", "fwd", "fwdbwd"):
         if op == "mapfwd" and layer_name == "up2":  # its map is down2's reverse table
             continue
@@ -734,17 +765,21 @@ def run_layer(args, csc, torch, spconv_libs, orders, workload, layer_name, chann
 
 
 def add_sgemm_fractions(entry):
-    """Useful flops per second of fwd and fwd+bwd over the row's sgemm rate, per library."""
-    rate = entry.get("sgemm_gflops")
-    if not rate:
-        return
-    for lib in ("ours", "spconv"):
-        fractions = {}
-        for op, flop in entry["flop"].items():
-            timing = entry[lib].get(op)
-            if timing:
-                fractions[op] = flop / timing["median_s"] / 1e9 / rate
-        entry[lib]["sgemm_fraction"] = fractions
+    """Useful flops per second of fwd and fwd+bwd over the row's square-sgemm rate
+    (``sgemm_fraction``) and over the rate of the products' own GEMM shape
+    (``skinny_gemm_fraction``, :func:`skinny_gemm_rate`), per library."""
+    for key, name in (("sgemm_gflops", "sgemm_fraction"),
+                      ("skinny_gemm_gflops", "skinny_gemm_fraction")):
+        rate = entry.get(key)
+        if not rate:
+            continue
+        for lib in ("ours", "spconv"):
+            fractions = {}
+            for op, flop in entry["flop"].items():
+                timing = entry[lib].get(op)
+                if timing:
+                    fractions[op] = flop / timing["median_s"] / 1e9 / rate
+            entry[lib][name] = fractions
 
 
 def run_unet(args, torch, spconv_libs, orders, workload, seed):

@@ -60,6 +60,16 @@ def _mark(value, limit):
     return f"{value:.2f}" + (" ✓" if value <= limit else " ✗")
 
 
+def _skinny(entry):
+    """The row's GEMM-shape ceiling: its rate, the square sgemm rate, our forward's fraction."""
+    rate = entry.get("skinny_gemm_gflops")
+    if not rate:
+        return ""
+    fraction = entry.get("ours", {}).get("skinny_gemm_fraction", {}).get("fwd")
+    return (f"{rate:.0f}, {entry.get('sgemm_gflops', 0):.0f}, "
+            + ("" if fraction is None else f"{100 * fraction:.0f}%"))
+
+
 def _key(entry):
     return entry["workload"], entry["layer"], str(entry["channels"])
 
@@ -68,9 +78,10 @@ def layer_table(results, before=None):
     before_by_key = {_key(e): e for e in (before or [])}
     head = ("| workload | group | layer | C | occupancy | map+fwd ms ours / spconv | fwd ms "
             "ours / spconv | fwd+bwd ms ours / spconv | ours/spconv map+fwd | ours/spconv fwd "
-            "| ours/spconv fwd+bwd | sgemm fraction ours fwd, fwd+bwd |"
+            "| ours/spconv fwd+bwd | sgemm fraction ours fwd, fwd+bwd "
+            "| skinny-GEMM rate GFLOP/s, sgemm rate, ours fwd / it |"
             + (" before: ours/spconv map+fwd, fwd, fwd+bwd |" if before else ""))
-    lines = [head, "|" + "---|" * (12 + (1 if before else 0))]
+    lines = [head, "|" + "---|" * (13 + (1 if before else 0))]
     tally = {"mapfwd": [0, 0], "fwdbwd": [0, 0], "strided_fwd": [0, 0], "sgemm": [0, 0]}
     for e in results:
         if e["layer"] == "unet":
@@ -100,7 +111,8 @@ def layer_table(results, before=None):
                f"| {_ms(e, 'ours', 'fwd')} / {_ms(e, 'spconv', 'fwd')} "
                f"| {_ms(e, 'ours', 'fwdbwd')} / {_ms(e, 'spconv', 'fwdbwd')} "
                f"| {first} | {cells[1]} | {cells[2]} "
-               f"| {100 * fractions.get('fwd', 0):.0f}%, {100 * fractions.get('fwdbwd', 0):.0f}% |")
+               f"| {100 * fractions.get('fwd', 0):.0f}%, {100 * fractions.get('fwdbwd', 0):.0f}% "
+               f"| {_skinny(e)} |")
         if before:
             old = before_by_key.get(_key(e))
             if old:
