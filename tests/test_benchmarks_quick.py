@@ -80,8 +80,9 @@ def test_quick_run_rows_carry_occupancy_and_sgemm_fraction(quick_run):
         if entry["layer"] == "unet":
             continue
         assert 0 < entry["occupancy"] <= 1
-        assert entry["sgemm_gflops"] > 0
+        assert entry["sgemm_gflops"] > 0 and entry["skinny_gemm_gflops"] > 0
         assert set(entry["ours"]["sgemm_fraction"]) == {"fwd", "fwdbwd"}
+        assert set(entry["ours"]["skinny_gemm_fraction"]) == {"fwd", "fwdbwd"}
         if entry["layer"] != "up2":
             assert entry["ours"]["mapfwd"]["median_s"] > 0
 
