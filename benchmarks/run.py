@@ -569,12 +569,15 @@ class OursUNet:
         self.feats = torch.from_numpy(inputs.feats).to(dtype)
         self.grad_out = torch.from_numpy(inputs.grad_out).to(dtype)
 
-    def forward(self):
+    def forward(self, layer_timer=None):
+        """(coords, logits); ``layer_timer(index, convolve)``, when given, runs each
+        convolution (``convolve()``, the plan's entry ``index``) and returns its output:
+        :mod:`benchmarks.unet_layers` times the layers through it."""
         torch, cst = self.torch, self.cst
         F = torch.nn.functional
         x = cst.SparseTensor(self.inputs.coords, self.feats)
         skips, weights = {}, iter(self.weights)
-        for kind, level, _, _ in self.inputs.plan:
+        for index, (kind, level, _, _) in enumerate(self.inputs.plan):
             if kind == "skip":
                 skips[level] = x
                 continue
@@ -583,9 +586,12 @@ class OursUNet:
                 continue
             w = next(weights)
             if kind == "subm":
-                x = cst.conv(x, w, 3)
+                def convolve(x=x, w=w):
+                    return cst.conv(x, w, 3)
             else:
-                x = cst.conv(x, w, 2, 2, transposed=(kind == "up"))
+                def convolve(x=x, w=w, transposed=(kind == "up")):
+                    return cst.conv(x, w, 2, 2, transposed=transposed)
+            x = convolve() if layer_timer is None else layer_timer(index, convolve)
             x = x.replace_feats(F.relu(F.batch_norm(x.feats, None, None, training=True)))
         return x.coords, x.feats @ self.head
 
@@ -630,19 +636,24 @@ class SpconvUNet:
         self.feats = torch.from_numpy(inputs.feats)
         self.grad_out = torch.from_numpy(inputs.grad_out)
 
-    def forward(self):
+    def forward(self, layer_timer=None):
+        """(indices, logits); ``layer_timer`` as in :meth:`OursUNet.forward`."""
         torch, spt = self.torch, self.spt
         F = torch.nn.functional
         x = spt.SparseConvTensor(self.feats, self.indices, self.shape, 1)
         skips = {}
-        for (kind, level, _, _), module in zip(self.inputs.plan, self.modules):
+        for index, ((kind, level, _, _), module) in enumerate(zip(self.inputs.plan,
+                                                                   self.modules)):
             if kind == "skip":
                 skips[level] = x
                 continue
             if kind == "cat":
                 x = x.replace_feature(torch.cat([x.features, skips[level].features], dim=1))
                 continue
-            x = module(x)
+
+            def convolve(x=x, module=module):
+                return module(x)
+            x = convolve() if layer_timer is None else layer_timer(index, convolve)
             x = x.replace_feature(F.relu(F.batch_norm(x.features, None, None, training=True)))
         return x.indices, x.features @ self.head
 

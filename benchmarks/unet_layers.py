@@ -53,46 +53,15 @@ def workload(name):
     return wl.real_workload(name)
 
 
-def layer_forward(net, x, times, clock):
-    """Our network's forward, timing each convolution into ``times[index]``."""
-    import cusparseconv.torch as cst
-    F = net.torch.nn.functional
-    skips, weights = {}, iter(net.weights)
-    for index, (kind, level, _, _) in enumerate(net.inputs.plan):
-        if kind == "skip":
-            skips[level] = x
-            continue
-        if kind == "cat":
-            x = cst.cat(x, skips[level])
-            continue
-        weight = next(weights)
+def timed_layers(times, clock):
+    """A ``layer_timer`` for the networks' ``forward``: each convolution's time goes
+    into ``times[index]``."""
+    def layer_timer(index, convolve):
         start = clock()
-        if kind == "subm":
-            x = cst.conv(x, weight, 3)
-        else:
-            x = cst.conv(x, weight, 2, 2, transposed=(kind == "up"))
+        out = convolve()
         times.setdefault(index, []).append(clock() - start)
-        x = x.replace_feats(F.relu(F.batch_norm(x.feats, None, None, training=True)))
-    return x
-
-
-def peer_forward(net, x, times, clock):
-    """spconv's network forward, timing each module into ``times[index]``."""
-    torch = net.torch
-    F = torch.nn.functional
-    skips = {}
-    for index, ((kind, level, _, _), module) in enumerate(zip(net.inputs.plan, net.modules)):
-        if kind == "skip":
-            skips[level] = x
-            continue
-        if kind == "cat":
-            x = x.replace_feature(torch.cat([x.features, skips[level].features], dim=1))
-            continue
-        start = clock()
-        x = module(x)
-        times.setdefault(index, []).append(clock() - start)
-        x = x.replace_feature(F.relu(F.batch_norm(x.features, None, None, training=True)))
-    return x
+        return out
+    return layer_timer
 
 
 def main(argv=None):
@@ -113,11 +82,8 @@ def main(argv=None):
     ours, peer = suite.OursUNet(torch, inputs), suite.SpconvUNet(libs, orders, inputs)
     times = {"ours": {}, "spconv": {}}
     totals = {"ours": [], "spconv": []}
-    runs = {
-        "ours": lambda t: layer_forward(ours, csc_tensor(ours), t, clock),
-        "spconv": lambda t: peer_forward(peer, spt.SparseConvTensor(
-            peer.feats, peer.indices, peer.shape, 1), t, clock),
-    }
+    runs = {name: (lambda t, net=net: net.forward(timed_layers(t, clock)))
+            for name, net in (("ours", ours), ("spconv", peer))}
     with torch.no_grad():
         for run in range(args.repeats + 1):        # the first forward of each is warm-up
             names = ("ours", "spconv") if run % 2 == 0 else ("spconv", "ours")
@@ -144,11 +110,6 @@ def main(argv=None):
         print(f"{index:>3} {kind:<6} {level:>5} {f'{c_in} -> {c_out}':>12} "
               f"{statistics.median(a) * 1e3:>8.1f} {statistics.median(b) * 1e3:>8.1f} "
               f"{ratio:>7.2f}")
-
-
-def csc_tensor(net):
-    import cusparseconv.torch as cst
-    return cst.SparseTensor(net.inputs.coords, net.feats)
 
 
 if __name__ == "__main__":
