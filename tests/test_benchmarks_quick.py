@@ -149,3 +149,24 @@ def test_load_generator_stays_finite():
         warnings.simplefilter("error")
         load._burn(time.time() + 5.0, counter, os.getppid())   # overflowed after ~2.4 s
     assert counter.value >= 1
+
+
+def test_network_forward_per_layer_timer():
+    """The suite's network forward with the per-layer timer of unet_layers: one time per
+    convolution of the plan, and the same logits as without the timer."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from benchmarks import run
+    from benchmarks.unet_layers import timed_layers
+    rng = np.random.default_rng(0)
+    xyz = np.unique(rng.integers(0, 24, (3000, 3)), axis=0)
+    coords = np.concatenate([np.zeros((len(xyz), 1), xyz.dtype), xyz], 1).astype(np.int32)
+    inputs = run.UNetInputs(coords, 4, (8, 16), 5, 0)
+    net = run.OursUNet(torch, inputs)
+    times = {}
+    with torch.no_grad():
+        _, plain = net.forward()
+        _, timed = net.forward(timed_layers(times, __import__("time").perf_counter))
+    convs = [i for i, (kind, *_rest) in enumerate(inputs.plan) if kind in ("subm", "down", "up")]
+    assert sorted(times) == convs and all(len(v) == 1 and v[0] > 0 for v in times.values())
+    assert torch.equal(plain, timed)
