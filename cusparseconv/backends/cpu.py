@@ -36,7 +36,7 @@ from .._dtypes import accumulate_dtype
 from .._threads import parallel_for
 from ._cpu_cost import DENSE_MARGIN
 from ._cpu_plan import (add_products, choose_dense, dense_chunk_rows, in_monotone, mirror_of,
-                        note_mirror, plan_for)
+                        neighbours, note_mirror, plan_for)
 from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
 from ..kmap import KernelMap
 from ._array_ops import ArrayOps, reduce_runs
@@ -492,6 +492,7 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
     if n_out == 0 or kmap.n_pairs == 0:
         return out
     plan = plan_for(kmap, src.shape[1], n_channels, dtype)
+    plan.make_sums(kmap)   # every block's sum at once, before the workers start
     in_rows_all = kmap.in_rows
 
     def run_block(block) -> None:
@@ -644,8 +645,8 @@ def dense_product(src, kmap, weight, n_channels, dtype, out=None):
     """``out = [src[nbr[:, 0]], ..., src[nbr[:, K-1]]] @ W.reshape(K * C_in, C_out)``.
 
     Gathers every offset's input row of a block of output rows through the
-    block's neighbour table (made on first use by the thread that runs the
-    block; a missing pair reads a zero row appended to a copy of ``src``) and
+    map's neighbour table (:func:`._cpu_plan.neighbours`, made once per map; a
+    missing pair reads a zero row appended to a copy of ``src``) and
     multiplies in chunks of :func:`._cpu_plan.dense_chunk_rows` rows, so that
     each gathered chunk is still in cache when multiplied: no scatter at all,
     at the price of the missing slots' work. Chosen when the cost model
@@ -663,9 +664,10 @@ def dense_product(src, kmap, weight, n_channels, dtype, out=None):
     plan = plan_for(kmap, src.shape[1], n_channels, dtype)
     padded = _with_zero_row(src)
     chunk = dense_chunk_rows(kernel_volume, src.shape[1], np.dtype(dtype).itemsize)
+    table = neighbours(kmap)
 
     def run_block(block) -> None:
-        index = block.neighbours(kmap)
+        index = table[block.first:block.last]
         for first in range(0, index.shape[0], chunk):
             rows = index[first:first + chunk]
             gathered = padded.take(rows, axis=0)
@@ -801,11 +803,12 @@ def dense_weight_grad(src, dst, kmap, grad_weight) -> None:
     n_parts = min(_DENSE_WGRAD_PARTS, len(blocks))
     cuts = [len(blocks) * p // n_parts for p in range(n_parts + 1)]
     partials = [None] * n_parts
+    table = neighbours(kmap)
 
     def run_part(part: int) -> None:
         total = None
         for block in blocks[cuts[part]:cuts[part + 1]]:
-            index = block.neighbours(kmap)
+            index = table[block.first:block.last]
             for first in range(0, index.shape[0], chunk):
                 rows = index[first:first + chunk]
                 gathered = padded.take(rows, axis=0).reshape(rows.shape[0], -1)
