@@ -205,28 +205,47 @@ def _sum_layouts(kmap, blocks, begins, counts, windows, starts, lengths, bases):
     np.cumsum(n_products + 1, out=column_cuts[1:])
 
     # entries: each block's pairs, offset after offset (its product rows' order), as
-    # output rows relative to the block's first row
-    pairs = _ranges(begins.ravel(), counts.ravel())
-    rows = kmap.out_rows[pairs]
-    rows -= np.repeat(firsts, pairs_per_block).astype(rows.dtype)
-    rows = rows.astype(np.int32, copy=False)
+    # output rows relative to the block's first row: one concatenation of the items'
+    # slices of the pair table, one subtraction
+    out_rows = kmap.out_rows
+    flat_begins, flat_counts = begins.ravel().tolist(), counts.ravel().tolist()
+    rows = np.concatenate([out_rows[begin:begin + count]
+                           for begin, count in zip(flat_begins, flat_counts) if count]
+                          or [out_rows[:0]]).astype(np.int32, copy=False)
+    rows -= np.repeat(firsts.astype(np.int32), pairs_per_block)
 
-    # column starts: the running count of entries per product row (one per row, none for
-    # a window row without a pair), with a reset at each block's leading zero
-    steps = np.ones(int(column_cuts[-1]), dtype=np.int64)
-    steps[column_cuts[:-1]] = 0
-    steps[column_cuts[1:-1]] = -pairs_per_block[:-1]
+    # column starts: column_starts[t] of a block counts its entries in product rows < t,
+    # i.e. t less the window rows without a pair before t. No running sum over all rows
+    # (np.cumsum: ~2.7 ns a row): the shift is constant between the ends of the windows
+    # with such rows ("holes"), and inside those windows a search counts the paired rows.
+    n_columns = int(column_cuts[-1])
+    block_cuts = column_cuts[:-1]
     holes = windows & (lengths != counts)
+    event_at, event_shift = block_cuts, block_cuts   # a block's column starts begin at 0
     if holes.any():
-        hole_blocks, hole_offsets = np.nonzero(holes)
-        first_row = column_cuts[hole_blocks] + 1 + bases[hole_blocks, hole_offsets]
-        steps[_ranges(first_row, lengths[hole_blocks, hole_offsets])] = 0
-        hole_counts = counts[hole_blocks, hole_offsets]
-        paired = kmap.in_rows[_ranges(begins[hole_blocks, hole_offsets], hole_counts)]
-        paired = paired.astype(np.int64)
-        paired += np.repeat(first_row - starts[hole_blocks, hole_offsets], hole_counts)
-        steps[paired] = 1
-    column_starts = np.cumsum(steps).astype(np.int32)
+        hole_blocks, hole_offsets = np.nonzero(holes)   # in the order of the product rows
+        origin = column_cuts[hole_blocks] + bases[hole_blocks, hole_offsets]
+        span = lengths[hole_blocks, hole_offsets]
+        paired = counts[hole_blocks, hole_offsets]
+        missing = np.cumsum(span - paired)
+        first_of_block = np.searchsorted(hole_blocks, hole_blocks)
+        missing -= (missing - (span - paired))[first_of_block]   # within the block so far
+        event_at = np.concatenate([block_cuts, origin + span])
+        event_shift = np.concatenate([block_cuts, column_cuts[hole_blocks] + missing])
+        order = np.argsort(event_at, kind="stable")    # distinct positions
+        event_at, event_shift = event_at[order], event_shift[order]
+    shift = np.repeat(event_shift.astype(np.int32), np.diff(np.append(event_at, n_columns)))
+    column_starts = np.arange(n_columns, dtype=np.int32)
+    column_starts -= shift
+    if holes.any():
+        # paired rows of the hole windows, as column-start positions (increasing)
+        paired_at = kmap.in_rows[_ranges(begins[hole_blocks, hole_offsets], paired)]
+        paired_at = paired_at.astype(np.int64)
+        paired_at += np.repeat(origin - starts[hole_blocks, hole_offsets], paired)
+        inside = _ranges(origin + 1, span - 1)
+        window_of = np.repeat(np.arange(origin.shape[0]), span - 1)
+        at_origin = column_starts[origin] - np.searchsorted(paired_at, origin)
+        column_starts[inside] = at_origin[window_of] + np.searchsorted(paired_at, inside)
     return column_starts, rows, column_cuts.tolist(), row_cuts.tolist()
 
 
