@@ -181,19 +181,27 @@ def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same
         found = {k: (hits[1], hits[0]) for k, hits in reverse.items()}
         wanted = []
     if n_coarse and fine.keys.shape[0] and wanted:
-        sorted_coords = coarse_coords if coarse.is_identity else coarse_coords[coarse.order]
-        spatial = sorted_coords[:, 1:].astype(np.int64)
-        if not unit_stride:
-            spatial *= np.asarray(stride, dtype=np.int64)
+        # the reach of the queries from the bounding box (min and max of the rows in any
+        # order: no sorted copy for it; a unit stride searches from the keys themselves)
         low, high = coordinate_range(ndim)
-        reach_low = spatial.min(axis=0) + offsets.min(axis=0)
-        reach_high = spatial.max(axis=0) + offsets.max(axis=0)
-        if (reach_low >= low).all() and (reach_high < high).all():
-            base_keys = coarse.keys if unit_stride else pack_parts(sorted_coords[:, 0], spatial)
-            found = _search_fast(fine.keys, base_keys, offsets, wanted,
-                                 same_keys=unit_stride and fine is coarse)
+        scale = np.asarray(stride, dtype=np.int64)
+        reach_low = coarse_coords[:, 1:].min(axis=0).astype(np.int64) * scale + offsets.min(axis=0)
+        reach_high = coarse_coords[:, 1:].max(axis=0).astype(np.int64) * scale + offsets.max(axis=0)
+        in_range = bool((reach_low >= low).all() and (reach_high < high).all())
+        if in_range and unit_stride:
+            found = _search_fast(fine.keys, coarse.keys, offsets, wanted,
+                                 same_keys=fine is coarse)
         else:
-            found = _search_checked(fine.keys, sorted_coords[:, 0], spatial, offsets, wanted)
+            sorted_coords = coarse_coords if coarse.is_identity else coarse_coords[coarse.order]
+            spatial = sorted_coords[:, 1:].astype(np.int64)
+            if not unit_stride:
+                spatial *= scale
+            if in_range:
+                found = _search_fast(fine.keys, pack_parts(sorted_coords[:, 0], spatial),
+                                     offsets, wanted)
+            else:
+                found = _search_checked(fine.keys, sorted_coords[:, 0], spatial, offsets,
+                                        wanted)
 
     empty = np.zeros(0, dtype=np.int64)
     fine_rows, coarse_rows = [], []
@@ -221,17 +229,20 @@ def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same
     counts = np.fromiter((r.shape[0] for r in fine_rows), dtype=np.int64, count=kernel_volume)
     pair_offsets = np.zeros(kernel_volume + 1, dtype=np.int64)
     np.cumsum(counts, out=pair_offsets[1:])
-    fine_all = np.concatenate(fine_rows) if kernel_volume else empty
-    coarse_all = np.concatenate(coarse_rows) if kernel_volume else empty
+    # int32 rows (half the memory of the int64 search results; row counts < 2**31 are
+    # checked before a build, cusparseconv._limits.check_kernel_map_size), cast while
+    # they are concatenated
+    fine_all = np.concatenate(fine_rows, dtype=np.int32, casting="unsafe") if kernel_volume \
+        else empty.astype(np.int32)
+    coarse_all = np.concatenate(coarse_rows, dtype=np.int32, casting="unsafe") if kernel_volume \
+        else empty.astype(np.int32)
     if transposed:
         in_rows, out_rows, out_sorted = coarse_all, fine_all, fine.is_identity
     else:
         in_rows, out_rows, out_sorted = fine_all, coarse_all, coarse.is_identity
     if not out_sorted:  # rows in key order give pairs already sorted by output row
         out_rows, in_rows = _sort_within_offsets(out_rows, in_rows, pair_offsets)
-    # int32 rows (half the memory of the int64 search results; row counts < 2**31 are
-    # checked before a build, cusparseconv._limits.check_kernel_map_size)
-    kmap = KernelMap(in_rows.astype(np.int32), out_rows.astype(np.int32), pair_offsets,
+    kmap = KernelMap(in_rows, out_rows, pair_offsets,
                      in_coords.shape[0], out_coords.shape[0], offsets, stride, transposed)
     if symmetric is not None:
         # the pairs of -d are the swapped pairs of d: the reverse table is this map with
