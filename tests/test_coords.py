@@ -76,3 +76,15 @@ def test_kernel_offsets_order_and_centring():
         csc.kernel_offsets(0)
     with pytest.raises(ValueError, match="dilation"):
         csc.kernel_offsets(3, (1, 2))
+
+
+def test_column_bounds_match_reductions_along_the_rows():
+    """Per-column bounds (one strided reduction per column) against NumPy's axis-0
+    reductions, on a narrow C-ordered array, a column slice of it and negative values."""
+    from cusparseconv.coords import column_bounds
+    rng = np.random.default_rng(5)
+    coords = rng.integers(-70000, 70000, size=(1001, 4)).astype(np.int32)
+    for view in (coords, coords[:, 1:], coords[::3, 2:], coords[:1]):
+        low, high = column_bounds(view)
+        assert low.dtype == high.dtype == np.int64
+        assert np.array_equal(low, view.min(axis=0)) and np.array_equal(high, view.max(axis=0))

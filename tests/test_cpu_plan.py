@@ -416,3 +416,39 @@ def test_calibration_memory_is_bounded_for_wide_layers():
         tracemalloc.stop()
     assert peak < 256 << 20, f"calibration peak {peak / 2**20:.0f} MiB"
     assert wide.gemm_row > 0 and deep.dense_row > 0
+
+
+@pytest.mark.parametrize("take_row", [1.0, 10e-9, 0.0])
+def test_whole_plan_sum_layouts_and_neighbours_match_a_per_pair_oracle(mixed_scene, monkeypatch,
+                                                                        take_row):
+    """The sums of all blocks (made at once, whole-array) and the map's neighbour table,
+    against tables written pair by pair from the block items (windows with and without
+    unpaired rows, gathers, blocks of 256 rows)."""
+    _fixed_costs(monkeypatch, take_row=take_row)
+    kmap = csc.build_kernel_map(mixed_scene, mixed_scene, csc.kernel_offsets(3))
+    plan = _cpu_plan.plan_for(kmap, 4, 3, np.float64)
+    in_rows, out_rows = kmap.in_rows.tolist(), kmap.out_rows.tolist()
+    holes = 0
+    for block in plan.blocks:
+        # product row -> the output rows it is added to, in the order of the pairs
+        expected = [[] for _ in range(block.n_products)]
+        for _, window, start, length, base, begin, end in block.items:
+            holes += window and length != end - begin
+            for pair in range(begin, end):
+                row = base + (in_rows[pair] - start if window else pair - begin)
+                expected[row].append(out_rows[pair] - block.first)
+        column_starts, rows = plan.sum_layout(kmap, block)
+        assert column_starts.dtype == rows.dtype == np.int32
+        assert column_starts.shape == (block.n_products + 1,)
+        got = [rows[column_starts[j]:column_starts[j + 1]].tolist()
+               for j in range(block.n_products)]
+        assert got == expected
+    if take_row == 10e-9:
+        assert holes > 0     # the case with unpaired window rows is exercised
+    table = _cpu_plan.neighbours(kmap)
+    oracle = np.full((kmap.n_out, 27), kmap.n_in, dtype=np.int32)
+    for k in range(27):
+        for pair in range(int(kmap.pair_offsets[k]), int(kmap.pair_offsets[k + 1])):
+            oracle[out_rows[pair], k] = in_rows[pair]
+    assert np.array_equal(table, oracle)
+    assert plan.state_nbytes() >= sum(a.nbytes for a in plan.make_sums(kmap)[:2])

@@ -27,9 +27,11 @@ map, the shape and the measured costs, never on the thread count, so the
 result is the same at any thread count.
 
 Making a plan is cheap (per offset, one search of the block bounds and one
-pass over its input rows); the per-pair layout of a block (its sum's entries,
-or its neighbour table for the dense product) is made by the first call that
-runs the block, on the worker thread that runs it, and kept. Plans are
+pass over its input rows). The per-pair layouts are made on first use, for
+all blocks at once with whole-array operations (a fresh coordinate set, as in
+every training step, pays them once per map and shape), and kept: the sums of
+the blocked product (:meth:`Plan.make_sums`, per plan) and the neighbour table
+of the dense product (:func:`neighbours`, per map, whatever the channels). Plans are
 memoized in the CPU backend's per-map state (:mod:`._cpu_state`; a map's plans
 go when the map goes): :func:`plan_for`.
 """
@@ -41,7 +43,7 @@ import numpy as np
 from ._cpu_cost import DENSE_MARGIN, costs, dense_chunk_rows
 from ._cpu_state import MAPS, state_of
 
-__all__ = ["Plan", "Block", "plan_for", "choose_dense", "add_products", "note_mirror",
+__all__ = ["Plan", "Block", "plan_for", "neighbours", "choose_dense", "add_products", "note_mirror",
            "mirror_of", "dense_chunk_rows", "in_monotone"]
 
 #: Bytes of one block's product buffer the block size aims at (fits in L2 with its sources),
@@ -89,58 +91,27 @@ class Block:
         lands in rows ``[base, base + length)`` of the buffer.
     n_products : int
         Rows of the product buffer.
+    index : int
+        Position of the block in its plan.
     """
 
-    __slots__ = ("first", "last", "items", "n_products", "_sum", "_neighbours")
+    __slots__ = ("first", "last", "items", "n_products", "index")
 
-    def __init__(self, first, last, items, n_products):
+    def __init__(self, first, last, items, n_products, index=0):
         self.first, self.last = int(first), int(last)
         self.items = items
         self.n_products = int(n_products)
-        self._sum = None
-        self._neighbours = None
+        self.index = int(index)
 
-    def sum_layout(self, kmap) -> tuple[np.ndarray, np.ndarray]:
-        """The block's sum in compressed-column form (made on first use, then kept).
 
-        Returns
-        -------
-        column_starts : ndarray of int32, shape (n_products + 1,)
-            Product row j is added to output row ``first + rows[i]`` for ``i``
-            in ``[column_starts[j], column_starts[j + 1])``: one entry for a
-            pair, none for a window row without a pair.
-        rows : ndarray of int32, shape (pairs in the block,)
-        """
-        layout = self._sum
-        if layout is None:
-            in_rows, out_rows = kmap.in_rows, kmap.out_rows
-            column_starts = np.zeros(self.n_products + 1, dtype=np.int32)
-            counts = column_starts[1:]
-            counts[:] = 1
-            entries = []
-            for _, window, start, length, base, begin, end in self.items:
-                entries.append(out_rows[begin:end])
-                if window and length != end - begin:   # rows without a pair: no entry
-                    counts[base:base + length] = 0
-                    counts[in_rows[begin:end] - (start - base)] = 1
-            np.cumsum(counts, out=counts)
-            rows = np.empty(sum(e.shape[0] for e in entries), dtype=np.int32)
-            np.subtract(np.concatenate(entries), self.first, out=rows, casting="unsafe")
-            layout = self._sum = (column_starts, rows)
-        return layout
-
-    def neighbours(self, kmap) -> np.ndarray:
-        """(last - first, |K|) int32: the input row paired with each (row, offset),
-        ``kmap.n_in`` if none (the zero row the dense product appends to its source;
-        made on first use, then kept)."""
-        table = self._neighbours
-        if table is None:
-            table = np.full((self.last - self.first, kmap.kernel_volume), kmap.n_in,
-                            dtype=np.int32)
-            for k, _, _, _, _, begin, end in self.items:
-                table[kmap.out_rows[begin:end] - self.first, k] = kmap.in_rows[begin:end]
-            self._neighbours = table
-        return table
+def _ranges(firsts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The ranges ``[firsts[i], firsts[i] + lengths[i])`` one after the other (int64)."""
+    lengths = lengths.astype(np.int64, copy=False)
+    ends = np.cumsum(lengths)
+    total = int(ends[-1]) if ends.shape[0] else 0
+    ranges = np.repeat(firsts.astype(np.int64, copy=False) - (ends - lengths), lengths)
+    ranges += np.arange(total, dtype=np.int64)
+    return ranges
 
 
 class Plan:
@@ -155,23 +126,26 @@ class Plan:
         Predicted single-thread seconds of the dense product.
     """
 
-    __slots__ = ("blocks", "predicted_s", "dense_predicted_s", "_ones")
+    __slots__ = ("blocks", "predicted_s", "dense_predicted_s", "_ones", "_items", "_sums")
 
-    def __init__(self, blocks, predicted_s, dense_predicted_s):
+    def __init__(self, blocks, predicted_s, dense_predicted_s, items=None):
         self.blocks = blocks
         self.predicted_s = predicted_s
         self.dense_predicted_s = dense_predicted_s
         self._ones = {}
+        # (begins, counts, windows, starts, lengths, bases), each (n_blocks, K): the
+        # items of every (block, offset), absent ones with no pair and no product row
+        self._items = items
+        self._sums = None
 
     def state_nbytes(self) -> int:
-        """Bytes of the arrays this plan has made so far (the blocks' sum layouts and
-        neighbour tables, the ones); counted in the backend's cache size."""
+        """Bytes of the arrays this plan has made so far (the per-(block, offset) items,
+        the blocks' sum layouts, the ones); counted in the backend's cache size."""
         total = sum(int(a.nbytes) for a in self._ones.values())
-        for block in self.blocks:
-            if block._sum is not None:
-                total += int(block._sum[0].nbytes + block._sum[1].nbytes)
-            if block._neighbours is not None:
-                total += int(block._neighbours.nbytes)
+        if self._items is not None:
+            total += sum(int(a.nbytes) for a in self._items)
+        if self._sums is not None:
+            total += int(self._sums[0].nbytes + self._sums[1].nbytes)
         return total
 
     def ones(self, size: int, dtype) -> np.ndarray:
@@ -182,6 +156,129 @@ class Plan:
             longest = max(max((b.n_products for b in self.blocks), default=0), size)
             found = self._ones[key] = np.ones(longest, dtype=dtype)
         return found
+
+    def sum_layout(self, kmap, block: Block) -> tuple[np.ndarray, np.ndarray]:
+        """The sum of ``block`` in compressed-column form (the layouts of all blocks
+        are made together on first use, then kept: :meth:`make_sums`).
+
+        Returns
+        -------
+        column_starts : ndarray of int32, shape (block.n_products + 1,)
+            Product row j is added to output row ``block.first + rows[i]`` for
+            ``i`` in ``[column_starts[j], column_starts[j + 1])``: one entry for
+            a pair, none for a window row without a pair.
+        rows : ndarray of int32, shape (pairs in the block,)
+        """
+        column_starts, rows, column_cuts, row_cuts = self.make_sums(kmap)
+        b = block.index
+        return (column_starts[column_cuts[b]:column_cuts[b + 1]],
+                rows[row_cuts[b]:row_cuts[b + 1]])
+
+    def make_sums(self, kmap):
+        """The sum layouts of all blocks, made at once with whole-array operations.
+
+        Returns
+        -------
+        column_starts : ndarray of int32, shape (sum of (n_products + 1) over blocks,)
+            Block b's column starts (from 0) are ``[column_cuts[b], column_cuts[b + 1])``.
+        rows : ndarray of int32, shape (n_pairs,)
+            Block b's entries (output rows less ``block.first``), in the order of its
+            product rows, are ``[row_cuts[b], row_cuts[b + 1])``.
+        column_cuts, row_cuts : lists of int, n_blocks + 1 each
+        """
+        sums = self._sums
+        if sums is None:   # two threads at once would make equal layouts: either is kept
+            sums = self._sums = _sum_layouts(kmap, self.blocks, *self._items)
+        return sums
+
+
+def _sum_layouts(kmap, blocks, begins, counts, windows, starts, lengths, bases):
+    """Whole-plan sum layouts (:meth:`Plan.make_sums`); the (n_blocks, K) arrays
+    describe every (block, offset) item, in the order the products are stacked."""
+    n_blocks = len(blocks)
+    firsts = np.fromiter((b.first for b in blocks), dtype=np.int64, count=n_blocks)
+    n_products = np.fromiter((b.n_products for b in blocks), dtype=np.int64, count=n_blocks)
+    pairs_per_block = counts.sum(axis=1)
+    row_cuts = np.zeros(n_blocks + 1, dtype=np.int64)
+    np.cumsum(pairs_per_block, out=row_cuts[1:])
+    column_cuts = np.zeros(n_blocks + 1, dtype=np.int64)
+    np.cumsum(n_products + 1, out=column_cuts[1:])
+
+    # entries: each block's pairs, offset after offset (its product rows' order), as
+    # output rows relative to the block's first row: one concatenation of the items'
+    # slices of the pair table, one subtraction
+    out_rows = kmap.out_rows
+    flat_begins, flat_counts = begins.ravel().tolist(), counts.ravel().tolist()
+    rows = np.concatenate([out_rows[begin:begin + count]
+                           for begin, count in zip(flat_begins, flat_counts) if count]
+                          or [out_rows[:0]]).astype(np.int32, copy=False)
+    row_bounds = row_cuts.tolist()
+    for b, first in enumerate(firsts.tolist()):   # in place: no (n_pairs,) temporary
+        rows[row_bounds[b]:row_bounds[b + 1]] -= first
+
+    # column starts: column_starts[t] of a block counts its entries in product rows < t,
+    # i.e. t less the window rows without a pair before t. No running sum over all rows
+    # (np.cumsum: ~2.7 ns a row) and no search (~27 ns a row): the shift is constant
+    # between the ends of the windows with such rows ("holes"), and inside those windows
+    # it steps at their paired rows.
+    n_columns = int(column_cuts[-1])
+    block_cuts = column_cuts[:-1]
+    holes = windows & (lengths != counts)
+    event_at, event_shift = block_cuts, block_cuts   # a block's column starts begin at 0
+    if holes.any():
+        hole_blocks, hole_offsets = np.nonzero(holes)   # in the order of the product rows
+        origin = column_cuts[hole_blocks] + bases[hole_blocks, hole_offsets]
+        span = lengths[hole_blocks, hole_offsets]
+        paired = counts[hole_blocks, hole_offsets]
+        missing = np.cumsum(span - paired)
+        first_of_block = np.searchsorted(hole_blocks, hole_blocks)
+        missing -= (missing - (span - paired))[first_of_block]   # within the block so far
+        event_at = np.concatenate([block_cuts, origin + span])
+        event_shift = np.concatenate([block_cuts, column_cuts[hole_blocks] + missing])
+        order = np.argsort(event_at, kind="stable")    # distinct positions
+        event_at, event_shift = event_at[order], event_shift[order]
+    column_starts = np.arange(n_columns, dtype=np.int32)
+    event_bounds = event_at.tolist() + [n_columns]
+    for e, value in enumerate(event_shift.tolist()):   # in place, one slice per segment
+        column_starts[event_bounds[e]:event_bounds[e + 1]] -= value
+    if holes.any():
+        # inside a hole window (its first and last rows are paired: the window spans
+        # from the first to the last paired input row), the column start after the
+        # window's i-th paired row, up to and including its next paired row, is
+        # (start at the window's first row) + i + 1: one repeat, no search
+        paired_at = kmap.in_rows[_ranges(begins[hole_blocks, hole_offsets], paired)]
+        paired_at = paired_at.astype(np.int64)
+        paired_at += np.repeat(origin - starts[hole_blocks, hole_offsets], paired)
+        pair_firsts = np.cumsum(paired) - paired
+        values = np.repeat(column_starts[origin] - pair_firsts + 1, paired)
+        values += np.arange(values.shape[0], dtype=values.dtype)
+        gaps = np.empty_like(paired_at)
+        np.subtract(paired_at[1:], paired_at[:-1], out=gaps[:-1])
+        gaps[pair_firsts + paired - 1] = 0     # a window's last paired row ends it
+        column_starts[_ranges(origin + 1, span - 1)] = np.repeat(values, gaps)
+    return column_starts, rows, column_cuts.tolist(), row_cuts.tolist()
+
+
+def neighbours(kmap) -> np.ndarray:
+    """(n_out, |K|) int32: the input row paired with each (output row, offset),
+    ``kmap.n_in`` if none (the zero row the dense product appends to its source);
+    made on first use for the map (whatever the channels), then kept.
+
+    Filled offset by offset into the transposed table (each offset's pairs, sorted
+    by output row, write one contiguous row), then transposed once: about four times
+    faster than writing the (n_out, |K|) table column by column.
+    """
+    def make():
+        kernel_volume = kmap.kernel_volume
+        table = np.full((kernel_volume, kmap.n_out), kmap.n_in, dtype=np.int32)
+        out_rows = kmap.out_rows.astype(np.intp)
+        pair_offsets = kmap.pair_offsets.tolist()
+        for k in range(kernel_volume):
+            begin, end = pair_offsets[k], pair_offsets[k + 1]
+            table[k][out_rows[begin:end]] = kmap.in_rows[begin:end]
+        return np.ascontiguousarray(table.T)
+
+    return state_of(kmap).memo("dense_neighbours", make)
 
 
 def add_products(plan: Plan, block: Block, kmap, products: np.ndarray, out: np.ndarray,
@@ -199,7 +296,7 @@ def add_products(plan: Plan, block: Block, kmap, products: np.ndarray, out: np.n
         Use SciPy's compiled column loop directly (no temporary); False goes
         through ``scipy.sparse.csc_array`` (the same sums in the same order).
     """
-    column_starts, rows = block.sum_layout(kmap)
+    column_starts, rows = plan.sum_layout(kmap, block)
     ones = plan.ones(rows.shape[0], products.dtype)[:rows.shape[0]]
     if compiled and _csc_matvecs is not None:
         _csc_matvecs(out.shape[0], block.n_products, out.shape[1], column_starts, rows, ones,
@@ -270,9 +367,11 @@ def _build(kmap, c_in: int, c_out: int, dtype) -> Plan:
         items = [(k, w, s, n, base, begin, end) for k, p, w, s, n, base, begin, end in zip(
             offsets, present[b], windows[b], item_starts[b], item_lengths[b], item_bases[b],
             begins[b], ends[b]) if p]
-        blocks.append(Block(bounds_list[b], bounds_list[b + 1], items, n_products[b]))
+        blocks.append(Block(bounds_list[b], bounds_list[b + 1], items, n_products[b], b))
     dense_predicted = model.dense_row * kmap.n_out
-    return Plan(blocks, predicted, dense_predicted)
+    arrays = (starts.T, count.T, window.T, item_start.T, lengths.T, bases.T)
+    return Plan(blocks, predicted, dense_predicted,
+                tuple(np.ascontiguousarray(a) for a in arrays))
 
 
 def in_monotone(kmap) -> np.ndarray:

@@ -36,8 +36,8 @@ from .._dtypes import accumulate_dtype
 from .._threads import parallel_for
 from ._cpu_cost import DENSE_MARGIN
 from ._cpu_plan import (add_products, choose_dense, dense_chunk_rows, in_monotone, mirror_of,
-                        note_mirror, plan_for)
-from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts
+                        neighbours, note_mirror, plan_for)
+from ..coords import SortedKeys, column_bounds, coordinate_range, offset_deltas, pack_parts
 from ..kmap import KernelMap
 from ._array_ops import ArrayOps, reduce_runs
 from ._cpu_state import MAPS, state_of
@@ -181,19 +181,28 @@ def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same
         found = {k: (hits[1], hits[0]) for k, hits in reverse.items()}
         wanted = []
     if n_coarse and fine.keys.shape[0] and wanted:
-        sorted_coords = coarse_coords if coarse.is_identity else coarse_coords[coarse.order]
-        spatial = sorted_coords[:, 1:].astype(np.int64)
-        if not unit_stride:
-            spatial *= np.asarray(stride, dtype=np.int64)
+        # the reach of the queries from the bounding box (min and max of the rows in any
+        # order: no sorted copy for it; a unit stride searches from the keys themselves)
         low, high = coordinate_range(ndim)
-        reach_low = spatial.min(axis=0) + offsets.min(axis=0)
-        reach_high = spatial.max(axis=0) + offsets.max(axis=0)
-        if (reach_low >= low).all() and (reach_high < high).all():
-            base_keys = coarse.keys if unit_stride else pack_parts(sorted_coords[:, 0], spatial)
-            found = _search_fast(fine.keys, base_keys, offsets, wanted,
-                                 same_keys=unit_stride and fine is coarse)
+        scale = np.asarray(stride, dtype=np.int64)
+        coords_low, coords_high = column_bounds(coarse_coords[:, 1:])
+        reach_low = coords_low * scale + offsets.min(axis=0)
+        reach_high = coords_high * scale + offsets.max(axis=0)
+        in_range = bool((reach_low >= low).all() and (reach_high < high).all())
+        if in_range and unit_stride:
+            found = _search_fast(fine.keys, coarse.keys, offsets, wanted,
+                                 same_keys=fine is coarse)
         else:
-            found = _search_checked(fine.keys, sorted_coords[:, 0], spatial, offsets, wanted)
+            sorted_coords = coarse_coords if coarse.is_identity else coarse_coords[coarse.order]
+            spatial = sorted_coords[:, 1:].astype(np.int64)
+            if not unit_stride:
+                spatial *= scale
+            if in_range:
+                found = _search_fast(fine.keys, pack_parts(sorted_coords[:, 0], spatial),
+                                     offsets, wanted)
+            else:
+                found = _search_checked(fine.keys, sorted_coords[:, 0], spatial, offsets,
+                                        wanted)
 
     empty = np.zeros(0, dtype=np.int64)
     fine_rows, coarse_rows = [], []
@@ -221,17 +230,20 @@ def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same
     counts = np.fromiter((r.shape[0] for r in fine_rows), dtype=np.int64, count=kernel_volume)
     pair_offsets = np.zeros(kernel_volume + 1, dtype=np.int64)
     np.cumsum(counts, out=pair_offsets[1:])
-    fine_all = np.concatenate(fine_rows) if kernel_volume else empty
-    coarse_all = np.concatenate(coarse_rows) if kernel_volume else empty
+    # int32 rows (half the memory of the int64 search results; row counts < 2**31 are
+    # checked before a build, cusparseconv._limits.check_kernel_map_size), cast while
+    # they are concatenated
+    fine_all = np.concatenate(fine_rows, dtype=np.int32, casting="unsafe") if kernel_volume \
+        else empty.astype(np.int32)
+    coarse_all = np.concatenate(coarse_rows, dtype=np.int32, casting="unsafe") if kernel_volume \
+        else empty.astype(np.int32)
     if transposed:
         in_rows, out_rows, out_sorted = coarse_all, fine_all, fine.is_identity
     else:
         in_rows, out_rows, out_sorted = fine_all, coarse_all, coarse.is_identity
     if not out_sorted:  # rows in key order give pairs already sorted by output row
         out_rows, in_rows = _sort_within_offsets(out_rows, in_rows, pair_offsets)
-    # int32 rows (half the memory of the int64 search results; row counts < 2**31 are
-    # checked before a build, cusparseconv._limits.check_kernel_map_size)
-    kmap = KernelMap(in_rows.astype(np.int32), out_rows.astype(np.int32), pair_offsets,
+    kmap = KernelMap(in_rows, out_rows, pair_offsets,
                      in_coords.shape[0], out_coords.shape[0], offsets, stride, transposed)
     if symmetric is not None:
         # the pairs of -d are the swapped pairs of d: the reverse table is this map with
@@ -260,9 +272,9 @@ def _sort_within_offsets(key_rows, other_rows, pair_offsets):
 def _in_range_after(coords: np.ndarray, offsets: np.ndarray) -> bool:
     """Do all ``coords + offsets`` stay inside the packable range (bounding-box test)?"""
     low, high = coordinate_range(coords.shape[1] - 1)
-    spatial = coords[:, 1:]
-    return bool((spatial.min(axis=0).astype(np.int64) + offsets.min(axis=0) >= low).all()
-                and (spatial.max(axis=0).astype(np.int64) + offsets.max(axis=0) < high).all())
+    coords_low, coords_high = column_bounds(coords[:, 1:])
+    return bool((coords_low + offsets.min(axis=0) >= low).all()
+                and (coords_high + offsets.max(axis=0) < high).all())
 
 
 def _rows(keys: SortedKeys, rank: np.ndarray) -> np.ndarray:
@@ -492,6 +504,7 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
     if n_out == 0 or kmap.n_pairs == 0:
         return out
     plan = plan_for(kmap, src.shape[1], n_channels, dtype)
+    plan.make_sums(kmap)   # every block's sum at once, before the workers start
     in_rows_all = kmap.in_rows
 
     def run_block(block) -> None:
@@ -644,8 +657,8 @@ def dense_product(src, kmap, weight, n_channels, dtype, out=None):
     """``out = [src[nbr[:, 0]], ..., src[nbr[:, K-1]]] @ W.reshape(K * C_in, C_out)``.
 
     Gathers every offset's input row of a block of output rows through the
-    block's neighbour table (made on first use by the thread that runs the
-    block; a missing pair reads a zero row appended to a copy of ``src``) and
+    map's neighbour table (:func:`._cpu_plan.neighbours`, made once per map; a
+    missing pair reads a zero row appended to a copy of ``src``) and
     multiplies in chunks of :func:`._cpu_plan.dense_chunk_rows` rows, so that
     each gathered chunk is still in cache when multiplied: no scatter at all,
     at the price of the missing slots' work. Chosen when the cost model
@@ -663,9 +676,10 @@ def dense_product(src, kmap, weight, n_channels, dtype, out=None):
     plan = plan_for(kmap, src.shape[1], n_channels, dtype)
     padded = _with_zero_row(src)
     chunk = dense_chunk_rows(kernel_volume, src.shape[1], np.dtype(dtype).itemsize)
+    table = neighbours(kmap)
 
     def run_block(block) -> None:
-        index = block.neighbours(kmap)
+        index = table[block.first:block.last]
         for first in range(0, index.shape[0], chunk):
             rows = index[first:first + chunk]
             gathered = padded.take(rows, axis=0)
@@ -801,11 +815,12 @@ def dense_weight_grad(src, dst, kmap, grad_weight) -> None:
     n_parts = min(_DENSE_WGRAD_PARTS, len(blocks))
     cuts = [len(blocks) * p // n_parts for p in range(n_parts + 1)]
     partials = [None] * n_parts
+    table = neighbours(kmap)
 
     def run_part(part: int) -> None:
         total = None
         for block in blocks[cuts[part]:cuts[part + 1]]:
-            index = block.neighbours(kmap)
+            index = table[block.first:block.last]
             for first in range(0, index.shape[0], chunk):
                 rows = index[first:first + chunk]
                 gathered = padded.take(rows, axis=0).reshape(rows.shape[0], -1)
