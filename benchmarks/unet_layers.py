@@ -7,8 +7,10 @@ the two alternating, paired ratios per layer.
 Each layer's time is its sparse convolution on a fresh coordinate set as the
 network runs it (kernel map and plan builds included where the layer is the
 first on its map), without its batch norm and ReLU (the same torch calls in
-both networks). Torch runs at ``--torch-threads`` (default 1, as in the suite's
-network rows); our convolutions at ``--threads`` (``cusparseconv.set_num_threads``).
+both networks). Torch runs at ``--torch-threads`` for both networks (default 1;
+the suite's network rows instead time spconv with torch at one and at two
+threads and keep the faster); our convolutions at ``--threads``
+(``cusparseconv.set_num_threads``).
 
 ``--cpu-time`` reads the calling thread's CPU time instead of the wall clock:
 steady on a shared machine, but it counts only the calling thread, so it is a
