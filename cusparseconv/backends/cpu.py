@@ -679,13 +679,11 @@ def dense_product(src, kmap, weight, n_channels, dtype, out=None):
     table = neighbours(kmap)
 
     def run_block(block) -> None:
-        index = table[block.first:block.last]
-        for first in range(0, index.shape[0], chunk):
-            rows = index[first:first + chunk]
+        for first in range(block.first, block.last, chunk):
+            rows = table[:, first:min(first + chunk, block.last)].T
             gathered = padded.take(rows, axis=0)
-            begin = block.first + first
             np.matmul(gathered.reshape(rows.shape[0], -1), flat_weight,
-                      out=out[begin:begin + rows.shape[0]])
+                      out=out[first:first + rows.shape[0]])
 
     parallel_for(run_block, plan.blocks)
     return out
@@ -820,12 +818,10 @@ def dense_weight_grad(src, dst, kmap, grad_weight) -> None:
     def run_part(part: int) -> None:
         total = None
         for block in blocks[cuts[part]:cuts[part + 1]]:
-            index = table[block.first:block.last]
-            for first in range(0, index.shape[0], chunk):
-                rows = index[first:first + chunk]
+            for first in range(block.first, block.last, chunk):
+                rows = table[:, first:min(first + chunk, block.last)].T
                 gathered = padded.take(rows, axis=0).reshape(rows.shape[0], -1)
-                begin = block.first + first
-                term = gathered.T @ dst[begin:begin + rows.shape[0]]
+                term = gathered.T @ dst[first:first + rows.shape[0]]
                 if total is None:
                     total = term
                 else:
