@@ -201,7 +201,8 @@ def main(argv=None):
         env = run["environment"]
         lines.append(f"- `{path.rsplit('/', 1)[-1]}`: {env['date']}, {env['cpu']}, "
                      f"{env['threads']} threads, spconv {env.get('spconv')} (torch at "
-                     f"{_threads_text(env.get('spconv_torch_threads'))} while it runs), load average "
+                     f"{_threads_text(env.get('spconv_torch_threads'))} while it runs), "
+                     f"load average "
                      f"{[round(v, 1) for v in env.get('loadavg_start', [])]} -> "
                      f"{[round(v, 1) for v in env.get('loadavg_end', [])]}, sgemm "
                      f"{env.get('sgemm_gflops_start', 0):.0f} / "
