@@ -452,3 +452,50 @@ def test_whole_plan_sum_layouts_and_neighbours_match_a_per_pair_oracle(mixed_sce
             oracle[out_rows[pair], k] = in_rows[pair]
     assert table.shape == (27, kmap.n_out) and np.array_equal(table.T, oracle)
     assert plan.state_nbytes() >= sum(a.nbytes for a in plan.make_sums(kmap)[:2])
+
+
+@pytest.mark.parametrize("group_rows", [None, 48])
+def test_gathers_of_a_block_cover_its_gathered_items_in_order(mixed_scene, monkeypatch,
+                                                             group_rows):
+    """One index per block (the gathered items' input rows, item after item), cut into
+    groups of about _BUFFER_BYTES of rows; the forward and input gradient through them
+    (several groups per block with 48-row groups) against the float64 brute force."""
+    _fixed_costs(monkeypatch, take_row=10e-9)
+    channels = 8
+    kmap = csc.build_kernel_map(mixed_scene, mixed_scene, csc.kernel_offsets(3))
+    plan = _cpu_plan.plan_for(kmap, channels, channels, np.float32)
+    row_bytes = channels * 4
+    if group_rows is not None:   # after the plan: its blocks stay 256 rows
+        monkeypatch.setattr(_cpu_plan, "_BUFFER_BYTES", group_rows * row_bytes)
+    limit = _cpu_plan._BUFFER_BYTES // row_bytes
+    several = 0
+    for block in plan.blocks:
+        index, groups = plan.gathers(kmap, block, row_bytes)
+        gathered = [p for p, item in enumerate(block.items) if not item[1]]
+        expected = [kmap.in_rows[block.items[p][2]:block.items[p][2] + block.items[p][3]]
+                    for p in gathered]
+        assert index.dtype == np.intp
+        assert np.array_equal(index, np.concatenate(expected) if expected else [])
+        assert [p for _, _, members in groups for p in members] == gathered
+        ends = [0] + [last for _, last, _ in groups]
+        assert [first for first, _, _ in groups] == ends[:-1] and ends[-1] == len(index)
+        for first, last, members in groups[:-1]:
+            assert last - first >= limit          # cut once a group holds the limit
+            assert last - first - block.items[members[-1]][3] < limit
+        several += len(groups) > 1
+        again = plan.gathers(kmap, block, row_bytes)
+        assert again[0] is index                   # kept
+    assert (several > 0) == (group_rows is not None)
+    assert plan.state_nbytes() >= sum(
+        plan.gathers(kmap, b, row_bytes)[0].nbytes for b in plan.blocks)
+    rng = np.random.default_rng(7)
+    feats = rng.normal(size=(len(mixed_scene), channels)).astype(np.float32)
+    weight = rng.normal(size=(27, channels, channels)).astype(np.float32)
+    offsets = csc.kernel_offsets(3)
+    got = csc.conv_forward(feats, weight, kmap, algorithm="blocked")
+    np.testing.assert_allclose(got, brute_force(mixed_scene, feats, weight, offsets),
+                               rtol=1e-4, atol=1e-4)
+    grad = csc.conv_input_grad(feats, weight, kmap, algorithm="blocked")
+    mirrored = weight[::-1].transpose(0, 2, 1)    # kernel_offsets(3) is symmetric in order
+    np.testing.assert_allclose(grad, brute_force(mixed_scene, feats, mirrored, offsets),
+                               rtol=1e-4, atol=1e-4)

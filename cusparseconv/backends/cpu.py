@@ -475,9 +475,10 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
     """``out[u] = sum_k apply(k, src[in_k(u)])``, summed in offset order per output row.
 
     Per block of output rows (:func:`._cpu_plan.plan_for`): one product per
-    offset into the block's buffer, from the gathered input rows or from the
-    window of input rows they span, then one sparse reduction of the buffer
-    into the block's output rows.
+    offset into the block's buffer, from the window of input rows its pairs
+    span or from their gathered input rows (taken for a group of offsets at
+    once: :meth:`._cpu_plan.Plan.gathers`), then one sparse reduction of the
+    buffer into the block's output rows.
 
     Parameters
     ----------
@@ -505,16 +506,24 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
         return out
     plan = plan_for(kmap, src.shape[1], n_channels, dtype)
     plan.make_sums(kmap)   # every block's sum at once, before the workers start
-    in_rows_all = kmap.in_rows
+    row_bytes = src.shape[1] * src.itemsize
 
     def run_block(block) -> None:
         products = np.empty((block.n_products, n_channels), dtype=dtype)
-        for k, window, start, length, base, _, _ in block.items:
+        items = block.items
+        for k, window, start, length, base, _, _ in items:
             if window:
-                rows = src[start:start + length]
-            else:  # gathered just before its product: still in cache when multiplied
-                rows = src.take(in_rows_all[start:start + length], axis=0)
-            apply_into(k, rows, products[base:base + length])
+                apply_into(k, src[start:start + length], products[base:base + length])
+        # the gathered items, a group of offsets per take (one GIL release, not one per
+        # offset: see the module _cpu_plan)
+        index, groups = plan.gathers(kmap, block, row_bytes)
+        for first, last, members in groups:
+            gathered = src.take(index[first:last], axis=0)
+            at = 0
+            for p in members:
+                k, _, _, length, base, _, _ = items[p]
+                apply_into(k, gathered[at:at + length], products[base:base + length])
+                at += length
         add_products(plan, block, kmap, products, out[block.first:block.last])
 
     parallel_for(run_block, plan.blocks)

@@ -1,0 +1,386 @@
+"""Where the time of a CPU product goes: gathers, GEMMs, sums, the rest.
+
+``python -m benchmarks.breakdown [workload ...] [--channels 32 64] [--threads 1 2]``
+from the repository root (default workloads: ``table-5mm``, ``motorcycle-1cm``,
+``surface-50k``; 3x3x3 submanifold layer).
+
+For each row two loops over the same kernel map, timed side by side:
+
+``ours``
+    the blocked forward product exactly as the CPU backend runs it (its plan,
+    its worker pool, BLAS pinned to one thread per worker: the loop of
+    ``cpu.gather_multiply_reduce``: windows sliced, the other offsets' rows
+    gathered a group at a time; its output is checked bit for bit against
+    ``conv_forward(..., algorithm="blocked")``), and the weight gradient's
+    loop (``cpu.conv_weight_grad``: both sides gathered, ``A^T @ dY``);
+``torch``
+    the loop of spconv's CPU path written with torch operations (per offset:
+    ``index_select`` of the pairs' input rows, ``mm`` (MKL), ``index_add_``
+    into the output; the weight gradient: two ``index_select`` and ``mm``)
+    at the same thread count; spconv's own gather and scatter kernels are not
+    used, so this measures the primitives' cost, not spconv itself (``run.py``
+    times spconv).
+
+Each phase is timed by subtraction: the loop as it is, then without that
+phase (a contiguous slice of the same length instead of a gather; no
+multiply; no sum), rounds interleaved, medians. ``phase = full - without``;
+``rest = full - sum of phases`` (Python, allocation, zeroing; negative when
+the phases overlap in the caches). Per unit: ns per gathered row, ns per GEMM
+row (2 C_in C_out flops) and the GEMM rate, ns per sum entry.
+
+Results: ``benchmarks/results/breakdown-<machine>-<date>.json`` and ``.md``.
+Nothing sets an environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import run as suite
+from benchmarks import workloads as wl
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_WORKLOADS = ("table-5mm", "motorcycle-1cm", "surface-50k")
+_SYNTHETIC = {"surface-50k": ("surface", 50_000), "surface-200k": ("surface", 200_000),
+              "lidar-136k": ("lidar", 136_000)}
+
+
+def load_workload(name):
+    """A real scan of :mod:`benchmarks.workloads` or a synthetic scene of the suite."""
+    if name in _SYNTHETIC:
+        return wl.synthetic_workload(*_SYNTHETIC[name])
+    return wl.real_workload(name)
+
+
+def _interleaved(functions: dict, rounds: int) -> dict:
+    """Median seconds of each function, the functions called in turn every round."""
+    times = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _phases(medians: dict, phases) -> dict:
+    """Phase times (ms) by subtraction from the full loop; ``rest`` what is left."""
+    full = medians["full"]
+    out = {"total_ms": full * 1e3}
+    for phase in phases:
+        out[f"{phase}_ms"] = (full - medians[f"no_{phase}"]) * 1e3
+    out["rest_ms"] = out["total_ms"] - sum(out[f"{p}_ms"] for p in phases)
+    return out
+
+
+class OursForward:
+    """The blocked forward product as the CPU backend runs it, with phases switchable."""
+
+    def __init__(self, csc, kmap, feats, weight):
+        from cusparseconv.backends import _cpu_plan
+        self.csc, self.kmap, self.plan_module = csc, kmap, _cpu_plan
+        self.src, self.weight = feats, weight
+        self.c_out = weight.shape[2]
+        self.plan = _cpu_plan.plan_for(kmap, feats.shape[1], self.c_out, feats.dtype)
+        self.out = np.zeros((kmap.n_out, self.c_out), dtype=feats.dtype)
+
+    def run(self, gather=True, gemm=True, sum=True):  # noqa: A002 - a phase's name
+        from cusparseconv._threads import parallel_for
+        plan, kmap, src, weight, out = self.plan, self.kmap, self.src, self.weight, self.out
+        n_in, row_bytes = src.shape[0], src.shape[1] * src.itemsize
+        out[...] = 0
+        plan.make_sums(kmap)
+
+        def run_block(block):
+            products = np.empty((block.n_products, self.c_out), dtype=src.dtype)
+            items = block.items
+            for k, window, start, length, base, _, _ in items:
+                if window and gemm:
+                    np.matmul(src[start:start + length], weight[k],
+                              out=products[base:base + length])
+            index, groups = plan.gathers(kmap, block, row_bytes)
+            for first, last, members in groups:
+                if gather:
+                    gathered = src.take(index[first:last], axis=0)
+                else:   # the same number of rows, contiguous, where the gather begins
+                    begin = min(int(index[first]), n_in - (last - first))
+                    gathered = src[begin:begin + last - first]
+                at = 0
+                for p in members:
+                    k, _, _, length, base, _, _ = items[p]
+                    if gemm:
+                        np.matmul(gathered[at:at + length], weight[k],
+                                  out=products[base:base + length])
+                    at += length
+            if sum:
+                self.plan_module.add_products(plan, block, kmap, products,
+                                              out[block.first:block.last])
+
+        parallel_for(run_block, plan.blocks)
+        return out
+
+    def counts(self):
+        blocks = self.plan.blocks
+        gathered = sum(item[3] for b in blocks for item in b.items if not item[1])
+        product_rows = sum(b.n_products for b in blocks)
+        return {"gathered_rows": int(gathered), "gemm_rows": int(product_rows),
+                "sum_entries": int(self.kmap.n_pairs),
+                "gemm_calls": int(sum(len(b.items) for b in blocks))}
+
+
+class OursWeightGrad:
+    """The blocked weight gradient's loop (``cpu.conv_weight_grad``), phases switchable."""
+
+    def __init__(self, csc, kmap, feats, grad_out):
+        from cusparseconv.backends import cpu
+        self.kmap, self.src, self.dst = kmap, feats, grad_out
+        self.pairs, self.chunk = cpu._WGRAD_PAIRS, cpu._WGRAD_CHUNK
+        self.items = []
+        for k in range(kmap.kernel_volume):
+            start, stop = int(kmap.pair_offsets[k]), int(kmap.pair_offsets[k + 1])
+            for first in range(start, stop, self.pairs):
+                self.items.append((k, first, min(stop, first + self.pairs)))
+
+    def run(self, gather=True, gemm=True):
+        from cusparseconv._threads import parallel_for
+        kmap, src, dst = self.kmap, self.src, self.dst
+        in_rows_all, out_rows_all = kmap.in_rows, kmap.out_rows
+        partials = [None] * len(self.items)
+
+        def rows_of(table, rows):
+            if gather:
+                return table.take(rows, axis=0)
+            first = min(int(rows[0]), table.shape[0] - rows.shape[0])
+            return table[first:first + rows.shape[0]]
+
+        def run_item(index):
+            k, first, last = self.items[index]
+            partial = None
+            for begin in range(first, last, self.chunk):
+                end = min(last, begin + self.chunk)
+                a, b = rows_of(src, in_rows_all[begin:end]), rows_of(dst, out_rows_all[begin:end])
+                if gemm:
+                    term = a.T @ b
+                    partial = term if partial is None else partial + term
+            partials[index] = partial
+
+        parallel_for(run_item, range(len(self.items)))
+        grad = np.zeros((kmap.kernel_volume, src.shape[1], dst.shape[1]), dtype=src.dtype)
+        if gemm:
+            for (k, _, _), partial in zip(self.items, partials):
+                grad[k] += partial
+        return grad
+
+
+class TorchLoop:
+    """spconv's CPU loop with torch operations: per offset gather, ``mm``, scatter-add."""
+
+    def __init__(self, torch, kmap, feats, weight, grad_out):
+        self.torch = torch
+        self.feats, self.weight = torch.from_numpy(feats), torch.from_numpy(weight)
+        self.grad_out = torch.from_numpy(grad_out)
+        self.n_out, self.c_out = kmap.n_out, weight.shape[2]
+        self.pairs = []
+        for k in range(kmap.kernel_volume):
+            begin, end = int(kmap.pair_offsets[k]), int(kmap.pair_offsets[k + 1])
+            if end > begin:
+                self.pairs.append((k, torch.from_numpy(kmap.in_rows[begin:end].astype(np.int64)),
+                                   torch.from_numpy(kmap.out_rows[begin:end].astype(np.int64))))
+
+    def forward(self, gather=True, gemm=True, sum=True):  # noqa: A002 - a phase's name
+        torch, feats, weight = self.torch, self.feats, self.weight
+        out = torch.zeros((self.n_out, self.c_out), dtype=feats.dtype)
+        with torch.no_grad():
+            for k, rows_in, rows_out in self.pairs:
+                n = rows_in.shape[0]
+                rows = feats.index_select(0, rows_in) if gather else feats[:n]
+                product = torch.mm(rows, weight[k]) if gemm else rows[:, :self.c_out]
+                if sum:
+                    out.index_add_(0, rows_out, product)
+        return out
+
+    def weight_grad(self, gather=True, gemm=True):
+        torch, feats, grad_out = self.torch, self.feats, self.grad_out
+        grad = torch.zeros(self.weight.shape, dtype=feats.dtype)
+        with torch.no_grad():
+            for k, rows_in, rows_out in self.pairs:
+                n = rows_in.shape[0]
+                a = feats.index_select(0, rows_in) if gather else feats[:n]
+                b = grad_out.index_select(0, rows_out) if gather else grad_out[:n]
+                if gemm:
+                    grad[k] = torch.mm(a.t(), b)
+        return grad
+
+
+def breakdown_row(csc, torch, workload, channels, threads, rounds, seed=0):
+    """One row: ours and torch's loops of the forward and the weight gradient."""
+    rng = np.random.default_rng(seed)
+    coords = workload.coords
+    feats = rng.standard_normal((len(coords), channels), dtype=np.float32)
+    grad_out = rng.standard_normal((len(coords), channels), dtype=np.float32)
+    weight = (rng.standard_normal((27, channels, channels), dtype=np.float32)
+              / np.float32(np.sqrt(27 * channels)))
+    kmap, _, _ = csc.layer_kernel_map(csc.SparseTensor(coords, feats[:, :1]), 3)
+    before = csc.get_num_threads()
+    csc.set_num_threads(threads)
+    try:
+        return _measure_row(csc, torch, workload, kmap, feats, weight, grad_out, threads, rounds)
+    finally:
+        csc.set_num_threads(before)
+
+
+def _measure_row(csc, torch, workload, kmap, feats, weight, grad_out, threads, rounds):
+    from cusparseconv._threads import blas_pinned
+    from cusparseconv.backends import backend_for
+    channels = feats.shape[1]
+    flops_per_row = 2 * channels * channels
+    row = {"workload": workload.name, "layer": "subm3", "channels": channels,
+           "threads": threads, "n_in": int(len(feats)), "n_pairs": int(kmap.n_pairs),
+           "occupancy": float(kmap.n_pairs / max(27 * kmap.n_out, 1)),
+           "chosen_forward": backend_for(feats).choose_algorithm(
+               "forward", feats, weight, kmap, "standard", channels)[0]}
+    forward = OursForward(csc, kmap, feats, weight)
+    reference = csc.conv_forward(feats, weight, kmap, algorithm="blocked")
+    if not np.array_equal(forward.run(), reference):
+        raise AssertionError("the breakdown's loop is not the backend's blocked forward")
+    wgrad = OursWeightGrad(csc, kmap, feats, grad_out)
+    np.testing.assert_allclose(wgrad.run(), csc.conv_weight_grad(feats, grad_out, kmap,
+                                                                 algorithm="blocked"),
+                               rtol=1e-4, atol=1e-4)
+    counts = forward.counts()
+    with blas_pinned():
+        medians = _interleaved({
+            "full": forward.run, "no_gather": lambda: forward.run(gather=False),
+            "no_gemm": lambda: forward.run(gemm=False), "no_sum": lambda: forward.run(sum=False),
+        }, rounds)
+        wmedians = _interleaved({
+            "full": wgrad.run, "no_gather": lambda: wgrad.run(gather=False),
+            "no_gemm": lambda: wgrad.run(gemm=False)}, rounds)
+    ours = _phases(medians, ("gather", "gemm", "sum"))
+    ours.update(counts)
+    _per_unit(ours, counts["gathered_rows"], counts["gemm_rows"], counts["sum_entries"],
+              flops_per_row)
+    ours_w = _phases(wmedians, ("gather", "gemm"))
+    _per_unit(ours_w, 2 * kmap.n_pairs, kmap.n_pairs, 0, flops_per_row)
+    row["ours"] = {"forward": ours, "weight_grad": ours_w}
+    row["ours"]["forward_api_ms"] = _interleaved(
+        {"api": lambda: csc.conv_forward(feats, weight, kmap)}, rounds)["api"] * 1e3
+    if torch is None:
+        row["torch"] = {"skipped": "torch not installed"}
+        return row
+    loop = TorchLoop(torch, kmap, feats, weight, grad_out)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        np.testing.assert_allclose(loop.forward().numpy(), reference, rtol=1e-4, atol=1e-4)
+        tmedians = _interleaved({
+            "full": loop.forward, "no_gather": lambda: loop.forward(gather=False),
+            "no_gemm": lambda: loop.forward(gemm=False), "no_sum": lambda: loop.forward(sum=False),
+        }, rounds)
+        twmedians = _interleaved({
+            "full": loop.weight_grad, "no_gather": lambda: loop.weight_grad(gather=False),
+            "no_gemm": lambda: loop.weight_grad(gemm=False)}, rounds)
+    finally:
+        torch.set_num_threads(torch_threads)
+    theirs = _phases(tmedians, ("gather", "gemm", "sum"))
+    _per_unit(theirs, kmap.n_pairs, kmap.n_pairs, kmap.n_pairs, flops_per_row)
+    theirs_w = _phases(twmedians, ("gather", "gemm"))
+    _per_unit(theirs_w, 2 * kmap.n_pairs, kmap.n_pairs, 0, flops_per_row)
+    row["torch"] = {"forward": theirs, "weight_grad": theirs_w, "version": torch.__version__}
+    return row
+
+
+def _per_unit(phases, gathered, gemm_rows, entries, flops_per_row):
+    """Add ns per gathered row, per GEMM row, per sum entry and the GEMM rate."""
+    if gathered:
+        phases["ns_per_gathered_row"] = phases["gather_ms"] * 1e6 / gathered
+    if gemm_rows:
+        phases["ns_per_gemm_row"] = phases["gemm_ms"] * 1e6 / gemm_rows
+        if phases["gemm_ms"] > 0:
+            phases["gemm_gflops"] = gemm_rows * flops_per_row / (phases["gemm_ms"] * 1e6)
+    if entries and "sum_ms" in phases:
+        phases["ns_per_sum_entry"] = phases["sum_ms"] * 1e6 / entries
+
+
+def _cells(phases, keys):
+    return [f"{phases[k]:.1f}" if k in phases else "" for k in keys]
+
+
+def write_markdown(path, env, rows):
+    keys = ("total_ms", "gather_ms", "gemm_ms", "sum_ms", "rest_ms")
+    units = ("ns_per_gathered_row", "ns_per_gemm_row", "gemm_gflops", "ns_per_sum_entry")
+    lines = [f"{env['date']}, {env['cpu']}, medians of {env['rounds']} interleaved rounds, "
+             f"torch {env.get('torch', 'absent')}, thread environment {env['thread_env']}", "",
+             "Phases by subtraction (see `benchmarks/breakdown.py`). Forward: ours is the "
+             "backend's blocked product; torch is spconv's CPU loop written with torch ops.", "",
+             "| workload | C | threads | occupancy | product | library | total ms | gather ms "
+             "| GEMM ms | sum ms | rest ms | ns / gathered row | ns / GEMM row | GEMM GFLOP/s "
+             "| ns / sum entry |", "|" + "---|" * 15]
+    for row in rows:
+        for product in ("forward", "weight_grad"):
+            for lib in ("ours", "torch"):
+                phases = row.get(lib, {}).get(product)
+                if phases is None:
+                    continue
+                lines.append("| " + " | ".join(
+                    [row["workload"], str(row["channels"]), str(row["threads"]),
+                     f"{row['occupancy']:.0%}", product, lib]
+                    + _cells(phases, keys) + _cells(phases, units)) + " |")
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("workloads", nargs="*", default=list(DEFAULT_WORKLOADS))
+    parser.add_argument("--channels", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--no-torch", action="store_true", help="ours only")
+    parser.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    parser.add_argument("--tag", default="")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import cusparseconv as csc
+    torch = None if args.no_torch else suite.load_torch()
+    env = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+           "cpu": suite.machine_name(), "rounds": args.rounds,
+           "thread_env": {k: v for k, v in os.environ.items()
+                          if k.startswith(("OMP_", "OPENBLAS_", "MKL_", "KMP_"))
+                          or k.endswith("_NUM_THREADS")}}
+    if torch is not None:
+        env["torch"] = torch.__version__
+    rows = []
+    for name in args.workloads:
+        workload = load_workload(name)
+        for channels in args.channels:
+            for threads in args.threads:
+                row = breakdown_row(csc, torch, workload, channels, threads, args.rounds)
+                rows.append(row)
+                fwd = row["ours"]["forward"]
+                print(f"{name} C={channels} threads={threads}: ours fwd {fwd['total_ms']:.1f} ms "
+                      f"(gather {fwd['gather_ms']:.1f}, GEMM {fwd['gemm_ms']:.1f}, "
+                      f"sum {fwd['sum_ms']:.1f})", flush=True)
+    stamp = env["date"][:16].replace(":", "")
+    base = os.path.join(args.out_dir, f"breakdown-{env['cpu']}-{stamp}{args.tag and '-' + args.tag}")
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(base + ".json", "w") as handle:
+        json.dump({"env": env, "rows": rows}, handle, indent=1)
+    write_markdown(base + ".md", env, rows)
+    print(f"wrote {base}.json, {base}.md")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
