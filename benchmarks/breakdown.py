@@ -91,11 +91,14 @@ class OursForward:
         self.c_out = weight.shape[2]
         self.plan = _cpu_plan.plan_for(kmap, feats.shape[1], self.c_out, feats.dtype)
         self.out = np.zeros((kmap.n_out, self.c_out), dtype=feats.dtype)
+        # what the loop without gathers reads instead: contiguous rows, as many as gathered
+        longest = max((b.n_products for b in self.plan.blocks), default=0)
+        self.stand_in = np.resize(feats, (max(longest, 1), feats.shape[1]))
 
     def run(self, gather=True, gemm=True, sum=True):  # noqa: A002 - a phase's name
         from cusparseconv._threads import parallel_for
         plan, kmap, src, weight, out = self.plan, self.kmap, self.src, self.weight, self.out
-        n_in, row_bytes = src.shape[0], src.shape[1] * src.itemsize
+        row_bytes = src.shape[1] * src.itemsize
         out[...] = 0
         plan.make_sums(kmap)
 
@@ -110,9 +113,8 @@ class OursForward:
             for first, last, members in groups:
                 if gather:
                     gathered = src.take(index[first:last], axis=0)
-                else:   # the same number of rows, contiguous, where the gather begins
-                    begin = min(int(index[first]), n_in - (last - first))
-                    gathered = src[begin:begin + last - first]
+                else:   # the same number of rows, contiguous
+                    gathered = self.stand_in[:last - first]
                 at = 0
                 for p in members:
                     k, _, _, length, base, _, _ = items[p]
@@ -142,7 +144,10 @@ class OursWeightGrad:
     def __init__(self, csc, kmap, feats, grad_out):
         from cusparseconv.backends import cpu
         self.kmap, self.src, self.dst = kmap, feats, grad_out
+        self.rows_of_table = cpu.rows_of_table    # a slice for consecutive rows, else take
         self.pairs, self.chunk = cpu._WGRAD_PAIRS, cpu._WGRAD_CHUNK
+        self.stand_ins = (np.resize(feats, (self.chunk, feats.shape[1])),
+                          np.resize(grad_out, (self.chunk, grad_out.shape[1])))
         self.items = []
         for k in range(kmap.kernel_volume):
             start, stop = int(kmap.pair_offsets[k]), int(kmap.pair_offsets[k + 1])
@@ -155,18 +160,18 @@ class OursWeightGrad:
         in_rows_all, out_rows_all = kmap.in_rows, kmap.out_rows
         partials = [None] * len(self.items)
 
-        def rows_of(table, rows):
+        def rows_of(table, rows, side):
             if gather:
-                return table.take(rows, axis=0)
-            first = min(int(rows[0]), table.shape[0] - rows.shape[0])
-            return table[first:first + rows.shape[0]]
+                return self.rows_of_table(table, rows)
+            return self.stand_ins[side][:rows.shape[0]]   # as many rows, contiguous
 
         def run_item(index):
             k, first, last = self.items[index]
             partial = None
             for begin in range(first, last, self.chunk):
                 end = min(last, begin + self.chunk)
-                a, b = rows_of(src, in_rows_all[begin:end]), rows_of(dst, out_rows_all[begin:end])
+                a = rows_of(src, in_rows_all[begin:end], 0)
+                b = rows_of(dst, out_rows_all[begin:end], 1)
                 if gemm:
                     term = a.T @ b
                     partial = term if partial is None else partial + term
@@ -373,7 +378,8 @@ def main(argv=None):
                       f"(gather {fwd['gather_ms']:.1f}, GEMM {fwd['gemm_ms']:.1f}, "
                       f"sum {fwd['sum_ms']:.1f})", flush=True)
     stamp = env["date"][:16].replace(":", "")
-    base = os.path.join(args.out_dir, f"breakdown-{env['cpu']}-{stamp}{args.tag and '-' + args.tag}")
+    tag = f"-{args.tag}" if args.tag else ""
+    base = os.path.join(args.out_dir, f"breakdown-{env['cpu']}-{stamp}{tag}")
     os.makedirs(args.out_dir, exist_ok=True)
     with open(base + ".json", "w") as handle:
         json.dump({"env": env, "rows": rows}, handle, indent=1)

@@ -170,3 +170,36 @@ def test_network_forward_per_layer_timer():
     convs = [i for i, (kind, *_rest) in enumerate(inputs.plan) if kind in ("subm", "down", "up")]
     assert sorted(times) == convs and all(len(v) == 1 and v[0] > 0 for v in times.values())
     assert torch.equal(plain, timed)
+
+
+def test_breakdown_row_times_the_backends_own_loop(tmp_path, monkeypatch):
+    """benchmarks/breakdown.py on a small scene: its forward loop is the backend's blocked
+    product bit for bit (a wrong loop is refused), phases add up to the total, counts
+    are the map's, the Markdown names every row; torch's loop too when torch imports."""
+    import numpy as np
+    import cusparseconv as csc
+    from benchmarks import breakdown, workloads
+    rng = np.random.default_rng(0)
+    xyz = np.unique(rng.integers(2, 30, (4000, 3)), axis=0)
+    coords = np.concatenate([np.zeros((len(xyz), 1), xyz.dtype), xyz], 1).astype(np.int32)
+    scene = workloads.Workload("tiny", "synthetic", "test scene", coords)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    row = breakdown.breakdown_row(csc, torch, scene, 8, 2, rounds=1)
+    fwd = row["ours"]["forward"]
+    assert fwd["sum_entries"] == row["n_pairs"] and fwd["gemm_rows"] >= row["n_pairs"]
+    assert abs(fwd["gather_ms"] + fwd["gemm_ms"] + fwd["sum_ms"] + fwd["rest_ms"]
+               - fwd["total_ms"]) < 1e-9
+    assert set(row["ours"]["weight_grad"]) >= {"total_ms", "gather_ms", "gemm_ms", "rest_ms"}
+    if torch is not None:
+        assert set(row["torch"]["forward"]) >= {"gather_ms", "gemm_ms", "sum_ms"}
+    env = {"date": "2026-11-28T00:00:00", "cpu": "test", "rounds": 1, "thread_env": {}}
+    path = tmp_path / "b.md"
+    breakdown.write_markdown(str(path), env, [row])
+    assert path.read_text().count("| tiny |") == (4 if torch is not None else 2)
+
+    monkeypatch.setattr(breakdown.OursForward, "run", lambda self, **kw: self.out + 1)
+    with pytest.raises(AssertionError, match="not the backend"):
+        breakdown.breakdown_row(csc, None, scene, 8, 1, rounds=1)

@@ -844,6 +844,17 @@ def dense_weight_grad(src, dst, kmap, grad_weight) -> None:
     grad_weight += total.reshape(grad_weight.shape)
 
 
+def rows_of_table(table: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``table[rows]``: a slice when ``rows`` are consecutive (e.g. the centre offset of
+    a submanifold map), else gathered (``take``)."""
+    first = int(rows[0])
+    if int(rows[-1]) - first == rows.shape[0] - 1 and (
+            rows.shape[0] < 3 or rows[rows.shape[0] // 2] == first + rows.shape[0] // 2):
+        if rows.shape[0] < 3 or bool(np.all(rows[1:] > rows[:-1])):
+            return table[first:first + rows.shape[0]]
+    return table.take(rows, axis=0)
+
+
 #: Pairs per weight-gradient work item (bounds the gathered blocks' size).
 _WGRAD_PAIRS = 16384
 #: Pairs gathered and multiplied at once inside a work item.
@@ -893,15 +904,7 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
             return a.T @ b
 
     in_rows_all, out_rows_all = kmap.in_rows, kmap.out_rows
-
-    def rows_of(table, rows):
-        # consecutive rows (e.g. the centre offset of a submanifold map) are a slice
-        first = int(rows[0])
-        if int(rows[-1]) - first == rows.shape[0] - 1 and (
-                rows.shape[0] < 3 or rows[rows.shape[0] // 2] == first + rows.shape[0] // 2):
-            if rows.shape[0] < 3 or bool(np.all(rows[1:] > rows[:-1])):
-                return table[first:first + rows.shape[0]]
-        return table.take(rows, axis=0)
+    rows_of = rows_of_table
 
     def run_item(index: int) -> None:
         # sub-chunks of _WGRAD_CHUNK pairs: the gathered rows stay in cache
