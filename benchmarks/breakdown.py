@@ -71,6 +71,15 @@ def _interleaved(functions: dict, rounds: int) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def _phase_times(run, phases, rounds: int) -> dict:
+    """Time ``run()`` and ``run(phase=False)`` for each phase, interleaved; the phases'
+    times (ms) by subtraction (:func:`_phases`)."""
+    variants = {"full": run}
+    for phase in phases:
+        variants[f"no_{phase}"] = lambda phase=phase: run(**{phase: False})
+    return _phases(_interleaved(variants, rounds), phases)
+
+
 def _phases(medians: dict, phases) -> dict:
     """Phase times (ms) by subtraction from the full loop; ``rest`` what is left."""
     full = medians["full"]
@@ -262,18 +271,11 @@ def _measure_row(csc, torch, workload, kmap, feats, weight, grad_out, threads, r
                                rtol=1e-4, atol=1e-4)
     counts = forward.counts()
     with blas_pinned():
-        medians = _interleaved({
-            "full": forward.run, "no_gather": lambda: forward.run(gather=False),
-            "no_gemm": lambda: forward.run(gemm=False), "no_sum": lambda: forward.run(sum=False),
-        }, rounds)
-        wmedians = _interleaved({
-            "full": wgrad.run, "no_gather": lambda: wgrad.run(gather=False),
-            "no_gemm": lambda: wgrad.run(gemm=False)}, rounds)
-    ours = _phases(medians, ("gather", "gemm", "sum"))
+        ours = _phase_times(forward.run, ("gather", "gemm", "sum"), rounds)
+        ours_w = _phase_times(wgrad.run, ("gather", "gemm"), rounds)
     ours.update(counts)
     _per_unit(ours, counts["gathered_rows"], counts["gemm_rows"], counts["sum_entries"],
               flops_per_row)
-    ours_w = _phases(wmedians, ("gather", "gemm"))
     _per_unit(ours_w, 2 * kmap.n_pairs, kmap.n_pairs, 0, flops_per_row)
     row["ours"] = {"forward": ours, "weight_grad": ours_w}
     row["ours"]["forward_api_ms"] = _interleaved(
@@ -286,18 +288,11 @@ def _measure_row(csc, torch, workload, kmap, feats, weight, grad_out, threads, r
     torch.set_num_threads(threads)
     try:
         np.testing.assert_allclose(loop.forward().numpy(), reference, rtol=1e-4, atol=1e-4)
-        tmedians = _interleaved({
-            "full": loop.forward, "no_gather": lambda: loop.forward(gather=False),
-            "no_gemm": lambda: loop.forward(gemm=False), "no_sum": lambda: loop.forward(sum=False),
-        }, rounds)
-        twmedians = _interleaved({
-            "full": loop.weight_grad, "no_gather": lambda: loop.weight_grad(gather=False),
-            "no_gemm": lambda: loop.weight_grad(gemm=False)}, rounds)
+        theirs = _phase_times(loop.forward, ("gather", "gemm", "sum"), rounds)
+        theirs_w = _phase_times(loop.weight_grad, ("gather", "gemm"), rounds)
     finally:
         torch.set_num_threads(torch_threads)
-    theirs = _phases(tmedians, ("gather", "gemm", "sum"))
     _per_unit(theirs, kmap.n_pairs, kmap.n_pairs, kmap.n_pairs, flops_per_row)
-    theirs_w = _phases(twmedians, ("gather", "gemm"))
     _per_unit(theirs_w, 2 * kmap.n_pairs, kmap.n_pairs, 0, flops_per_row)
     row["torch"] = {"forward": theirs, "weight_grad": theirs_w, "version": torch.__version__}
     return row
