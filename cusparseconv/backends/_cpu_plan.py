@@ -16,8 +16,8 @@ runs per block of consecutive output rows, each block on one worker thread:
    ``src.take`` per group of about ``_BUFFER_BYTES`` (:meth:`Plan.gathers`):
    every NumPy call releases and retakes the GIL, and on worker threads a
    retake that finds the GIL held puts the thread to sleep, so fewer calls
-   per block keep the workers busy (2 threads, C = 32, paired: 0.85-0.87 of
-   the time with one ``take`` per offset; the same at one thread);
+   per block keep the workers busy (2 threads, C = 32, paired: forward 0.81
+   to 0.87 of the time with one ``take`` per offset; the same at one thread);
 
 2. one sparse sum ``out[block] += S @ products`` (:func:`add_products`): column
    j of ``S`` has a one at the output row of product row j (none for a window

@@ -904,7 +904,6 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
             return a.T @ b
 
     in_rows_all, out_rows_all = kmap.in_rows, kmap.out_rows
-    rows_of = rows_of_table
 
     def run_item(index: int) -> None:
         # sub-chunks of _WGRAD_CHUNK pairs: the gathered rows stay in cache
@@ -912,8 +911,8 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
         partial = None
         for begin in range(first, last, _WGRAD_CHUNK):
             end = min(last, begin + _WGRAD_CHUNK)
-            term = product(rows_of(src, in_rows_all[begin:end]),
-                           rows_of(dst, out_rows_all[begin:end]))
+            term = product(rows_of_table(src, in_rows_all[begin:end]),
+                           rows_of_table(dst, out_rows_all[begin:end]))
             partial = term if partial is None else partial + term
         partials[index] = partial
 
