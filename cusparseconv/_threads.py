@@ -44,6 +44,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
+from ._openmp import release_idle_threads
+
 try:  # optional: `pip install cusparseconv[threads]`
     import threadpoolctl as _threadpoolctl
 except ImportError:  # pragma: no cover - exercised when the extra is absent
@@ -306,6 +308,7 @@ def parallel_for(function, items) -> None:
             for item in items:
                 function(item)
         else:
+            release_idle_threads()   # a framework's spinning OpenMP threads: see _openmp
             work = _Items(function, items)
             helpers = [pool.executor.submit(work.drain)
                        for _ in range(min(threads, len(items)) - 1)]
