@@ -107,7 +107,9 @@ def test_torchs_gnu_openmp_runtime_is_found(torch_two_threads):
     assert any(os.path.basename(p).startswith("libgomp") for p in paths), paths
 
 
-def test_a_parallel_call_ends_the_callers_idle_openmp_threads(torch_two_threads, rng):
+def test_a_parallel_call_ends_the_callers_idle_openmp_threads(torch_two_threads, rng,
+                                                             monkeypatch):
+    monkeypatch.setattr(_openmp, "_runnable_threads", lambda: 1)   # a quiet machine
     _, feats, weight, kmap = _layer(rng)
     expected = csc.conv_forward(feats, weight, kmap)
     baseline, added = _gomp_team_threads()
@@ -132,6 +134,25 @@ def test_release_switched_off_leaves_openmp_threads(torch_two_threads, rng):
     np.testing.assert_array_equal(out, expected)
 
 
+def test_a_busy_machine_pauses_nothing(torch_two_threads, rng, monkeypatch):
+    """More runnable threads than cores: a new team would wait to be scheduled, so the
+    idle threads stay."""
+    _, feats, weight, kmap = _layer(rng)
+    csc.conv_forward(feats, weight, kmap)
+    monkeypatch.setattr(_openmp, "_runnable_threads", lambda: _openmp._cpus() + 1)
+    baseline, added = _gomp_team_threads()
+    csc.conv_forward(feats, weight, kmap)
+    time.sleep(0.05)
+    assert _threads_now() == baseline + added
+
+
+def test_runnable_threads_are_read_from_loadavg():
+    if not os.path.exists("/proc/loadavg"):
+        pytest.skip("no /proc/loadavg")
+    runnable = _openmp._runnable_threads()
+    assert isinstance(runnable, int) and runnable >= 1   # this thread runs
+
+
 def test_single_threaded_calls_pause_nothing(torch_two_threads, rng):
     _, feats, weight, kmap = _layer(rng)
     csc.set_num_threads(1)
@@ -141,7 +162,9 @@ def test_single_threaded_calls_pause_nothing(torch_two_threads, rng):
     assert _threads_now() == baseline + added
 
 
-def test_results_match_the_oracle_with_torch_threads_released(torch_two_threads, rng):
+def test_results_match_the_oracle_with_torch_threads_released(torch_two_threads, rng,
+                                                              monkeypatch):
+    monkeypatch.setattr(_openmp, "_runnable_threads", lambda: 1)   # a quiet machine
     coords, feats, weight, kmap = _layer(rng, channels=8)
     csc.conv_forward(feats, weight, kmap, algorithm="blocked")   # our workers started
     baseline, _ = _gomp_team_threads()
@@ -159,7 +182,8 @@ def _child_after_torch(queue):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_forked_child_pauses_nothing_and_does_not_hang(torch_two_threads):
+def test_forked_child_pauses_nothing_and_does_not_hang(torch_two_threads, monkeypatch):
+    monkeypatch.setattr(_openmp, "_runnable_threads", lambda: 1)   # quiet: would pause
     rng = np.random.default_rng(3)
     _, feats, weight, kmap = _layer(rng)
     expected = float(csc.conv_forward(feats, weight, kmap).sum())
