@@ -338,9 +338,11 @@ class Layer:
         return self.csc.conv_forward(self.feats, self.weight, self.build_map())
 
     def fwdbwd(self):
+        """Forward, then both gradients in one call, as the PyTorch adapter's backward
+        makes them (``conv_backward``; on the CPU one pass shares the gathered rows)."""
         out = self.csc.conv_forward(self.feats, self.weight, self.kmap)
-        grad_in = self.csc.conv_input_grad(self.grad_out, self.weight, self.kmap)
-        grad_w = self.csc.conv_weight_grad(self.feats, self.grad_out, self.kmap)
+        grad_in, grad_w = self.csc.conv_backward(self.feats, self.grad_out, self.weight,
+                                                 self.kmap)
         return out, grad_in, grad_w
 
 

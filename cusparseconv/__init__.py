@@ -8,8 +8,8 @@ docs/SPEC.md for the mathematics. Process-wide settings: :mod:`cusparseconv.conf
 from . import config
 from ._limits import MemoryLimitError, get_memory_limit, set_memory_limit
 from ._threads import get_num_threads, set_num_threads
-from .conv import (conv_bias_grad, conv_forward, conv_input_grad, conv_weight_grad,
-                   layer_kernel_map, sparse_conv)
+from .conv import (conv_backward, conv_bias_grad, conv_forward, conv_input_grad,
+                   conv_weight_grad, layer_kernel_map, sparse_conv)
 from .coords import coordinate_range
 from .explanation import Explanation, ProductChoice, explain
 from .dense import from_dense, gather_from_dense, scatter_to_dense, to_dense
@@ -28,7 +28,7 @@ __all__ = [
     "kernel_offsets", "build_kernel_map", "reverse_kernel_map", "pair_mask",
     "coordinate_range",
     "sparse_conv", "layer_kernel_map",
-    "conv_forward", "conv_input_grad", "conv_weight_grad", "conv_bias_grad",
+    "conv_forward", "conv_input_grad", "conv_weight_grad", "conv_backward", "conv_bias_grad",
     "sparse_pool", "global_pool", "global_pool_backward", "pool_forward", "pool_backward",
     "upsample_nearest", "upsample_parents",
     "voxelize", "devoxelize", "to_dense", "from_dense", "scatter_to_dense",

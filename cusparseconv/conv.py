@@ -251,6 +251,54 @@ def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_s
     return out if out is not None else grad.reshape(weight_shape)
 
 
+def conv_backward(feats, grad_out, weight, kmap: KernelMap, groups: int = 1):
+    """Both gradients of :func:`conv_forward`: ``(conv_input_grad(...),
+    conv_weight_grad(...))`` in one call.
+
+    On the CPU the two share one pass where both run the blocked product (a
+    standard weight): the output-gradient rows gathered for the input gradient
+    also make the weight gradient, which then gathers no rows of its own (see
+    README, "CPU backend"). The input gradient is bit for bit
+    :func:`conv_input_grad`'s; the weight gradient sums the same terms in
+    another order than :func:`conv_weight_grad` (equal up to rounding; still
+    the same at any thread count). Otherwise, and on the GPU, the two products
+    run one after the other.
+
+    Parameters
+    ----------
+    feats : ndarray, shape (n_in, C_in)
+        The forward's input features.
+    grad_out : ndarray, shape (n_out, C_out)
+    weight : ndarray, as in :func:`conv_forward`
+    kmap : KernelMap
+    groups : int
+
+    Returns
+    -------
+    grad_in : ndarray, shape (n_in, C_in), the dtype of ``grad_out``
+    grad_weight : ndarray of ``weight.shape``, the dtype of ``feats``
+    """
+    check_kernel_map(kmap)
+    feats = check_feats(feats, kmap.n_in, "feats")
+    weight = check_float_array(weight, "weight")
+    grad_out = check_feats(grad_out, kmap.n_out, "grad_out")
+    check_same_dtype(feats, "feats", grad_out=grad_out, weight=weight)
+    layout, c_out = weight_layout(weight.shape, kmap.kernel_volume, feats.shape[1], groups)
+    if grad_out.shape[1] != c_out:
+        raise ValueError(f"grad_out must have {c_out} columns (C_out of weight), "
+                         f"got {grad_out.shape[1]}")
+    weight_shape = tuple(weight.shape)
+    run_weight, run_layout = _as_depthwise(weight, layout)
+    if run_layout != "standard":   # grouped and depthwise: the two products, as they are
+        return (conv_input_grad(grad_out, weight, kmap, groups),
+                conv_weight_grad(feats, grad_out, kmap, groups, weight_shape))
+    c_in = feats.shape[1]
+    _check_output_size(kmap.n_in, c_in, grad_out.dtype, "the input gradient")
+    backend = backend_for(feats, grad_out, run_weight, kmap.in_rows)
+    return backend.conv_backward(feats, grad_out, run_weight, kmap, run_layout, c_in,
+                                 weight_shape)
+
+
 def conv_bias_grad(grad_out):
     """Bias gradient: the column sums of ``grad_out`` (n_out, C_out) -> (C_out,).
 

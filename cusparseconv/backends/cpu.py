@@ -471,7 +471,8 @@ def gather_apply_scatter(src: np.ndarray, kmap: KernelMap, apply, n_channels: in
 
 
 def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_channels: int,
-                           dtype: np.dtype, out: np.ndarray | None = None) -> np.ndarray:
+                           dtype: np.dtype, out: np.ndarray | None = None,
+                           visitor=None) -> np.ndarray:
     """``out[u] = sum_k apply(k, src[in_k(u)])``, summed in offset order per output row.
 
     Per block of output rows (:func:`._cpu_plan.plan_for`): one product per
@@ -492,6 +493,12 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
     dtype : numpy dtype of the result.
     out : ndarray, shape (n_out, n_channels), optional
         C-contiguous, of ``dtype``: the result is written there.
+    visitor : callable (block) -> callable (position, rows), optional
+        Called once per block on the worker that runs it; the callable it
+        returns gets, right after each product of the block, the item's
+        position in ``block.items`` and the source rows the product read (the
+        window's rows, or the item's gathered rows). :func:`conv_backward`
+        makes the weight gradient from them.
 
     Returns
     -------
@@ -511,9 +518,13 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
     def run_block(block) -> None:
         products = np.empty((block.n_products, n_channels), dtype=dtype)
         items = block.items
-        for k, window, start, length, base, _, _ in items:
+        visit = None if visitor is None else visitor(block)
+        for p, (k, window, start, length, base, _, _) in enumerate(items):
             if window:
-                apply_into(k, src[start:start + length], products[base:base + length])
+                rows = src[start:start + length]
+                apply_into(k, rows, products[base:base + length])
+                if visit is not None:
+                    visit(p, rows)
         # the gathered items, a group of offsets per take (one GIL release, not one per
         # offset: see the module _cpu_plan)
         index, groups = plan.gathers(kmap, block, row_bytes)
@@ -522,7 +533,10 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
             at = 0
             for p in members:
                 k, _, _, length, base, _, _ = items[p]
-                apply_into(k, gathered[at:at + length], products[base:base + length])
+                rows = gathered[at:at + length]
+                apply_into(k, rows, products[base:base + length])
+                if visit is not None:
+                    visit(p, rows)
                 at += length
         add_products(plan, block, kmap, products, out[block.first:block.last])
 
@@ -771,7 +785,7 @@ def conv_input_grad(grad_out, weight, kmap, layout, c_in, algorithm=None, out=No
     return _deliver(result, out, grad_out.dtype)
 
 
-def _weight_grad_is_dense(kmap, layout, algorithm, src, dst) -> bool:
+def _weight_grad_is_dense(kmap, layout, algorithm, c_in, dtype, dst) -> bool:
     """Run the weight gradient densely? When asked to, or (``algorithm`` None / "auto")
     when the forward product over this map is predicted faster dense: the dense
     weight gradient gathers and multiplies the same rows as the dense forward, the
@@ -781,8 +795,8 @@ def _weight_grad_is_dense(kmap, layout, algorithm, src, dst) -> bool:
     never predicted dense). Never when ``dst`` holds a non-finite value (a missing
     slot's zero row times it would add NaN)."""
     if algorithm in (None, "auto"):
-        dense = layout == "standard" and choose_dense(kmap, src.shape[1], dst.shape[1],
-                                                      src.dtype, margin=1.0)
+        dense = layout == "standard" and choose_dense(kmap, c_in, dst.shape[1], dtype,
+                                                      margin=1.0)
     elif algorithm == "dense":
         if layout != "standard":
             raise ValueError(f"algorithm 'dense' supports the standard weight layout only, "
@@ -876,7 +890,7 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
         grad_weight = np.zeros(weight_shape, dtype=dtype)
     else:
         grad_weight[...] = 0
-    dense = _weight_grad_is_dense(kmap, layout, algorithm, src, dst)
+    dense = _weight_grad_is_dense(kmap, layout, algorithm, src.shape[1], dtype, dst)
     _log_choice("weight_grad", "dense" if dense else "blocked", kmap, layout, algorithm,
                 channels=(src.shape[1], dst.shape[1], dtype))
     if dense:
@@ -920,6 +934,100 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
     for (k, _, _), partial in zip(items, partials):  # fixed order: deterministic sums
         grad_weight[k] += partial
     return _deliver(grad_weight, out, feats.dtype)
+
+
+#: Most bytes of the fused backward's per-(block, offset) weight-gradient terms (a C_in x
+#: C_out matrix each); a layer that would need more runs the two gradients one after the
+#: other (C = 32: about 600 blocks fit, C = 128: about 37).
+_FUSED_TERM_BYTES = 64 << 20
+
+
+def conv_backward(feats, grad_out, weight, kmap, layout, c_in, weight_shape):
+    """Both gradients of the forward product: ``(grad_in, grad_weight)``, as
+    :func:`conv_input_grad` and :func:`conv_weight_grad` give them.
+
+    When both would run blocked (standard weight layout, features and output
+    gradient of one dtype, the choices made as the two calls make them) they
+    share one pass: each (block, offset) product of the input gradient
+    multiplies output-gradient rows ``G`` (gathered, or a window) by
+    ``W[k]^T``, and the weight gradient's term of those pairs is
+    ``X[rows]^T @ G`` with the same ``G``: the rows ``X`` are the block's own
+    (its input rows, in cache), taken once per block. The weight gradient's
+    two gathers per pair (``X`` and ``dY`` at random rows) are gone. Its terms
+    are added per weight in block order, then offset order: the result does
+    not depend on the thread count (it differs from :func:`conv_weight_grad`'s
+    in the last bits: another order of the same sums). The input gradient is
+    bit for bit :func:`conv_input_grad`'s.
+
+    Returns
+    -------
+    grad_in : ndarray, shape (n_in, C_in), the dtype of ``grad_out``
+    grad_weight : ndarray of ``weight_shape``, the dtype of ``feats``
+    """
+    dtype = accumulate_dtype(grad_out.dtype)
+    fused = (layout == "standard" and kmap.n_pairs > 0
+             and feats.dtype == grad_out.dtype == weight.dtype
+             and not _weight_grad_is_dense(kmap, layout, None, c_in, dtype, grad_out))
+    if fused:
+        weight_acc = np.ascontiguousarray(weight, dtype=dtype)
+        reverse, _, transposed = _input_grad_operands(kmap, weight_acc, layout)
+        fused = (_choose(reverse, layout, None, transposed) == "blocked"
+                 and _fused_term_bytes(reverse, grad_out.shape[1], c_in, dtype)
+                 <= _FUSED_TERM_BYTES)
+    if not fused:
+        return (conv_input_grad(grad_out, weight, kmap, layout, c_in),
+                conv_weight_grad(feats, grad_out, kmap, layout, weight_shape))
+    _log_choice("input_grad", "blocked", reverse, layout, None, transposed)
+    _log_choice("weight_grad", "blocked (with the input gradient)", kmap, layout, None,
+                channels=(c_in, grad_out.shape[1], dtype))
+    src = np.ascontiguousarray(grad_out, dtype=dtype)
+    x = np.ascontiguousarray(feats, dtype=dtype)
+    mirror = mirror_of(kmap)
+    weight_index = (np.asarray(mirror) if mirror is not None
+                    else np.arange(kmap.kernel_volume)).tolist()
+    grad_in, grad_weight = _input_and_weight_grad(src, x, reverse, transposed, weight_index,
+                                                  c_in, dtype)
+    return (_deliver(grad_in, None, grad_out.dtype),
+            _deliver(grad_weight.reshape(weight_shape), None, feats.dtype))
+
+
+def _fused_term_bytes(reverse, c_out, c_in, dtype) -> int:
+    """Bytes of the fused pass's terms: one weight's worth per (block, offset)."""
+    plan = plan_for(reverse, c_out, c_in, dtype)
+    return len(plan.blocks) * reverse.kernel_volume * c_in * c_out * np.dtype(dtype).itemsize
+
+
+def _input_and_weight_grad(src, x, reverse, transposed, weight_index, c_in, dtype):
+    """The fused pass of :func:`conv_backward` over the input gradient's map ``reverse``
+    (its pairs: output-gradient row ``reverse.in_rows``, input row ``reverse.out_rows``,
+    weight ``weight_index[k]``)."""
+    c_out = src.shape[1]
+    plan = plan_for(reverse, c_out, c_in, dtype)
+    # terms[b, w]: block b's term of weight w (zeros where the block has no such pair);
+    # summed over the blocks in order at the end, one vectorized reduction
+    terms = np.zeros((len(plan.blocks), len(weight_index), c_in, c_out), dtype=dtype)
+    pair_rows = reverse.in_rows
+
+    def visitor(block):
+        items = block.items
+        # the input rows of the block's pairs, item after item (the order of its sum)
+        _, rows = plan.sum_layout(reverse, block)
+        x_rows = x[block.first:block.last].take(rows, axis=0)
+        starts = np.cumsum([0] + [item[6] - item[5] for item in items]).tolist()
+        block_terms = terms[block.index]
+
+        def visit(p, g):
+            k, window, start, length, _, begin, end = items[p]
+            if window and length != end - begin:   # a window's rows without a pair out
+                g = g.take(pair_rows[begin:end] - start, axis=0)
+            np.matmul(x_rows[starts[p]:starts[p + 1]].T, g, out=block_terms[weight_index[k]])
+        return visit
+
+    grad_in = gather_multiply_reduce(src, reverse, _apply_into_for(transposed, "standard",
+                                                                   False),
+                                     c_in, dtype, visitor=visitor)
+    grad_weight = terms.sum(axis=0)   # in block order: the same at any thread count
+    return grad_in, grad_weight
 
 
 # --------------------------------------------------------------------------
@@ -1059,6 +1167,7 @@ class CpuBackend(ArrayOps):
     conv_forward = staticmethod(conv_forward)
     conv_input_grad = staticmethod(conv_input_grad)
     conv_weight_grad = staticmethod(conv_weight_grad)
+    conv_backward = staticmethod(conv_backward)
     pool_forward = staticmethod(pool_forward)
     pool_backward = staticmethod(pool_backward)
     segment_reduce = staticmethod(segment_reduce)

@@ -777,6 +777,11 @@ class CudaBackend(ArrayOps):
              out))
         return out
 
+    def conv_backward(self, feats, grad_out, weight, kmap, layout, c_in, weight_shape):
+        """The two gradient products one after the other (their own algorithm choices)."""
+        return (self.conv_input_grad(grad_out, weight, kmap, layout, c_in),
+                self.conv_weight_grad(feats, grad_out, kmap, layout, weight_shape))
+
     def conv_weight_grad(self, feats, grad_out, kmap, layout, weight_shape, algorithm=None,
                          out=None):
         xp = self.xp

@@ -94,6 +94,12 @@ class Backend(Protocol):
                          out=None):
         """``dW[k] = A[in]^T @ dY[out]``: ``weight_shape`` in the dtype of ``feats``."""
 
+    def conv_backward(self, feats, grad_out, weight, kmap: KernelMap, layout: str, c_in: int,
+                      weight_shape: tuple[int, ...]):
+        """``(conv_input_grad(...), conv_weight_grad(...))`` of one output gradient, as
+        the two give them (a backend may share work between them; its weight gradient
+        then equals theirs up to rounding)."""
+
     def choose_algorithm(self, product: str, feats, weight, kmap: KernelMap, layout: str,
                          c_out: int, algorithm: str | None = None) -> tuple[str | None, str]:
         """(algorithm, reason): what ``product`` ("forward", "input_grad" or "weight_grad")

@@ -3,8 +3,10 @@
 =====================  ===============================  ==============================
 function               forward (core)                   backward (core)
 =====================  ===============================  ==============================
-:class:`ConvFunction`  ``conv_forward``                 ``conv_input_grad``,
-                                                        ``conv_weight_grad``,
+:class:`ConvFunction`  ``conv_forward``                 ``conv_backward`` (both
+                                                        gradients; or one of
+                                                        ``conv_input_grad``,
+                                                        ``conv_weight_grad``),
                                                         ``conv_bias_grad``
 :class:`PoolFunction`  ``pool_forward``                 ``pool_backward``
 :class:`GlobalPool...` ``global_pool``                  ``global_pool_backward``
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from ..conv import conv_bias_grad, conv_forward, conv_input_grad, conv_weight_grad
+from ..conv import (conv_backward, conv_bias_grad, conv_forward, conv_input_grad,
+                    conv_weight_grad)
 from ..dense import gather_from_dense, scatter_to_dense
 from ..pool import global_pool, global_pool_backward, pool_backward, pool_forward
 from ..tensor import SparseTensor as CoreTensor
@@ -52,10 +55,15 @@ class ConvFunction(torch.autograd.Function):
         grad_feats = grad_weight = grad_bias = None
         with device_scope(grad_out.device):
             grad = to_array(grad_out)
-            if ctx.needs_input_grad[0]:
+            if ctx.needs_input_grad[0] and ctx.needs_input_grad[1]:
+                # both: one call, which on the CPU shares the gathered rows of grad
+                grad_in, grad_w = conv_backward(to_array(feats), grad, to_array(weight),
+                                                ctx.kmap, ctx.groups)
+                grad_feats, grad_weight = from_array(grad_in), from_array(grad_w)
+            elif ctx.needs_input_grad[0]:
                 grad_feats = from_array(conv_input_grad(grad, to_array(weight), ctx.kmap,
                                                         ctx.groups))
-            if ctx.needs_input_grad[1]:
+            elif ctx.needs_input_grad[1]:
                 grad_weight = from_array(conv_weight_grad(
                     to_array(feats), grad, ctx.kmap, ctx.groups, tuple(weight.shape)))
             if ctx.has_bias and ctx.needs_input_grad[2]:
