@@ -258,7 +258,7 @@ def conv_backward(feats, grad_out, weight, kmap: KernelMap, groups: int = 1):
     On the CPU the two share one pass where both run the blocked product (a
     standard weight): the output-gradient rows gathered for the input gradient
     also make the weight gradient, which then gathers no rows of its own (see
-    README, "CPU backend"). The input gradient is bit for bit
+    README, "Products (CPU)" in "Internals"). The input gradient is bit for bit
     :func:`conv_input_grad`'s; the weight gradient sums the same terms in
     another order than :func:`conv_weight_grad` (equal up to rounding; still
     the same at any thread count). Otherwise, and on the GPU, the two products
