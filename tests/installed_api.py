@@ -44,6 +44,8 @@ out = np.empty_like(f)
 assert call("conv_forward", feats, w, kmap, out=out) is out
 gi = call("conv_input_grad", f, w, kmap)
 gw = call("conv_weight_grad", feats, f, kmap)
+gi2, gw2 = call("conv_backward", feats, f, w, kmap)
+assert np.array_equal(gi2, gi) and np.allclose(gw2, gw, rtol=1e-5, atol=1e-6)
 gb = call("conv_bias_grad", f)
 p = call("sparse_pool", x, 2, 2, "max")
 pk = csc.layer_kernel_map(x, 2, 2)[0]
@@ -74,6 +76,8 @@ missing = set(csc.__all__) - used
 assert not missing, missing
 # the settings module
 config.set_deterministic(False), config.set_autotune(True)
+config.release_openmp_threads(True)
+assert config.is_release_openmp_threads()
 print("cache dir", config.cache_dir())
 # point files
 with tempfile.TemporaryDirectory() as tmp:
