@@ -194,6 +194,27 @@ GEOMETRY = {1: (30, -20, 20), 2: (80, -6, 6), 3: (120, -4, 4), 4: (100, -3, 3)}
 GRAD_GEOMETRY = {1: (30, -20, 20), 2: (80, -6, 6), 3: (60, -3, 3), 4: (60, -2, 2)}
 
 
+
+def run_in_forked_child(target, hang_message, timeout=60):
+    """``target(queue)`` in a child made by ``fork``; what it put in the queue.
+
+    Fails the test with ``hang_message`` if the child is still running after
+    ``timeout`` seconds (it is killed), and if it exits with an error.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=target, args=(queue,))
+    child.start()
+    child.join(timeout=timeout)
+    if child.is_alive():
+        child.kill()
+        pytest.fail(hang_message)
+    assert child.exitcode == 0
+    return queue.get(timeout=5)
+
+
 def random_coords(rng, n, ndim=3, n_batch=2, low=-6, high=6, shuffle=True):
     """``n`` unique rows ``[b, x_1..x_D]`` (int32, shape (n, 1 + ndim)).
 

@@ -9,13 +9,12 @@ a pause would wait for them forever).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 
 import numpy as np
 import pytest
-from conftest import random_coords
+from conftest import random_coords, run_in_forked_child
 from oracle import conv_oracle
 
 import cusparseconv as csc
@@ -188,17 +187,9 @@ def test_forked_child_pauses_nothing_and_does_not_hang(torch_two_threads, monkey
     _, feats, weight, kmap = _layer(rng)
     expected = float(csc.conv_forward(feats, weight, kmap).sum())
     _torch_parallel_op()   # the parent's libgomp pool now has a thread the child lacks
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_child_after_torch, args=(queue,))
-    child.start()
-    child.join(timeout=60)
-    if child.is_alive():
-        child.kill()
-        pytest.fail("the forked child hung in a parallel convolution after the parent's "
-                    "torch operation")
-    assert child.exitcode == 0
-    total, paths = queue.get(timeout=5)
+    total, paths = run_in_forked_child(
+        _child_after_torch, "the forked child hung in a parallel convolution after the "
+        "parent's torch operation")
     assert total == expected
     assert paths == ()
 

@@ -7,7 +7,6 @@ kernels run by the host emulator) for every item whose code differs per
 backend; the rest is backend-independent validation.
 """
 
-import multiprocessing
 import os
 import threading
 import time
@@ -17,7 +16,8 @@ import pytest
 
 import cusparseconv as csc
 import oracle
-from conftest import assert_close, assert_same_rows, random_coords, random_feats
+from conftest import (assert_close, assert_same_rows, random_coords, random_feats,
+                      run_in_forked_child)
 
 #: Tests taking ``backend`` (conftest's one backend fixture) run on the two backends
 #: that take NumPy arrays: these tests hand host buffers (big-endian, read-only, ...).
@@ -361,16 +361,8 @@ def test_forked_child_can_compute_after_the_parent_did():
         coords = random_coords(rng, 3000, 3, 1, -20, 20)
         x = csc.SparseTensor(coords, rng.standard_normal((3000, 8)).astype(np.float32))
         expected = float(csc.sparse_conv(x, np.ones((27, 8, 8), np.float32)).feats.sum())
-        context = multiprocessing.get_context("fork")
-        queue = context.Queue()
-        child = context.Process(target=_child_conv, args=(queue,))
-        child.start()
-        child.join(timeout=60)
-        if child.is_alive():
-            child.kill()
-            pytest.fail("the forked child hung in its first convolution")
-        assert child.exitcode == 0
-        assert queue.get(timeout=5) == expected
+        assert run_in_forked_child(
+            _child_conv, "the forked child hung in its first convolution") == expected
     finally:
         csc.set_num_threads(before)
 
