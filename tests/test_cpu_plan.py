@@ -418,13 +418,17 @@ def test_calibration_memory_is_bounded_for_wide_layers():
     assert wide.gemm_row > 0 and deep.dense_row > 0
 
 
+@pytest.mark.parametrize("part_pairs", [None, 1])
 @pytest.mark.parametrize("take_row", [1.0, 10e-9, 0.0])
 def test_whole_plan_sum_layouts_and_neighbours_match_a_per_pair_oracle(mixed_scene, monkeypatch,
-                                                                        take_row):
-    """The sums of all blocks (made at once, whole-array) and the map's neighbour table,
-    against tables written pair by pair from the block items (windows with and without
-    unpaired rows, gathers, blocks of 256 rows)."""
+                                                                        take_row, part_pairs):
+    """The sums of all blocks (made whole-array, in one part or in several on the
+    workers) and the map's neighbour table, against tables written pair by pair from
+    the block items (windows with and without unpaired rows, gathers, blocks of 256
+    rows)."""
     _fixed_costs(monkeypatch, take_row=take_row)
+    if part_pairs is not None:
+        monkeypatch.setattr(_cpu_plan, "_SUM_PART_PAIRS", part_pairs)
     kmap = csc.build_kernel_map(mixed_scene, mixed_scene, csc.kernel_offsets(3))
     plan = _cpu_plan.plan_for(kmap, 4, 3, np.float64)
     in_rows, out_rows = kmap.in_rows.tolist(), kmap.out_rows.tolist()
@@ -451,7 +455,9 @@ def test_whole_plan_sum_layouts_and_neighbours_match_a_per_pair_oracle(mixed_sce
         for pair in range(int(kmap.pair_offsets[k]), int(kmap.pair_offsets[k + 1])):
             oracle[out_rows[pair], k] = in_rows[pair]
     assert table.shape == (27, kmap.n_out) and np.array_equal(table.T, oracle)
-    assert plan.state_nbytes() >= sum(a.nbytes for a in plan.make_sums(kmap)[:2])
+    parts = plan.make_sums(kmap)
+    assert len(parts) == (1 if part_pairs is None else min(4, len(plan.blocks)))
+    assert plan.state_nbytes() >= sum(part[1].nbytes + part[2].nbytes for part in parts)
 
 
 @pytest.mark.parametrize("group_rows", [None, 48])

@@ -58,6 +58,9 @@ __all__ = ["Plan", "Block", "plan_for", "neighbours", "choose_dense", "add_produ
 #: faster than 256-row ones: longer GEMMs).
 _BUFFER_BYTES = 2 << 20
 _MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS = 1024, 16384
+#: The sum layouts of a plan are made in parts of consecutive blocks on the worker threads
+#: (:meth:`Plan.make_sums`): at most _SUM_PARTS parts, at least _SUM_PART_PAIRS pairs each.
+_SUM_PARTS, _SUM_PART_PAIRS = 4, 200_000
 
 
 def note_mirror(kmap, mirror: np.ndarray) -> None:
@@ -155,7 +158,7 @@ class Plan:
         if self._items is not None:
             total += sum(int(a.nbytes) for a in self._items)
         if self._sums is not None:
-            total += int(self._sums[0].nbytes + self._sums[1].nbytes)
+            total += sum(int(part[1].nbytes + part[2].nbytes) for part in self._sums)
         total += sum(int(g[0].nbytes) for g in self._gathers if g is not None)
         return total
 
@@ -224,32 +227,63 @@ class Plan:
             a pair, none for a window row without a pair.
         rows : ndarray of int32, shape (pairs in the block,)
         """
-        column_starts, rows, column_cuts, row_cuts = self.make_sums(kmap)
-        b = block.index
+        part = self.make_sums(kmap)[block.index // self._sum_part_blocks()]
+        first_block, column_starts, rows, column_cuts, row_cuts = part
+        b = block.index - first_block
         return (column_starts[column_cuts[b]:column_cuts[b + 1]],
                 rows[row_cuts[b]:row_cuts[b + 1]])
 
+    def _sum_part_blocks(self) -> int:
+        """Blocks per part of the sum layouts (:meth:`make_sums`)."""
+        return -(-len(self.blocks) // _sum_parts(self._items[1]))
+
     def make_sums(self, kmap):
-        """The sum layouts of all blocks, made at once with whole-array operations.
+        """The sum layouts of all blocks, made on first use with whole-array operations
+        per part of consecutive blocks, the parts on the worker threads (NumPy releases
+        the GIL: table-5mm, 1.8M pairs, 14 ms in one part, about half that in two at
+        two threads), then kept.
 
         Returns
         -------
-        column_starts : ndarray of int32, shape (sum of (n_products + 1) over blocks,)
-            Block b's column starts (from 0) are ``[column_cuts[b], column_cuts[b + 1])``.
-        rows : ndarray of int32, shape (n_pairs,)
-            Block b's entries (output rows less ``block.first``), in the order of its
-            product rows, are ``[row_cuts[b], row_cuts[b + 1])``.
-        column_cuts, row_cuts : lists of int, n_blocks + 1 each
+        parts : list of (first_block, column_starts, rows, column_cuts, row_cuts)
+            One per part of ``_sum_part_blocks()`` blocks from ``first_block``:
+            ``column_starts`` (int32) holds the part's blocks' column starts one
+            block after the other, block b's (from 0) at ``[column_cuts[b],
+            column_cuts[b + 1])``; ``rows`` (int32) their entries (output rows less
+            the block's first row) in the order of the product rows, block b's at
+            ``[row_cuts[b], row_cuts[b + 1])``; b counted from ``first_block``.
+            The layout of a block does not depend on how the blocks are parted.
         """
         sums = self._sums
         if sums is None:   # two threads at once would make equal layouts: either is kept
-            sums = self._sums = _sum_layouts(kmap, self.blocks, *self._items)
+            from .._threads import parallel_for
+            per_part = self._sum_part_blocks()
+            firsts = list(range(0, len(self.blocks), per_part))
+            parts = [None] * len(firsts)
+
+            def make(part: int) -> None:
+                first = firsts[part]
+                last = min(first + per_part, len(self.blocks))
+                parts[part] = (first, *_sum_layouts(kmap, self.blocks[first:last],
+                                                    *(a[first:last] for a in self._items)))
+
+            parallel_for(make, range(len(firsts)))
+            sums = self._sums = parts
         return sums
 
 
+def _sum_parts(counts: np.ndarray) -> int:
+    """Parts the sum layouts are made in: one per ``_SUM_PART_PAIRS`` pairs, at most
+    ``_SUM_PARTS`` and one per block (a fixed number, whatever the thread count: the
+    layouts are the same either way, only their making is spread)."""
+    pairs = int(counts.sum())
+    return int(max(1, min(_SUM_PARTS, counts.shape[0], pairs // _SUM_PART_PAIRS)))
+
+
 def _sum_layouts(kmap, blocks, begins, counts, windows, starts, lengths, bases):
-    """Whole-plan sum layouts (:meth:`Plan.make_sums`); the (n_blocks, K) arrays
-    describe every (block, offset) item, in the order the products are stacked."""
+    """The sum layouts of consecutive ``blocks`` (:meth:`Plan.make_sums`); the
+    (len(blocks), K) arrays describe their (block, offset) items, in the order the
+    products are stacked."""
     n_blocks = len(blocks)
     firsts = np.fromiter((b.first for b in blocks), dtype=np.int64, count=n_blocks)
     n_products = np.fromiter((b.n_products for b in blocks), dtype=np.int64, count=n_blocks)

@@ -512,7 +512,7 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
     if n_out == 0 or kmap.n_pairs == 0:
         return out
     plan = plan_for(kmap, src.shape[1], n_channels, dtype)
-    plan.make_sums(kmap)   # every block's sum at once, before the workers start
+    plan.make_sums(kmap)   # every block's sum layout (in parts on the workers), first
     row_bytes = src.shape[1] * src.itemsize
 
     def run_block(block) -> None:
