@@ -63,33 +63,42 @@ def route() -> str:
     return "buffer" if _buffer_callback is not None else "host"
 
 
-def call(compute, result_shape: jax.ShapeDtypeStruct, *operands, host: bool = False):
+def call(compute, result_shape, *operands, host: bool = False):
     """``compute(*operands, out=...)`` as one JAX operation returning ``result_shape``.
 
     Parameters
     ----------
     compute : callable(*arrays, out=array or None) -> array
-        Core work on NumPy or CuPy arrays (``None`` operands stay ``None``).
-    result_shape : jax.ShapeDtypeStruct
+        Core work on NumPy or CuPy arrays (``None`` operands stay ``None``). With a
+        tuple ``result_shape`` it returns a tuple of arrays, one per result, and
+        ``out`` is a tuple of targets (or None).
+    result_shape : jax.ShapeDtypeStruct, or a tuple of them
     *operands : jax.Array or None
     host : bool
         Take the host route even where the buffer route exists (for work the
         core cannot run on the device arrays, e.g. global pooling).
+
+    Returns
+    -------
+    jax.Array, or a tuple of them for a tuple ``result_shape``
     """
+    several = isinstance(result_shape, tuple)
     if host or _buffer_callback is None:
         def on_host(*arrays):
-            return compute(*[None if a is None else np.asarray(a) for a in arrays], out=None)
+            result = compute(*[None if a is None else np.asarray(a) for a in arrays], out=None)
+            return tuple(result) if several else result
 
         return jax.pure_callback(on_host, result_shape, *operands, **_HOST_VMAP)
 
     def in_place(ctx, out, *buffers):
-        device_type = out.__dlpack_device__()[0]
+        first = out[0] if several else out
+        device_type = first.__dlpack_device__()[0]
         if device_type == _DL_CPU:
-            target = np.asarray(out)
-            _store(compute(*[None if b is None else np.asarray(b) for b in buffers],
-                           out=target), target)
+            arrays = [None if b is None else np.asarray(b) for b in buffers]
+            targets = tuple(np.asarray(o) for o in out) if several else np.asarray(out)
+            _store(compute(*arrays, out=targets), targets, several)
         elif device_type == _DL_CUDA:
-            _run_on_gpu(ctx, compute, out, buffers)
+            _run_on_gpu(ctx, compute, out, buffers, several)
         else:
             raise NotImplementedError(f"cusparseconv runs JAX buffers of the CPU and of CUDA "
                                       f"GPUs, got DLPack device type {device_type}")
@@ -97,22 +106,27 @@ def call(compute, result_shape: jax.ShapeDtypeStruct, *operands, host: bool = Fa
     return _buffer_callback(in_place, result_shape, vmap_method="sequential")(*operands)
 
 
-def _store(result, target) -> None:
-    """``result`` into ``target`` unless the core already wrote it there."""
-    if result is not target:
+def _store(result, target, several: bool = False) -> None:
+    """``result`` into ``target`` unless the core already wrote it there (pairwise for
+    several results)."""
+    if several:
+        for one, place in zip(result, target):
+            _store(one, place)
+    elif result is not target:
         target[...] = result
 
 
-def _run_on_gpu(ctx, compute, out, buffers) -> None:
+def _run_on_gpu(ctx, compute, out, buffers, several: bool = False) -> None:
     """The CUDA branch of the buffer route: CuPy views of XLA's device buffers, every
     CuPy call on XLA's stream of this execution (not run in CI: no GPU there)."""
     import cupy
 
-    device_id = out.__dlpack_device__()[1]
+    first = out[0] if several else out
+    device_id = first.__dlpack_device__()[1]
     with cupy.cuda.Device(device_id), cupy.cuda.ExternalStream(ctx.stream, device_id):
         arrays = [None if b is None else cupy.asarray(b) for b in buffers]
-        target = cupy.asarray(out)
-        _store(compute(*arrays, out=target), target)
+        targets = tuple(cupy.asarray(o) for o in out) if several else cupy.asarray(out)
+        _store(compute(*arrays, out=targets), targets, several)
 
 
 #: host KernelMap -> {device id: the same map with its pair table on that device}

@@ -20,6 +20,7 @@ import numpy as np
 
 from ._checks import (MAX_STRIDE, check_coords, check_feats, check_float_array, check_out,
                       check_same_dtype, native, per_axis)
+from ._arrays import array_module
 from ._dtypes import accumulate_dtype
 from ._limits import check_memory, expansion_bytes, kernel_map_bytes
 from .backends import backend_for
@@ -251,7 +252,7 @@ def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_s
     return out if out is not None else grad.reshape(weight_shape)
 
 
-def conv_backward(feats, grad_out, weight, kmap: KernelMap, groups: int = 1):
+def conv_backward(feats, grad_out, weight, kmap: KernelMap, groups: int = 1, out=None):
     """Both gradients of :func:`conv_forward`: ``(conv_input_grad(...),
     conv_weight_grad(...))`` in one call.
 
@@ -272,6 +273,10 @@ def conv_backward(feats, grad_out, weight, kmap: KernelMap, groups: int = 1):
     weight : ndarray, as in :func:`conv_forward`
     kmap : KernelMap
     groups : int
+    out : (ndarray, ndarray), optional
+        ``(grad_in_out, grad_weight_out)``: C-contiguous arrays of the two results'
+        shapes and dtypes (as ``out=`` of :func:`conv_input_grad` and
+        :func:`conv_weight_grad`), written in place and returned.
 
     Returns
     -------
@@ -288,15 +293,28 @@ def conv_backward(feats, grad_out, weight, kmap: KernelMap, groups: int = 1):
         raise ValueError(f"grad_out must have {c_out} columns (C_out of weight), "
                          f"got {grad_out.shape[1]}")
     weight_shape = tuple(weight.shape)
+    c_in = feats.shape[1]
+    if out is None:
+        out_in = out_weight = None
+    else:
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise TypeError("out must be a pair (grad_in_out, grad_weight_out) of arrays, got "
+                            f"{type(out).__name__}")
+        out_in = check_out(out[0], (kmap.n_in, c_in), grad_out.dtype, grad_out=grad_out,
+                           weight=weight, feats=feats)
+        out_weight = check_out(out[1], weight_shape, feats.dtype, feats=feats,
+                               grad_out=grad_out, weight=weight)
+        if out_in is not None and out_weight is not None and bool(
+                array_module(out_in).may_share_memory(out_in, out_weight)):
+            raise ValueError("out's two arrays share memory: pass separate arrays")
     run_weight, run_layout = _as_depthwise(weight, layout)
     if run_layout != "standard":   # grouped and depthwise: the two products, as they are
-        return (conv_input_grad(grad_out, weight, kmap, groups),
-                conv_weight_grad(feats, grad_out, kmap, groups, weight_shape))
-    c_in = feats.shape[1]
+        return (conv_input_grad(grad_out, weight, kmap, groups, out=out_in),
+                conv_weight_grad(feats, grad_out, kmap, groups, weight_shape, out=out_weight))
     _check_output_size(kmap.n_in, c_in, grad_out.dtype, "the input gradient")
-    backend = backend_for(feats, grad_out, run_weight, kmap.in_rows)
+    backend = backend_for(feats, grad_out, run_weight, kmap.in_rows, out_in, out_weight)
     return backend.conv_backward(feats, grad_out, run_weight, kmap, run_layout, c_in,
-                                 weight_shape)
+                                 weight_shape, out=(out_in, out_weight))
 
 
 def conv_bias_grad(grad_out):

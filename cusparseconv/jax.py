@@ -17,10 +17,12 @@ XLA's buffers (NumPy views on the CPU; on a CUDA GPU CuPy arrays on XLA's
 stream, so features never leave the device), the core writing straight into
 the output buffer through the products' ``out=``; with older JAX through
 ``jax.pure_callback`` (operands copied to the host and back). The backward
-pass (``jax.custom_vjp``) calls the core's ``conv_input_grad`` /
-``conv_weight_grad`` / ``conv_bias_grad`` and ``pool_backward`` /
-``global_pool_backward``, one callback each, so XLA drops the ones a
-gradient does not need. ``jax.vmap`` runs the callbacks once per element of
+pass (``jax.custom_vjp`` with symbolic zeros, so it knows which arguments a
+gradient flows to) makes only the gradients needed: both of a convolution's
+in one callback of the core's ``conv_backward`` (on the CPU one pass that
+gathers the rows once for both), one alone through ``conv_input_grad`` or
+``conv_weight_grad``; ``conv_bias_grad``, ``pool_backward`` and
+``global_pool_backward`` one callback each. ``jax.vmap`` runs the callbacks once per element of
 the mapped axis, one after another. Global pooling always takes the host
 route (it needs the host coordinates).
 
@@ -38,8 +40,8 @@ import jax.numpy as jnp
 
 from . import _jax_callback
 from ._checks import check_coords
-from .conv import (conv_bias_grad, conv_forward, conv_input_grad, conv_weight_grad,
-                   layer_kernel_map, weight_layout)
+from .conv import (conv_backward, conv_bias_grad, conv_forward, conv_input_grad,
+                   conv_weight_grad, layer_kernel_map, weight_layout)
 from .pool import global_pool as _core_global_pool
 from .pool import global_pool_backward, pool_backward, pool_forward
 from .tensor import CoordinateCache
@@ -118,6 +120,7 @@ def conv_features(feats, weight, kmap, groups: int = 1, bias=None):
     _, c_out = weight_layout(weight.shape, kmap.kernel_volume, feats.shape[1], groups)
     out_shape = jax.ShapeDtypeStruct((kmap.n_out, c_out), feats.dtype)
     weight_shape = tuple(weight.shape)
+    feats_in, feats_dtype, has_bias = feats.shape[1], feats.dtype, bias is not None
 
     call, on = _jax_callback.call, _jax_callback.kernel_map_on
 
@@ -127,21 +130,41 @@ def conv_features(feats, weight, kmap, groups: int = 1, bias=None):
                     out_shape, feats, weight, bias)
 
     def forward(feats, weight, bias):
-        return product(feats, weight, bias), (feats, weight)
+        # symbolic zeros: each argument says whether a gradient flows to it; the
+        # residuals keep only what the needed gradients read (feats for the weight's,
+        # weight for the features'), and their structure tells the backward which
+        bias_value = None if bias is None else bias.value
+        saved = (feats.value if weight.perturbed else None,
+                 weight.value if feats.perturbed else None)
+        return product(feats.value, weight.value, bias_value), saved
 
     def backward(saved, grad_out):
         feats, weight = saved
-        grad_feats = call(lambda g, w, out: conv_input_grad(g, w, on(kmap, g), groups, out=out),
-                          jax.ShapeDtypeStruct(feats.shape, feats.dtype), grad_out, weight)
-        grad_weight = call(lambda f, g, out: conv_weight_grad(f, g, on(kmap, f), groups,
-                                                              weight_shape, out=out),
-                           jax.ShapeDtypeStruct(weight_shape, feats.dtype), feats, grad_out)
-        grad_bias = None if bias is None else call(
-            lambda g, out: conv_bias_grad(g), jax.ShapeDtypeStruct((c_out,), feats.dtype),
+        if isinstance(grad_out, jax.custom_derivatives.SymbolicZero):
+            return None, None, None
+        feats_shape = jax.ShapeDtypeStruct((kmap.n_in, feats_in), feats_dtype)
+        weight_struct = jax.ShapeDtypeStruct(weight_shape, feats_dtype)
+        if feats is not None and weight is not None:   # both: one pass (conv_backward)
+            grad_feats, grad_weight = call(
+                lambda f, g, w, out: conv_backward(f, g, w, on(kmap, f), groups, out=out),
+                (feats_shape, weight_struct), feats, grad_out, weight)
+        elif weight is not None:
+            grad_feats, grad_weight = call(
+                lambda g, w, out: conv_input_grad(g, w, on(kmap, g), groups, out=out),
+                feats_shape, grad_out, weight), None
+        elif feats is not None:
+            grad_feats, grad_weight = None, call(
+                lambda f, g, out: conv_weight_grad(f, g, on(kmap, f), groups, weight_shape,
+                                                   out=out),
+                weight_struct, feats, grad_out)
+        else:
+            grad_feats = grad_weight = None
+        grad_bias = None if not has_bias else call(
+            lambda g, out: conv_bias_grad(g), jax.ShapeDtypeStruct((c_out,), feats_dtype),
             grad_out)
         return grad_feats, grad_weight, grad_bias
 
-    product.defvjp(forward, backward)
+    product.defvjp(forward, backward, symbolic_zeros=True)
     return product(feats, weight, bias)
 
 

@@ -126,7 +126,7 @@ def test_fused_pass_on_several_blocks_matches_the_oracle(rng, layer):
     calls = []
     original = cpu._input_and_weight_grad
     try:
-        cpu._input_and_weight_grad = lambda *a: calls.append(1) or original(*a)
+        cpu._input_and_weight_grad = lambda *a, **k: calls.append(1) or original(*a, **k)
         dx, dw = csc.conv_backward(x, g, weight, kmap)
     finally:
         cpu._input_and_weight_grad = original
@@ -172,7 +172,7 @@ def test_terms_beyond_the_budget_run_the_two_products(rng, monkeypatch):
     kmap, x, g, weight, _ = _layer(rng, "plane")
     monkeypatch.setattr(cpu, "_FUSED_TERM_BYTES", 0)
     monkeypatch.setattr(cpu, "_input_and_weight_grad",
-                        lambda *a: pytest.fail("the fused pass ran beyond its budget"))
+                        lambda *a, **k: pytest.fail("the fused pass ran beyond its budget"))
     dx, dw = csc.conv_backward(x, g, weight, kmap)
     np.testing.assert_array_equal(dx, csc.conv_input_grad(g, weight, kmap))
     np.testing.assert_array_equal(dw, csc.conv_weight_grad(x, g, kmap))
@@ -188,3 +188,61 @@ def test_conv_backward_checks_its_arguments(rng):
         csc.conv_backward(x[:-1], g, weight, kmap)
     with pytest.raises(TypeError, match="dtype"):
         csc.conv_backward(x.astype(np.float64), g, weight, kmap)
+
+
+@pytest.mark.parametrize("variant", ["standard", "groups"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_conv_backward_writes_into_out(backend, rng, variant, dtype):
+    """``out=(grad_in_out, grad_weight_out)``: both results written there and returned
+    (an accumulation dtype computed in place, float16 cast into it), equal to the
+    results without ``out``."""
+    xp = backend.xp
+    in_coords, out_coords, offsets, stride, transposed = _kmap_case(rng, "submanifold",
+                                                                    GRAD_GEOMETRY)
+    weight, groups, c_in, c_out = _weight(rng, variant, len(offsets), dtype)
+    x = xp.asarray(random_feats(rng, len(in_coords), c_in, dtype))
+    g = xp.asarray(random_feats(rng, len(out_coords), c_out, dtype))
+    weight = xp.asarray(weight)
+    kmap = csc.build_kernel_map(xp.asarray(in_coords), xp.asarray(out_coords),
+                                xp.asarray(offsets), stride=stride, transposed=transposed)
+    expected = csc.conv_backward(x, g, weight, kmap, groups)
+    out = (xp.full((len(in_coords), c_in), 7, dtype=dtype), xp.full(weight.shape, 7, dtype=dtype))
+    got = csc.conv_backward(x, g, weight, kmap, groups, out=out)
+    assert got[0] is out[0] and got[1] is out[1]
+    np.testing.assert_array_equal(backend.get(got[0]), backend.get(expected[0]))
+    np.testing.assert_array_equal(backend.get(got[1]), backend.get(expected[1]))
+
+
+def test_fused_pass_writes_into_out(rng):
+    """The fused pass computes both results in the given arrays (no copy after)."""
+    kmap, x, g, weight, pairs = _layer(rng, "cube")
+    out = (np.empty_like(x), np.empty_like(weight))
+    seen = {}
+    original = cpu._input_and_weight_grad
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+    try:
+        cpu._input_and_weight_grad = spy
+        dx, dw = csc.conv_backward(x, g, weight, kmap, out=out)
+    finally:
+        cpu._input_and_weight_grad = original
+    assert seen["out"] is out[0] and np.shares_memory(seen["weight_out"], out[1])
+    assert dx is out[0] and dw is out[1]
+    assert_close(dx, oracle.conv_input_grad_oracle(g, weight, pairs, len(x)), 1e-4)
+    assert_close(dw, oracle.conv_weight_grad_oracle(x, g, pairs, weight.shape), 1e-4)
+
+
+def test_conv_backward_out_errors(rng):
+    kmap, x, g, weight, _ = _layer(rng, "down2")
+    with pytest.raises(TypeError, match="out must be a pair"):
+        csc.conv_backward(x, g, weight, kmap, out=np.empty_like(x))
+    with pytest.raises(ValueError, match="out must have shape"):
+        csc.conv_backward(x, g, weight, kmap, out=(np.empty_like(g), np.empty_like(weight)))
+    with pytest.raises(ValueError, match="shares memory with feats"):
+        csc.conv_backward(x, g, weight, kmap, out=(x, np.empty_like(weight)))
+    both = np.empty(x.size + weight.size, dtype=x.dtype)
+    with pytest.raises(ValueError, match="share memory"):
+        csc.conv_backward(x, g, weight, kmap, out=(both[:x.size].reshape(x.shape),
+                                                   both[:weight.size].reshape(weight.shape)))

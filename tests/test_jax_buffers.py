@@ -26,7 +26,7 @@ from cusparseconv.backends.cpu import CpuBackend  # noqa: E402
 needs_buffer_route = pytest.mark.skipif(_jax_callback._buffer_callback is None,
                                         reason="this JAX has no buffer_callback (< 0.7)")
 LAYER = {"kernel_size": 2, "stride": 2}
-PRODUCTS = ("conv_forward", "conv_input_grad", "conv_weight_grad")
+PRODUCTS = ("conv_forward", "conv_input_grad", "conv_weight_grad", "conv_backward")
 
 
 def make_case(rng):
@@ -64,9 +64,12 @@ def record_addresses(monkeypatch):
     handed, written = [], {name: [] for name in PRODUCTS}
     real = _jax_callback._buffer_callback
 
+    def address(array):
+        return np.asarray(array).__array_interface__["data"][0]
+
     def spy(callback, result_shape, **options):
         def recording(ctx, out, *buffers):
-            handed.append(np.asarray(out).__array_interface__["data"][0])
+            handed.extend(address(o) for o in (out if isinstance(out, tuple) else (out,)))
             return callback(ctx, out, *buffers)
         return real(recording, result_shape, **options)
 
@@ -75,8 +78,12 @@ def record_addresses(monkeypatch):
         def product(*args, _run=getattr(CpuBackend, name), _name=name, **kwargs):
             out = kwargs["out"]
             result = _run(*args, **kwargs)
+            if isinstance(out, tuple):    # conv_backward: both gradients
+                assert all(o is not None and r is o for r, o in zip(result, out)), _name
+                written[_name].append(tuple(address(o) for o in out))
+                return result
             assert out is not None and result is out, f"{_name} did not write into out="
-            written[_name].append(out.__array_interface__["data"][0])
+            written[_name].append(address(out))
             return result
         monkeypatch.setattr(CpuBackend, name, staticmethod(product))
     return handed, written
@@ -90,10 +97,10 @@ def test_jaxpr_holds_the_buffer_callback(rng):
     for function in (forward, grads):
         jaxpr = str(jax.make_jaxpr(jax.jit(function))(feats, weight, bias))
         assert "buffer_callback" in jaxpr and "pure_callback" not in jaxpr, jaxpr
-    # the backward pass: one callback per gradient (input, weight, bias)
+    # the backward pass: one callback for the input and weight gradients, one for the bias
     backward = str(jax.make_jaxpr(jax.grad(lambda f, w, b: jnp.sum(forward(f, w, b)),
                                            argnums=(0, 1, 2)))(feats, weight, bias))
-    assert backward.count("buffer_callback[") == 4, backward   # forward + 3 gradients
+    assert backward.count("buffer_callback[") == 3, backward   # forward + 2
 
 
 @needs_buffer_route
@@ -118,9 +125,12 @@ def test_core_writes_into_xlas_output_buffers(rng, monkeypatch):
     grad_feats, grad_weight = jax.jit(grads)(feats, weight, bias)
     assert_close(np.asarray(grad_feats), ref_grad_feats, 1e-5)
     assert_close(np.asarray(grad_weight), ref_grad_weight, 1e-5)
-    for name, result in (("conv_input_grad", grad_feats), ("conv_weight_grad", grad_weight)):
-        assert len(written[name]) == 1 and written[name][0] in handed, (name, written, handed)
-        assert written[name][0] == result.unsafe_buffer_pointer(), name
+    # both gradients in one conv_backward, written into the two buffers XLA handed over
+    assert written["conv_input_grad"] == written["conv_weight_grad"] == []
+    assert len(written["conv_backward"]) == 1, written
+    assert set(written["conv_backward"][0]) <= set(handed), (written, handed)
+    assert written["conv_backward"][0] == (grad_feats.unsafe_buffer_pointer(),
+                                           grad_weight.unsafe_buffer_pointer())
 
 
 def test_host_route_when_forced(rng, monkeypatch):
@@ -166,16 +176,32 @@ def test_vmap_runs_each_element(route, rng, monkeypatch):
         assert_close(np.asarray(grad_weight[i]), ref[2], 1e-5)
 
 
-def test_unneeded_gradients_are_not_computed(rng, monkeypatch):
-    """One callback per gradient: a gradient with respect to the weight alone runs the
-    weight gradient only (XLA drops the input gradient, and the forward of a linear loss)."""
-    coords, feats, weight, _ = make_case(rng)
+@pytest.mark.parametrize("route", ["buffer", "host"])
+@pytest.mark.parametrize("argnums, expected", [((1,), ["conv_weight_grad"]),
+                                               ((0,), ["conv_input_grad"]),
+                                               ((0, 1), ["conv_backward"])])
+def test_only_the_needed_gradients_are_computed(rng, monkeypatch, route, argnums, expected):
+    """The backward knows which arguments a gradient flows to (symbolic zeros): the
+    weight's alone runs the weight gradient only, the features' alone the input
+    gradient only, both run one conv_backward (XLA drops the forward of a linear
+    loss); the gradients equal the oracle's."""
+    if route == "host":
+        monkeypatch.setattr(_jax_callback, "_buffer_callback", None)
+    elif _jax_callback._buffer_callback is None:
+        pytest.skip("this JAX has no buffer_callback (< 0.7)")
+    coords, feats, weight, bias = make_case(rng)
+    out_coords, _ = csj.sparse_conv(coords, feats, weight, **LAYER)
+    grad_out = rng.standard_normal((len(out_coords), 4)).astype(np.float32)
+    reference = oracle_results(coords, out_coords, feats, weight, bias, grad_out)
     calls = []
     for name in PRODUCTS:
         def product(*args, _run=getattr(CpuBackend, name), _name=name, **kwargs):
             calls.append(_name)
             return _run(*args, **kwargs)
         monkeypatch.setattr(CpuBackend, name, staticmethod(product))
-    grad = jax.jit(jax.grad(lambda w: jnp.sum(csj.sparse_conv(coords, feats, w, **LAYER)[1])))
-    grad(weight)
-    assert calls == ["conv_weight_grad"]
+    grads = jax.jit(jax.grad(
+        lambda f, w: jnp.sum(csj.sparse_conv(coords, f, w, **LAYER)[1] * grad_out),
+        argnums=argnums))(feats, weight)
+    assert calls == expected
+    for argnum, grad in zip(argnums, grads):
+        assert_close(np.asarray(grad), reference[1 + argnum], 1e-5)

@@ -942,7 +942,7 @@ def conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, algorithm=None
 _FUSED_TERM_BYTES = 64 << 20
 
 
-def conv_backward(feats, grad_out, weight, kmap, layout, c_in, weight_shape):
+def conv_backward(feats, grad_out, weight, kmap, layout, c_in, weight_shape, out=(None, None)):
     """Both gradients of the forward product: ``(grad_in, grad_weight)``, as
     :func:`conv_input_grad` and :func:`conv_weight_grad` give them.
 
@@ -959,11 +959,14 @@ def conv_backward(feats, grad_out, weight, kmap, layout, c_in, weight_shape):
     in the last bits: another order of the same sums). The input gradient is
     bit for bit :func:`conv_input_grad`'s.
 
+    ``out``: the two results' ``out=`` (None or a checked array each).
+
     Returns
     -------
     grad_in : ndarray, shape (n_in, C_in), the dtype of ``grad_out``
     grad_weight : ndarray of ``weight_shape``, the dtype of ``feats``
     """
+    out_in, out_weight = out
     dtype = accumulate_dtype(grad_out.dtype)
     fused = (layout == "standard" and kmap.n_pairs > 0
              and feats.dtype == grad_out.dtype == weight.dtype
@@ -975,8 +978,8 @@ def conv_backward(feats, grad_out, weight, kmap, layout, c_in, weight_shape):
                  and _fused_term_bytes(reverse, grad_out.shape[1], c_in, dtype)
                  <= _FUSED_TERM_BYTES)
     if not fused:
-        return (conv_input_grad(grad_out, weight, kmap, layout, c_in),
-                conv_weight_grad(feats, grad_out, kmap, layout, weight_shape))
+        return (conv_input_grad(grad_out, weight, kmap, layout, c_in, out=out_in),
+                conv_weight_grad(feats, grad_out, kmap, layout, weight_shape, out=out_weight))
     _log_choice("input_grad", "blocked", reverse, layout, None, transposed)
     _log_choice("weight_grad", "blocked (with the input gradient)", kmap, layout, None,
                 channels=(c_in, grad_out.shape[1], dtype))
@@ -985,10 +988,13 @@ def conv_backward(feats, grad_out, weight, kmap, layout, c_in, weight_shape):
     mirror = mirror_of(kmap)
     weight_index = (np.asarray(mirror) if mirror is not None
                     else np.arange(kmap.kernel_volume)).tolist()
-    grad_in, grad_weight = _input_and_weight_grad(src, x, reverse, transposed, weight_index,
-                                                  c_in, dtype)
-    return (_deliver(grad_in, None, grad_out.dtype),
-            _deliver(grad_weight.reshape(weight_shape), None, feats.dtype))
+    direct_weight = _direct(out_weight, dtype)
+    grad_in, grad_weight = _input_and_weight_grad(
+        src, x, reverse, transposed, weight_index, c_in, dtype, out=_direct(out_in, dtype),
+        weight_out=None if direct_weight is None else direct_weight.reshape(
+            len(weight_index), c_in, -1))
+    return (_deliver(grad_in, out_in, grad_out.dtype),
+            _deliver(grad_weight.reshape(weight_shape), out_weight, feats.dtype))
 
 
 def _fused_term_bytes(reverse, c_out, c_in, dtype) -> int:
@@ -997,10 +1003,12 @@ def _fused_term_bytes(reverse, c_out, c_in, dtype) -> int:
     return len(plan.blocks) * reverse.kernel_volume * c_in * c_out * np.dtype(dtype).itemsize
 
 
-def _input_and_weight_grad(src, x, reverse, transposed, weight_index, c_in, dtype):
+def _input_and_weight_grad(src, x, reverse, transposed, weight_index, c_in, dtype, out=None,
+                           weight_out=None):
     """The fused pass of :func:`conv_backward` over the input gradient's map ``reverse``
     (its pairs: output-gradient row ``reverse.in_rows``, input row ``reverse.out_rows``,
-    weight ``weight_index[k]``)."""
+    weight ``weight_index[k]``); the input gradient into ``out`` (n_in, C_in) and the
+    weight gradient into ``weight_out`` (K, C_in, C_out) when given, both of ``dtype``."""
     c_out = src.shape[1]
     plan = plan_for(reverse, c_out, c_in, dtype)
     # terms[b, w]: block b's term of weight w (zeros where the block has no such pair);
@@ -1025,8 +1033,9 @@ def _input_and_weight_grad(src, x, reverse, transposed, weight_index, c_in, dtyp
 
     grad_in = gather_multiply_reduce(src, reverse, _apply_into_for(transposed, "standard",
                                                                    False),
-                                     c_in, dtype, visitor=visitor)
-    grad_weight = terms.sum(axis=0)   # in block order: the same at any thread count
+                                     c_in, dtype, out=out, visitor=visitor)
+    # in block order: the same at any thread count
+    grad_weight = terms.sum(axis=0, out=weight_out)
     return grad_in, grad_weight
 
 

@@ -777,10 +777,13 @@ class CudaBackend(ArrayOps):
              out))
         return out
 
-    def conv_backward(self, feats, grad_out, weight, kmap, layout, c_in, weight_shape):
+    def conv_backward(self, feats, grad_out, weight, kmap, layout, c_in, weight_shape,
+                      out=(None, None)):
         """The two gradient products one after the other (their own algorithm choices)."""
-        return (self.conv_input_grad(grad_out, weight, kmap, layout, c_in),
-                self.conv_weight_grad(feats, grad_out, kmap, layout, weight_shape))
+        out_in, out_weight = out
+        return (self.conv_input_grad(grad_out, weight, kmap, layout, c_in, out=out_in),
+                self.conv_weight_grad(feats, grad_out, kmap, layout, weight_shape,
+                                      out=out_weight))
 
     def conv_weight_grad(self, feats, grad_out, kmap, layout, weight_shape, algorithm=None,
                          out=None):

@@ -95,10 +95,11 @@ class Backend(Protocol):
         """``dW[k] = A[in]^T @ dY[out]``: ``weight_shape`` in the dtype of ``feats``."""
 
     def conv_backward(self, feats, grad_out, weight, kmap: KernelMap, layout: str, c_in: int,
-                      weight_shape: tuple[int, ...]):
+                      weight_shape: tuple[int, ...], out=(None, None)):
         """``(conv_input_grad(...), conv_weight_grad(...))`` of one output gradient, as
         the two give them (a backend may share work between them; its weight gradient
-        then equals theirs up to rounding)."""
+        then equals theirs up to rounding); ``out``: their two ``out=`` (each None or
+        a checked array), returned when given."""
 
     def choose_algorithm(self, product: str, feats, weight, kmap: KernelMap, layout: str,
                          c_out: int, algorithm: str | None = None) -> tuple[str | None, str]:
