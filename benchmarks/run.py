@@ -226,34 +226,46 @@ def sgemm_rate(threads, n=2048, repeats=3):
     return 2.0 * n ** 3 / best / 1e9
 
 
-def skinny_gemm_rate(threads, channels, rows=2048, items=32, repeats=3):
+#: Rows of the GEMMs :func:`skinny_gemm_rate` tries (the block items of the products run
+#: from a few hundred to a few thousand rows). The best is the ceiling: NumPy's BLAS has
+#: no one best length (OpenBLAS's small-matrix kernel on AVX-512 takes m * n * k <= 1e6:
+#: at C = 32, 960 rows ran 1.15-1.3x the rate of 2,048, at C = 16 2,048 rows twice 960).
+SKINNY_ROWS = (512, 960, 2048, 4096)
+
+
+def skinny_gemm_rate(threads, channels, rows=SKINNY_ROWS, total_rows=65536, repeats=3):
     """GFLOP/s of the GEMM shape the products are made of, run the way they run.
 
-    ``items`` independent ``(rows, C) @ (C, C)`` float32 matmuls (the product of
-    one block and offset) spread over ``threads`` threads by
+    Independent ``(m, C) @ (C, C)`` float32 matmuls (the product of one block and
+    offset), ``total_rows`` rows in all, spread over ``threads`` threads by
     ``cusparseconv._threads.parallel_for`` with BLAS at one thread inside, as in
-    the CPU products: the rate a gather-multiply-sum product could reach if its
-    gathers and sums were free. NumPy's BLAS reaches far less of its square-matrix
-    rate on this shape at small C (the short inner dimension) than at large C.
+    the CPU products: the best rate over the lengths ``m`` in ``rows``, the rate a
+    gather-multiply-sum product could reach if its gathers and sums were free.
+    NumPy's BLAS reaches far less of its square-matrix rate on this shape at small
+    C (the short inner dimension) than at large C.
     """
     from cusparseconv import _threads
     rng = np.random.default_rng(2)
-    source = rng.standard_normal((rows, channels), dtype=np.float32)
     weight = rng.standard_normal((channels, channels), dtype=np.float32)
-    outs = np.empty((items, rows, channels), dtype=np.float32)
-
-    def item(index):
-        np.matmul(source, weight, out=outs[index])
-
+    best_rate = 0.0
     before = _threads.get_num_threads()
     _threads.set_num_threads(threads)
     try:
-        _threads.parallel_for(item, range(items))
-        best = min(_timed(lambda: _threads.parallel_for(item, range(items)))
-                   for _ in range(repeats))
+        for length in (rows,) if isinstance(rows, int) else rows:
+            items = max(1, total_rows // length)
+            source = rng.standard_normal((length, channels), dtype=np.float32)
+            outs = np.empty((items, length, channels), dtype=np.float32)
+
+            def item(index, source=source, outs=outs):
+                np.matmul(source, weight, out=outs[index])
+
+            _threads.parallel_for(item, range(items))
+            best = min(_timed(lambda: _threads.parallel_for(item, range(items)))
+                       for _ in range(repeats))
+            best_rate = max(best_rate, 2.0 * items * length * channels * channels / best / 1e9)
     finally:
         _threads.set_num_threads(before)
-    return 2.0 * items * rows * channels * channels / best / 1e9
+    return best_rate
 
 
 def _timed(fn):
