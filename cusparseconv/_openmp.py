@@ -58,6 +58,7 @@ except ImportError:  # pragma: no cover - exercised when the extra is absent
     _threadpoolctl = None
 
 __all__ = ["release_idle_threads", "release_openmp_threads", "is_release_openmp_threads",
+           "usable_cpus",
            "paused_runtimes"]
 
 #: ``omp_pause_soft`` of the OpenMP 5.0 ``omp_pause_resource_t`` enumeration.
@@ -154,7 +155,8 @@ def release_idle_threads() -> None:
             pause(OMP_PAUSE_SOFT)
 
 
-def _cpus() -> int:
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; the CPU count elsewhere)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - non-Linux
@@ -183,4 +185,4 @@ def _cores_to_spare() -> bool:
     return runnable is None or runnable <= _state["cpus"]
 
 
-_state["cpus"] = _cpus()   # the CPUs this process may run on
+_state["cpus"] = usable_cpus()

@@ -44,7 +44,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
-from ._openmp import release_idle_threads
+from ._openmp import release_idle_threads, usable_cpus
 
 try:  # optional: `pip install cusparseconv[threads]`
     import threadpoolctl as _threadpoolctl
@@ -69,12 +69,7 @@ def _env_threads() -> int | None:
 
 def _default_threads() -> int:
     count = _env_threads()
-    if count is not None:
-        return count
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
+    return count if count is not None else usable_cpus()
 
 
 class _Pool:

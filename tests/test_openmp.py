@@ -138,7 +138,7 @@ def test_a_busy_machine_pauses_nothing(torch_two_threads, rng, monkeypatch):
     idle threads stay."""
     _, feats, weight, kmap = _layer(rng)
     csc.conv_forward(feats, weight, kmap)
-    monkeypatch.setattr(_openmp, "_runnable_threads", lambda: _openmp._cpus() + 1)
+    monkeypatch.setattr(_openmp, "_runnable_threads", lambda: _openmp.usable_cpus() + 1)
     baseline, added = _gomp_team_threads()
     csc.conv_forward(feats, weight, kmap)
     time.sleep(0.05)

@@ -985,8 +985,9 @@ def conv_backward(feats, grad_out, weight, kmap, layout, c_in, weight_shape, out
                 channels=(c_in, grad_out.shape[1], dtype))
     src = np.ascontiguousarray(grad_out, dtype=dtype)
     x = np.ascontiguousarray(feats, dtype=dtype)
-    mirror = mirror_of(kmap)
-    weight_index = (np.asarray(mirror) if mirror is not None
+    # the input gradient's offset k reads weight k, or its mirror's where the map is its
+    # own reverse table (_input_grad_operands made that choice)
+    weight_index = (np.asarray(mirror_of(kmap)) if reverse is kmap
                     else np.arange(kmap.kernel_volume)).tolist()
     direct_weight = _direct(out_weight, dtype)
     grad_in, grad_weight = _input_and_weight_grad(
