@@ -11,8 +11,10 @@ For each row two loops over the same kernel map, timed side by side:
     its worker pool, BLAS pinned to one thread per worker: the loop of
     ``cpu.gather_multiply_reduce``: windows sliced, the other offsets' rows
     gathered a group at a time; its output is checked bit for bit against
-    ``conv_forward(..., algorithm="blocked")``), and the weight gradient's
-    loop (``cpu.conv_weight_grad``: both sides gathered, ``A^T @ dY``);
+    ``conv_forward(..., algorithm="blocked")``), the weight gradient's
+    loop (``cpu.conv_weight_grad``: both sides gathered, ``A^T @ dY``) and
+    ``conv_backward``'s fused pass (both gradients from the input gradient's
+    gathered rows; checked bit for bit against ``conv_backward``);
 ``torch``
     the loop of spconv's CPU path written with torch operations (per offset:
     ``index_select`` of the pairs' input rows, ``mm`` (MKL), ``index_add_``
@@ -194,6 +196,94 @@ class OursWeightGrad:
         return grad
 
 
+class OursBackward:
+    """The fused pass of ``conv_backward`` (``cpu._input_and_weight_grad`` inside
+    ``cpu.gather_multiply_reduce``) as the CPU backend runs it, phases switchable:
+    ``gather`` (the output-gradient rows taken for the input gradient, the unpaired
+    window rows dropped and the block's own input rows taken for the weight
+    gradient), ``gemm`` (the input gradient's ``G @ W[k]^T``), ``wgemm`` (the
+    weight gradient's ``X^T @ G``) and ``sum`` (the input gradient's sparse sums).
+    Only for maps where ``conv_backward`` takes the fused pass (checked)."""
+
+    def __init__(self, csc, kmap, feats, weight, grad_out):
+        from cusparseconv.backends import _cpu_plan, cpu
+        self.plan_module = _cpu_plan
+        self.x, self.src = feats, grad_out
+        c_in = feats.shape[1]
+        self.reverse, _, self.transposed = cpu._input_grad_operands(kmap, weight, "standard")
+        self.weight_index = (np.asarray(_cpu_plan.mirror_of(kmap)) if self.reverse is kmap
+                             else np.arange(kmap.kernel_volume)).tolist()
+        self.plan = _cpu_plan.plan_for(self.reverse, grad_out.shape[1], c_in, feats.dtype)
+        self.out = np.zeros((kmap.n_in, c_in), dtype=feats.dtype)
+        self.terms = np.zeros((len(self.plan.blocks), kmap.kernel_volume, c_in,
+                               grad_out.shape[1]), dtype=feats.dtype)
+        longest = max((b.n_products for b in self.plan.blocks), default=0)
+        self.stand_ins = (np.resize(grad_out, (max(longest, 1), grad_out.shape[1])),
+                          np.resize(feats, (max(longest, 1), c_in)))
+
+    def run(self, gather=True, gemm=True, wgemm=True, sum=True):  # noqa: A002
+        from cusparseconv._threads import parallel_for
+        plan, reverse, src, x = self.plan, self.reverse, self.src, self.x
+        transposed, weight_index, terms, out = (self.transposed, self.weight_index,
+                                                self.terms, self.out)
+        pair_rows = reverse.in_rows
+        row_bytes = src.shape[1] * src.itemsize
+        out[...] = 0
+        terms[...] = 0
+        plan.make_sums(reverse)
+
+        def run_block(block):
+            products = np.empty((block.n_products, out.shape[1]), dtype=src.dtype)
+            items = block.items
+            _, rows = plan.sum_layout(reverse, block)
+            x_rows = (x[block.first:block.last].take(rows, axis=0) if gather
+                      else self.stand_ins[1][:rows.shape[0]])
+            starts = np.cumsum([0] + [item[6] - item[5] for item in items]).tolist()
+            block_terms = terms[block.index]
+
+            def visit(p, g):
+                k, window, start, length, _, begin, end = items[p]
+                if window and length != end - begin:
+                    g = (g.take(pair_rows[begin:end] - start, axis=0) if gather
+                         else self.stand_ins[0][:end - begin])
+                if wgemm:
+                    np.matmul(x_rows[starts[p]:starts[p + 1]].T, g,
+                              out=block_terms[weight_index[k]])
+
+            for p, (k, window, start, length, base, _, _) in enumerate(items):
+                if window:
+                    rows_in = src[start:start + length]
+                    if gemm:
+                        np.matmul(rows_in, transposed[k], out=products[base:base + length])
+                    visit(p, rows_in)
+            index, groups = plan.gathers(reverse, block, row_bytes)
+            for first, last, members in groups:
+                gathered = (src.take(index[first:last], axis=0) if gather
+                            else self.stand_ins[0][:last - first])
+                at = 0
+                for p in members:
+                    k, _, _, length, base, _, _ = items[p]
+                    rows_in = gathered[at:at + length]
+                    if gemm:
+                        np.matmul(rows_in, transposed[k], out=products[base:base + length])
+                    visit(p, rows_in)
+                    at += length
+            if sum:
+                self.plan_module.add_products(plan, block, reverse, products,
+                                              out[block.first:block.last])
+
+        parallel_for(run_block, plan.blocks)
+        return out, terms.sum(axis=0)
+
+    def counts(self):
+        blocks = self.plan.blocks
+        gathered = sum(item[3] for b in blocks for item in b.items if not item[1])
+        return {"gathered_rows": int(gathered + self.reverse.n_pairs),
+                "gemm_rows": int(sum(b.n_products for b in blocks)),
+                "wgemm_rows": int(self.reverse.n_pairs),
+                "sum_entries": int(self.reverse.n_pairs)}
+
+
 class TorchLoop:
     """spconv's CPU loop with torch operations: per offset gather, ``mm``, scatter-add."""
 
@@ -269,17 +359,32 @@ def _measure_row(csc, torch, workload, kmap, feats, weight, grad_out, threads, r
     np.testing.assert_allclose(wgrad.run(), csc.conv_weight_grad(feats, grad_out, kmap,
                                                                  algorithm="blocked"),
                                rtol=1e-4, atol=1e-4)
+    backward = OursBackward(csc, kmap, feats, weight, grad_out)
+    grad_in, grad_weight = backward.run()
+    api_in, api_weight = csc.conv_backward(feats, grad_out, weight, kmap)
+    if not (np.array_equal(grad_in, api_in) and np.array_equal(grad_weight, api_weight)):
+        raise AssertionError("the breakdown's loop is not conv_backward's fused pass")
     counts = forward.counts()
     with blas_pinned():
         ours = _phase_times(forward.run, ("gather", "gemm", "sum"), rounds)
         ours_w = _phase_times(wgrad.run, ("gather", "gemm"), rounds)
+        ours_b = _phase_times(backward.run, ("gather", "gemm", "wgemm", "sum"), rounds)
     ours.update(counts)
     _per_unit(ours, counts["gathered_rows"], counts["gemm_rows"], counts["sum_entries"],
               flops_per_row)
     _per_unit(ours_w, 2 * kmap.n_pairs, kmap.n_pairs, 0, flops_per_row)
-    row["ours"] = {"forward": ours, "weight_grad": ours_w}
-    row["ours"]["forward_api_ms"] = _interleaved(
-        {"api": lambda: csc.conv_forward(feats, weight, kmap)}, rounds)["api"] * 1e3
+    backward_counts = backward.counts()
+    ours_b.update(backward_counts)
+    _per_unit(ours_b, backward_counts["gathered_rows"], backward_counts["gemm_rows"],
+              backward_counts["sum_entries"], flops_per_row)
+    if ours_b["wgemm_ms"] > 0:
+        ours_b["wgemm_gflops"] = kmap.n_pairs * flops_per_row / (ours_b["wgemm_ms"] * 1e6)
+    row["ours"] = {"forward": ours, "weight_grad": ours_w, "backward": ours_b}
+    apis = _interleaved({"forward": lambda: csc.conv_forward(feats, weight, kmap),
+                         "backward": lambda: csc.conv_backward(feats, grad_out, weight, kmap)},
+                        rounds)
+    row["ours"]["forward_api_ms"] = apis["forward"] * 1e3
+    row["ours"]["backward_api_ms"] = apis["backward"] * 1e3
     if torch is None:
         row["torch"] = {"skipped": "torch not installed"}
         return row
@@ -315,17 +420,20 @@ def _cells(phases, keys):
 
 
 def write_markdown(path, env, rows):
-    keys = ("total_ms", "gather_ms", "gemm_ms", "sum_ms", "rest_ms")
-    units = ("ns_per_gathered_row", "ns_per_gemm_row", "gemm_gflops", "ns_per_sum_entry")
+    keys = ("total_ms", "gather_ms", "gemm_ms", "wgemm_ms", "sum_ms", "rest_ms")
+    units = ("ns_per_gathered_row", "ns_per_gemm_row", "gemm_gflops", "wgemm_gflops",
+             "ns_per_sum_entry")
     lines = [f"{env['date']}, {env['cpu']}, medians of {env['rounds']} interleaved rounds, "
              f"torch {env.get('torch', 'absent')}, thread environment {env['thread_env']}", "",
              "Phases by subtraction (see `benchmarks/breakdown.py`). Forward: ours is the "
              "backend's blocked product; torch is spconv's CPU loop written with torch ops.", "",
+             "Backward: ours is `conv_backward`'s fused pass (input gradient GEMMs, "
+             "weight gradient GEMMs `wgemm`, both from the same gathered rows).", "",
              "| workload | C | threads | occupancy | product | library | total ms | gather ms "
-             "| GEMM ms | sum ms | rest ms | ns / gathered row | ns / GEMM row | GEMM GFLOP/s "
-             "| ns / sum entry |", "|" + "---|" * 15]
+             "| GEMM ms | wGEMM ms | sum ms | rest ms | ns / gathered row | ns / GEMM row "
+             "| GEMM GFLOP/s | wGEMM GFLOP/s | ns / sum entry |", "|" + "---|" * 17]
     for row in rows:
-        for product in ("forward", "weight_grad"):
+        for product in ("forward", "weight_grad", "backward"):
             for lib in ("ours", "torch"):
                 phases = row.get(lib, {}).get(product)
                 if phases is None:
@@ -369,9 +477,12 @@ def main(argv=None):
                 row = breakdown_row(csc, torch, workload, channels, threads, args.rounds)
                 rows.append(row)
                 fwd = row["ours"]["forward"]
+                bwd = row["ours"]["backward"]
                 print(f"{name} C={channels} threads={threads}: ours fwd {fwd['total_ms']:.1f} ms "
                       f"(gather {fwd['gather_ms']:.1f}, GEMM {fwd['gemm_ms']:.1f}, "
-                      f"sum {fwd['sum_ms']:.1f})", flush=True)
+                      f"sum {fwd['sum_ms']:.1f}); bwd {bwd['total_ms']:.1f} ms (gather "
+                      f"{bwd['gather_ms']:.1f}, GEMM {bwd['gemm_ms']:.1f}, weight GEMM "
+                      f"{bwd['wgemm_ms']:.1f}, sum {bwd['sum_ms']:.1f})", flush=True)
     stamp = env["date"][:16].replace(":", "")
     tag = f"-{args.tag}" if args.tag else ""
     base = os.path.join(args.out_dir, f"breakdown-{env['cpu']}-{stamp}{tag}")

@@ -193,13 +193,23 @@ def test_breakdown_row_times_the_backends_own_loop(tmp_path, monkeypatch):
     assert abs(fwd["gather_ms"] + fwd["gemm_ms"] + fwd["sum_ms"] + fwd["rest_ms"]
                - fwd["total_ms"]) < 1e-9
     assert set(row["ours"]["weight_grad"]) >= {"total_ms", "gather_ms", "gemm_ms", "rest_ms"}
+    bwd = row["ours"]["backward"]
+    assert bwd["wgemm_rows"] == bwd["sum_entries"] == row["n_pairs"]
+    assert abs(bwd["gather_ms"] + bwd["gemm_ms"] + bwd["wgemm_ms"] + bwd["sum_ms"]
+               + bwd["rest_ms"] - bwd["total_ms"]) < 1e-9
     if torch is not None:
         assert set(row["torch"]["forward"]) >= {"gather_ms", "gemm_ms", "sum_ms"}
     env = {"date": "2026-11-28T00:00:00", "cpu": "test", "rounds": 1, "thread_env": {}}
     path = tmp_path / "b.md"
     breakdown.write_markdown(str(path), env, [row])
-    assert path.read_text().count("| tiny |") == (4 if torch is not None else 2)
+    assert path.read_text().count("| tiny |") == (5 if torch is not None else 3)
 
-    monkeypatch.setattr(breakdown.OursForward, "run", lambda self, **kw: self.out + 1)
-    with pytest.raises(AssertionError, match="not the backend"):
+    with monkeypatch.context() as patch:
+        patch.setattr(breakdown.OursForward, "run", lambda self, **kw: self.out + 1)
+        with pytest.raises(AssertionError, match="not the backend"):
+            breakdown.breakdown_row(csc, None, scene, 8, 1, rounds=1)
+    # the backward loop is checked against conv_backward's fused pass as well
+    monkeypatch.setattr(breakdown.OursBackward, "run",
+                        lambda self, **kw: (self.out + 1, self.terms.sum(axis=0)))
+    with pytest.raises(AssertionError, match="fused pass"):
         breakdown.breakdown_row(csc, None, scene, 8, 1, rounds=1)
