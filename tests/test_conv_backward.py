@@ -230,6 +230,9 @@ def test_fused_pass_writes_into_out(rng):
         cpu._input_and_weight_grad = original
     assert seen["out"] is out[0] and np.shares_memory(seen["weight_out"], out[1])
     assert dx is out[0] and dw is out[1]
+    plain_dx, plain_dw = csc.conv_backward(x, g, weight, kmap)   # bit for bit
+    np.testing.assert_array_equal(dx, plain_dx)
+    np.testing.assert_array_equal(dw, plain_dw)
     assert_close(dx, oracle.conv_input_grad_oracle(g, weight, pairs, len(x)), 1e-4)
     assert_close(dw, oracle.conv_weight_grad_oracle(x, g, pairs, weight.shape), 1e-4)
 
