@@ -209,6 +209,23 @@ def rows_index(reference, query):
     return np.where(ref_keys[index] == query_keys, index, -1)
 
 
+def oracle_forward_error(layer):
+    """Max relative error of our forward of a stride-1 ``layer`` against a brute-force
+    one: per offset d, each output row's input row at ``out + d`` found by
+    :func:`rows_index` (its own key packing, not the library's), products in float64.
+    Run where spconv's output differs from ours, to tell which of the two is wrong."""
+    out_coords = np.asarray(layer.out_coords)
+    reference = np.zeros((len(out_coords), layer.weight.shape[2]))
+    for k, delta in enumerate(np.asarray(layer.off)):
+        query = out_coords.astype(np.int64)
+        query[:, 1:] += delta
+        rows = rows_index(layer.in_coords, query)
+        hit = rows >= 0
+        reference[hit] += (layer.feats[rows[hit]].astype(np.float64)
+                           @ layer.weight[k].astype(np.float64))
+    return rel_err(layer.fwd(), reference)
+
+
 def sgemm_rate(threads, n=2048, repeats=3):
     """GFLOP/s of an n x n x n float32 NumPy matmul with ``threads`` BLAS threads (best run)."""
     a = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
@@ -744,6 +761,10 @@ def run_layer(args, csc, torch, spconv_libs, orders, workload, layer_name, chann
     if spconv_libs is not None:
         peer = SpconvLayer(spconv_libs, orders, layer)
         entry["agreement"]["spconv"] = peer.check()
+        if not entry["agreement"]["spconv"].get("agree") and layer.layer in ("subm3", "gen3"):
+            # which side is wrong: ours against a brute-force forward of the same layer
+            error = oracle_forward_error(layer)
+            entry["agreement"]["oracle"] = {"fwd": error, "agree": error <= bc.AGREE_RTOL}
         if peer.valid:
             peers["spconv"] = peer
         else:  # nothing comparable to time
@@ -1189,6 +1210,8 @@ def main(argv=None):
         except ImportError as exc:
             print(f"# no chart: {exc} (pip install matplotlib)")
     bad = [f"{e['workload']}/{e['layer']}/C{e['channels']}: {peer}"
+           + (f" (ours against a brute-force forward: {e['agreement']['oracle']['fwd']:.1e})"
+              if peer != "oracle" and "oracle" in e["agreement"] else "")
            for e in results for peer, a in e["agreement"].items() if not a.get("agree")]
     if bad:
         print("# DISAGREEMENT (peer rows marked (!)): " + "; ".join(bad))

@@ -70,6 +70,22 @@ def _skinny(entry):
             + ("" if fraction is None else f"{100 * fraction:.0f}%"))
 
 
+def _disagreement(entry):
+    """A note when spconv's outputs differ from ours beyond the run's tolerance (the row
+    is then no comparison of the same work and counts for no target), naming the side
+    the brute-force forward (``run.oracle_forward_error``) found right; else ""."""
+    spconv = entry.get("agreement", {}).get("spconv")
+    if not isinstance(spconv, dict) or spconv.get("agree", True):
+        return ""
+    oracle = entry["agreement"].get("oracle")
+    if oracle is None:
+        return "outputs differ from spconv's: not counted"
+    if oracle.get("agree"):
+        return (f"spconv's output wrong (ours = brute force to {oracle['fwd']:.0e}, spconv "
+                f"off by {spconv.get('fwd', float('nan')):.2f}): not counted")
+    return "ours differs from the brute-force forward: not counted"
+
+
 def _key(entry):
     return entry["workload"], entry["layer"], str(entry["channels"])
 
@@ -88,6 +104,9 @@ def layer_table(results, before=None):
             continue
         strided = e["layer"] in ("down2", "up2")
         mapfwd, fwd, fwdbwd = _ratio(e, "mapfwd"), _ratio(e, "fwd"), _ratio(e, "fwdbwd")
+        note = _disagreement(e)
+        if note:   # not the same result: shown, not counted
+            mapfwd = fwd = fwdbwd = None
         fractions = e.get("ours", {}).get("sgemm_fraction", {})
         if strided:
             if fwd is not None:
@@ -105,6 +124,8 @@ def layer_table(results, before=None):
         if int(e["channels"]) >= 32 and fractions:
             tally["sgemm"][0] += min(fractions.values()) >= SGEMM_FRACTION
             tally["sgemm"][1] += 1
+        if note:
+            first, cells = note, ("", "", "")
         row = (f"| {e['workload']} | {e.get('group', 'suite')} | {e['layer']} | {e['channels']} "
                f"| {100 * e['occupancy']:.0f}% "
                f"| {_ms(e, 'ours', 'mapfwd')} / {_ms(e, 'spconv', 'mapfwd')} "
@@ -218,7 +239,13 @@ def main(argv=None):
               f"- strided forward <= 1.0 x spconv: {tally['strided_fwd'][0]} of "
               f"{tally['strided_fwd'][1]} rows",
               f"- products >= {100 * SGEMM_FRACTION:.0f} % of sgemm at C >= 32 (fwd and fwd+bwd): "
-              f"{tally['sgemm'][0]} of {tally['sgemm'][1]} rows", ""]
+              f"{tally['sgemm'][0]} of {tally['sgemm'][1]} rows"]
+    uncounted = [e for e in after["results"] if e["layer"] != "unet" and _disagreement(e)]
+    if uncounted:
+        lines.append("- not counted (outputs differ): " + "; ".join(
+            f"{e['workload']} {e['layer']} C{e['channels']}: {_disagreement(e)}"
+            for e in uncounted))
+    lines.append("")
     unet = unet_table(after["results"])
     if unet:
         lines += ["## Networks", ""] + unet + [""]

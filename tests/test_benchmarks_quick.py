@@ -98,6 +98,47 @@ def test_targets_summary_of_the_quick_run(quick_run, tmp_path):
     assert "strided forward <= 1.0 x spconv" in text
 
 
+@pytest.mark.parametrize("layer_name", ["subm3", "gen3"])
+def test_oracle_forward_error_tells_a_right_forward_from_a_wrong_one(layer_name, monkeypatch):
+    """run.oracle_forward_error (what a spconv disagreement is checked against): ours is
+    right to rounding; a forward off in one row is caught."""
+    import numpy as np
+    import cusparseconv as csc
+    sys.path.insert(0, ROOT)
+    from benchmarks import run
+    rng = np.random.default_rng(3)
+    xyz = np.unique(rng.integers(0, 12, (300, 3)), axis=0)
+    coords = np.concatenate([np.zeros((len(xyz), 1), xyz.dtype), xyz], 1).astype(np.int32)
+    layer = run.Layer(csc, layer_name, coords, 4, 0)
+    assert run.oracle_forward_error(layer) < 1e-5
+    right = layer.fwd()
+    wrong = right.copy()
+    wrong[len(wrong) // 2] += 1.0
+    monkeypatch.setattr(layer, "fwd", lambda: wrong)
+    assert run.oracle_forward_error(layer) > 1e-3
+
+
+def test_targets_do_not_count_rows_whose_outputs_differ():
+    """A row where spconv's output differs from ours is shown with the side the
+    brute-force forward found right, and counts for no target."""
+    from benchmarks import targets
+    timing = {"median_s": 0.01, "times_s": [0.01]}
+    base = {"workload": "w", "group": "suite", "layer": "subm3", "channels": 32,
+            "occupancy": 0.4, "ours": {op: timing for op in ("mapfwd", "fwd", "fwdbwd")},
+            "spconv": {op: {"median_s": 0.1, "times_s": [0.1]}
+                       for op in ("mapfwd", "fwd", "fwdbwd")}}
+    agreeing = {**base, "agreement": {"spconv": {"agree": True}}}
+    wrong_peer = {**base, "workload": "v", "agreement": {
+        "spconv": {"agree": False, "fwd": 0.73}, "oracle": {"fwd": 1e-7, "agree": True}}}
+    lines, tally = targets.layer_table([agreeing, wrong_peer])
+    assert tally["mapfwd"] == [1, 1] and tally["fwdbwd"] == [1, 1]
+    row = next(line for line in lines if line.startswith("| v |"))
+    assert "spconv's output wrong" in row and "not counted" in row
+    wrong_ours = {**wrong_peer, "agreement": {
+        "spconv": {"agree": False, "fwd": 0.73}, "oracle": {"fwd": 0.5, "agree": False}}}
+    assert "ours differs" in targets._disagreement(wrong_ours)
+
+
 def test_load_generator_runs_and_stops():
     from benchmarks.load import busy
     with busy(1) as load:
