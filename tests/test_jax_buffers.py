@@ -37,6 +37,20 @@ def make_case(rng):
     return coords, feats, weight, bias
 
 
+def routed_case(route, rng, monkeypatch):
+    """:func:`make_case` on the given route ("host": buffer_callback hidden, as on a JAX
+    without it; "buffer": skipped where this JAX lacks it), with the output rows and
+    an output gradient: (coords, feats, weight, bias, out_coords, grad_out)."""
+    if route == "host":
+        monkeypatch.setattr(_jax_callback, "_buffer_callback", None)
+    elif _jax_callback._buffer_callback is None:
+        pytest.skip("this JAX has no buffer_callback (< 0.7)")
+    coords, feats, weight, bias = make_case(rng)
+    out_coords, _ = csj.sparse_conv(coords, feats, weight, **LAYER)
+    grad_out = rng.standard_normal((len(out_coords), 4)).astype(np.float32)
+    return coords, feats, weight, bias, out_coords, grad_out
+
+
 def oracle_results(coords, out_coords, feats, weight, bias, grad_out):
     """Forward, input gradient and weight gradient of ``sum(out * grad_out)`` by brute force."""
     offsets = oracle.kernel_offsets_oracle(2, 1, 3)
@@ -156,13 +170,7 @@ def test_host_route_when_forced(rng, monkeypatch):
 def test_vmap_runs_each_element(route, rng, monkeypatch):
     """vmap over feature sets and weights together (sequential): each element equals
     the oracle, and so do the per-element gradients."""
-    if route == "host":
-        monkeypatch.setattr(_jax_callback, "_buffer_callback", None)
-    elif _jax_callback._buffer_callback is None:
-        pytest.skip("this JAX has no buffer_callback (< 0.7)")
-    coords, feats, weight, bias = make_case(rng)
-    out_coords, _ = csj.sparse_conv(coords, feats, weight, **LAYER)
-    grad_out = rng.standard_normal((len(out_coords), 4)).astype(np.float32)
+    coords, feats, weight, bias, out_coords, grad_out = routed_case(route, rng, monkeypatch)
     forward, grads = functions(coords, grad_out)
     batch_feats = np.stack([feats, -2 * feats, feats[::-1]])
     batch_weight = np.stack([weight, weight[::-1], 3 * weight])
@@ -185,13 +193,7 @@ def test_only_the_needed_gradients_are_computed(rng, monkeypatch, route, argnums
     weight's alone runs the weight gradient only, the features' alone the input
     gradient only, both run one conv_backward (XLA drops the forward of a linear
     loss); the gradients equal the oracle's."""
-    if route == "host":
-        monkeypatch.setattr(_jax_callback, "_buffer_callback", None)
-    elif _jax_callback._buffer_callback is None:
-        pytest.skip("this JAX has no buffer_callback (< 0.7)")
-    coords, feats, weight, bias = make_case(rng)
-    out_coords, _ = csj.sparse_conv(coords, feats, weight, **LAYER)
-    grad_out = rng.standard_normal((len(out_coords), 4)).astype(np.float32)
+    coords, feats, weight, bias, out_coords, grad_out = routed_case(route, rng, monkeypatch)
     reference = oracle_results(coords, out_coords, feats, weight, bias, grad_out)
     calls = []
     for name in PRODUCTS:
