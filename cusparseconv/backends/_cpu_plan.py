@@ -227,8 +227,9 @@ class Plan:
             a pair, none for a window row without a pair.
         rows : ndarray of int32, shape (pairs in the block,)
         """
-        part = self.make_sums(kmap)[block.index // self._sum_part_blocks()]
-        first_block, column_starts, rows, column_cuts, row_cuts = part
+        parts = self.make_sums(kmap)
+        per_part = parts[1][0] if len(parts) > 1 else len(self.blocks)   # parts start evenly
+        first_block, column_starts, rows, column_cuts, row_cuts = parts[block.index // per_part]
         b = block.index - first_block
         return (column_starts[column_cuts[b]:column_cuts[b + 1]],
                 rows[row_cuts[b]:row_cuts[b + 1]])
