@@ -289,6 +289,40 @@ def test_partition_maps_match_enumeration(stride, offsets, transposed):
         assert list(zip(in_rows.tolist(), out_rows.tolist())) == expected.get(k, []), k
 
 
+@pytest.mark.parametrize("take_row", [1.0, 0.0])
+def test_one_pair_per_output_maps_copy_their_products(mixed_scene, monkeypatch, take_row):
+    """A transposed 2x2x2 stride-2 map pairs every output row once: each block's rows
+    are copied from its products (windows with unpaired rows, or gathers), no sum
+    layout is made and an ``out=`` full of NaN is overwritten; the forward and the
+    input gradient of the stride-2 map (its reverse pairs every fine row once) against
+    pairs enumerated by brute force, in float64."""
+    _fixed_costs(monkeypatch, take_row=take_row)
+    fine = mixed_scene
+    coarse = np.unique(np.concatenate([fine[:, :1], fine[:, 1:] // 2], axis=1), axis=0)
+    offsets = csc.kernel_offsets(2)
+    up = csc.build_kernel_map(coarse, fine, offsets, stride=2, transposed=True)
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(len(coarse), 6)).astype(np.float32)
+    weight = rng.normal(size=(8, 6, 5)).astype(np.float32)
+    expected = np.zeros((len(fine), 5))
+    for k, pairs in brute_force_pairs(coarse, fine, offsets, (2, 2, 2), True).items():
+        for in_row, out_row in pairs:
+            expected[out_row] = x[in_row].astype(np.float64) @ weight[k]
+    out = np.full((len(fine), 5), np.nan, dtype=np.float32)
+    got = csc.conv_forward(x, weight, up, algorithm="blocked", out=out)
+    assert got is out
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    plan = _cpu_plan.plan_for(up, 6, 5, np.float32)
+    assert len(plan.blocks) > 1 and plan._sums is None
+    windows = [item[1] and item[3] != item[6] - item[5] for b in plan.blocks for item in b.items]
+    assert any(windows) == (take_row == 1.0)    # windows with unpaired rows, or none
+    assert plan.state_nbytes() >= sum(a.nbytes for a in plan._assignments)
+    # the stride-2 map's input gradient runs over the same kind of map (its reverse)
+    down = csc.build_kernel_map(fine, coarse, offsets, stride=2)
+    grad_in = csc.conv_input_grad(x, weight.transpose(0, 2, 1).copy(), down, algorithm="blocked")
+    np.testing.assert_allclose(grad_in, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_submanifold_input_gradient_reads_the_map_mirrored(mixed_scene, monkeypatch):
     """A submanifold map of a symmetric kernel is its own reverse with the offsets
     mirrored: the input gradient runs over it (no reverse table) and equals the

@@ -23,7 +23,9 @@ runs per block of consecutive output rows, each block on one worker thread:
    j of ``S`` has a one at the output row of product row j (none for a window
    row without a pair), so every output row sums its terms in the order of
    the offsets, as the blocked algorithm before this one did with a
-   scatter-add per offset.
+   scatter-add per offset; for a map that pairs every output row exactly once
+   (transposed 2x2x2 stride 2), one copy of the products in the order of the
+   output rows instead (:meth:`Plan.assignment`).
 
 Which of the two, per block and offset, comes from the cost model
 (:mod:`cusparseconv.backends._cpu_cost`): the window when multiplying its
@@ -137,7 +139,7 @@ class Plan:
     """
 
     __slots__ = ("blocks", "predicted_s", "dense_predicted_s", "_ones", "_items", "_sums",
-                 "_gathers")
+                 "_gathers", "_assignments")
 
     def __init__(self, blocks, predicted_s, dense_predicted_s, items=None):
         self.blocks = blocks
@@ -149,6 +151,7 @@ class Plan:
         self._items = items
         self._sums = None
         self._gathers = [None] * len(blocks)
+        self._assignments = [None] * len(blocks)
 
     def state_nbytes(self) -> int:
         """Bytes of the arrays this plan has made so far (the per-(block, offset) items,
@@ -160,6 +163,7 @@ class Plan:
         if self._sums is not None:
             total += sum(int(part[1].nbytes + part[2].nbytes) for part in self._sums)
         total += sum(int(g[0].nbytes) for g in self._gathers if g is not None)
+        total += sum(int(a.nbytes) for a in self._assignments if a is not None)
         return total
 
     def gathers(self, kmap, block: Block, row_bytes: int):
@@ -205,6 +209,30 @@ class Plan:
         # two threads at once make equal lists: either is kept
         self._gathers[block.index] = (index, groups, key)
         return index, groups
+
+    def assignment(self, kmap, block: Block) -> np.ndarray:
+        """Where each output row of ``block`` finds its product, for a map that pairs
+        every output row exactly once (a transposed 2x2x2 stride-2 map; the input
+        gradient of a 2x2x2 stride-2 one): made on first use for the block, then kept.
+
+        Returns
+        -------
+        rows : ndarray of intp, shape (block.last - block.first,)
+            Output row ``block.first + i`` is product row ``rows[i]``: the block's
+            output is ``products[rows]``, a copy instead of a sum into zeros.
+        """
+        found = self._assignments[block.index]
+        if found is None:
+            found = np.empty(block.last - block.first, dtype=np.intp)
+            in_rows, out_rows = kmap.in_rows, kmap.out_rows
+            for _, window, start, length, base, begin, end in block.items:
+                targets = out_rows[begin:end] - block.first
+                if window:   # the pair's input row within the window
+                    found[targets] = in_rows[begin:end] - (start - base)
+                else:
+                    found[targets] = np.arange(base, base + end - begin)
+            self._assignments[block.index] = found   # two threads at once: equal arrays
+        return found
 
     def ones(self, size: int, dtype) -> np.ndarray:
         """At least ``size`` ones in ``dtype`` (the entries' values; memoized)."""

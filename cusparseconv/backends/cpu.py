@@ -393,6 +393,8 @@ def _in_monotone(kmap: KernelMap) -> np.ndarray:
 
 def _one_pair_per_output(kmap: KernelMap) -> bool:
     """Does every output row have exactly one pair over all offsets (memoised)?"""
+    if kmap.n_pairs != kmap.n_out:
+        return False
     return _state(kmap).memo("one_pair_per_output", lambda: kmap.n_pairs == kmap.n_out and bool(
         np.all(np.bincount(kmap.out_rows, minlength=kmap.n_out) == 1)))
 
@@ -479,7 +481,9 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
     offset into the block's buffer, from the window of input rows its pairs
     span or from their gathered input rows (taken for a group of offsets at
     once: :meth:`._cpu_plan.Plan.gathers`), then one sparse reduction of the
-    buffer into the block's output rows.
+    buffer into the block's output rows, or, when the map pairs every output row
+    exactly once, one copy of the buffer's rows into them
+    (:meth:`._cpu_plan.Plan.assignment`).
 
     Parameters
     ----------
@@ -505,14 +509,20 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
     out : ndarray, shape (n_out, n_channels)
     """
     n_out = kmap.n_out
+    # every output row paired exactly once (a transposed 2x2x2 stride-2 map, the input
+    # gradient of a 2x2x2 stride-2 one): each block's rows are a copy of its products in
+    # another order, with no zeros to add them to (paired, 2 threads, C = 32: see the
+    # commit)
+    assign = n_out > 0 and _one_pair_per_output(kmap)
     if out is None:
-        out = np.zeros((n_out, n_channels), dtype=dtype)
-    else:
+        out = (np.empty if assign else np.zeros)((n_out, n_channels), dtype=dtype)
+    elif not assign:
         out[...] = 0
     if n_out == 0 or kmap.n_pairs == 0:
         return out
     plan = plan_for(kmap, src.shape[1], n_channels, dtype)
-    plan.make_sums(kmap)   # every block's sum layout (in parts on the workers), first
+    if not assign:
+        plan.make_sums(kmap)   # every block's sum layout (in parts on the workers), first
     row_bytes = src.shape[1] * src.itemsize
 
     def run_block(block) -> None:
@@ -538,7 +548,11 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
                 if visit is not None:
                     visit(p, rows)
                 at += length
-        add_products(plan, block, kmap, products, out[block.first:block.last])
+        if assign:
+            products.take(plan.assignment(kmap, block), axis=0, mode="clip",
+                          out=out[block.first:block.last])
+        else:
+            add_products(plan, block, kmap, products, out[block.first:block.last])
 
     parallel_for(run_block, plan.blocks)
     return out
