@@ -45,19 +45,43 @@ def test_downsample_is_unique_floor_division(stride):
     assert np.array_equal(keys, pack(coarse)) and np.all(np.diff(keys) > 0)
 
 
-def test_expand_matches_set_union():
+def _cross_offsets():
+    """The centre and its six face neighbours: not a box (one step)."""
+    eye = np.eye(3, dtype=np.int32)
+    return np.concatenate([np.zeros((1, 3), np.int32), eye, -eye])
+
+
+@pytest.mark.parametrize("offsets,scale", [
+    (csc.kernel_offsets(3, 2, 3), (2, 1, 3)),    # a dilated box: one step per axis
+    (-csc.kernel_offsets(3), (1, 1, 1)),         # a generative layer's output set
+    (csc.kernel_offsets(5), (1, 1, 1)),
+    (csc.kernel_offsets(2), (2, 2, 2)),          # two values per axis: one step
+    (_cross_offsets(), (1, 1, 1)),               # not a box: one step
+    (csc.kernel_offsets(3)[::-1].copy(), (1, 2, 1)),
+])
+def test_expand_matches_set_union(offsets, scale):
     rng = np.random.default_rng(2)
-    coords = np.unique(rng.integers(-5, 5, size=(60, 4)), axis=0).astype(np.int32)
-    coords[:, 0] = 0
+    coords = np.unique(rng.integers(-5, 5, size=(80, 4)), axis=0).astype(np.int32)
+    coords[:, 0] = rng.integers(0, 3, size=len(coords))
     coords = np.unique(coords, axis=0)
-    offsets = csc.kernel_offsets(3, 2, 3)
-    out, _ = expand(coords, offsets, (2, 1, 3))
-    expected = {(r[0], 2 * r[1] + o[0], r[2] + o[1], 3 * r[3] + o[2])
-                for r in coords.tolist() for o in offsets.tolist()}
+    out, keys = expand(coords, offsets, scale)
+    expected = {(r[0],) + tuple(s * a + o for s, a, o in zip(scale, r[1:], off))
+                for r in coords.tolist() for off in offsets.tolist()}
     assert {tuple(r) for r in out.tolist()} == expected and len(out) == len(expected)
+    assert out.dtype == np.int32 and out.flags.c_contiguous
+    assert np.array_equal(keys, pack(out)) and np.all(np.diff(keys) > 0)
+
+
+def test_expand_refuses_outputs_outside_the_packable_range():
     low, high = coordinate_range(3)
+    offsets = csc.kernel_offsets(3, 2, 3)
     with pytest.raises(ValueError, match="range"):
         expand(np.array([[0, high - 1, 0, 0]], dtype=np.int32), offsets, (1, 1, 1))
+    with pytest.raises(ValueError, match="range"):
+        expand(np.array([[0, 0, low + 1, 0]], dtype=np.int32), offsets, (1, 1, 1))
+    edge = np.array([[1, high - 3, low + 2, 0]], dtype=np.int32)   # reaches both ends
+    out, _ = expand(edge, csc.kernel_offsets(3, 2), (1, 1, 1))
+    assert out[:, 1].max() == high - 1 and out[:, 2].min() == low and len(out) == 27
 
 
 def test_kernel_offsets_order_and_centring():
