@@ -98,10 +98,12 @@ def layer_table(results, before=None):
             "| skinny-GEMM rate GFLOP/s, sgemm rate, ours fwd / it |"
             + (" before: ours/spconv map+fwd, fwd, fwd+bwd |" if before else ""))
     lines = [head, "|" + "---|" * (13 + (1 if before else 0))]
-    tally = {"mapfwd": [0, 0], "fwdbwd": [0, 0], "strided_fwd": [0, 0], "sgemm": [0, 0]}
+    tallies = {}   # per group (suite, sweep, held-out): {target: [met, counted]}
     for e in results:
         if e["layer"] == "unet":
             continue
+        tally = tallies.setdefault(e.get("group", "suite"), {
+            "mapfwd": [0, 0], "fwdbwd": [0, 0], "strided_fwd": [0, 0], "sgemm": [0, 0]})
         strided = e["layer"] in ("down2", "up2")
         mapfwd, fwd, fwdbwd = _ratio(e, "mapfwd"), _ratio(e, "fwd"), _ratio(e, "fwdbwd")
         note = _disagreement(e)
@@ -143,7 +145,17 @@ def layer_table(results, before=None):
             else:
                 row += " |"
         lines.append(row)
-    return lines, tally
+    return lines, tallies
+
+
+def _total(tallies) -> dict:
+    """The tallies of all groups added up."""
+    total = {"mapfwd": [0, 0], "fwdbwd": [0, 0], "strided_fwd": [0, 0], "sgemm": [0, 0]}
+    for tally in tallies.values():
+        for name, (met, counted) in tally.items():
+            total[name][0] += met
+            total[name][1] += counted
+    return total
 
 
 def unet_table(results):
@@ -229,17 +241,18 @@ def main(argv=None):
                      f"{env.get('sgemm_gflops_start', 0):.0f} / "
                      f"{env.get('sgemm_gflops_end', 0):.0f} GFLOP/s (start / end)")
     lines.append("")
-    table, tally = layer_table(after["results"], before)
+    table, tallies = layer_table(after["results"], before)
     lines += ["## Layers (times: medians; ratios: median of the run-by-run ratios where "
               "recorded; ✓ meets the target, ✗ does not)", ""] + table + [""]
-    lines += [f"- map + fwd <= {TARGET_RATIO} x spconv (subm3, gen3): "
-              f"{tally['mapfwd'][0]} of {tally['mapfwd'][1]} rows",
-              f"- fwd + bwd <= {TARGET_RATIO} x spconv (subm3, gen3): "
-              f"{tally['fwdbwd'][0]} of {tally['fwdbwd'][1]} rows",
-              f"- strided forward <= 1.0 x spconv: {tally['strided_fwd'][0]} of "
-              f"{tally['strided_fwd'][1]} rows",
-              f"- products >= {100 * SGEMM_FRACTION:.0f} % of sgemm at C >= 32 (fwd and fwd+bwd): "
-              f"{tally['sgemm'][0]} of {tally['sgemm'][1]} rows"]
+    for group, tally in tallies.items():   # the suite's rows and the sweep's apart
+        lines += [f"- {group}: map + fwd <= {TARGET_RATIO} x spconv (subm3, gen3): "
+                  f"{tally['mapfwd'][0]} of {tally['mapfwd'][1]} rows",
+                  f"- {group}: fwd + bwd <= {TARGET_RATIO} x spconv (subm3, gen3): "
+                  f"{tally['fwdbwd'][0]} of {tally['fwdbwd'][1]} rows",
+                  f"- {group}: strided forward <= 1.0 x spconv: {tally['strided_fwd'][0]} of "
+                  f"{tally['strided_fwd'][1]} rows",
+                  f"- {group}: products >= {100 * SGEMM_FRACTION:.0f} % of sgemm at C >= 32 "
+                  f"(fwd and fwd+bwd): {tally['sgemm'][0]} of {tally['sgemm'][1]} rows"]
     uncounted = [e for e in after["results"] if e["layer"] != "unet" and _disagreement(e)]
     if uncounted:
         lines.append("- not counted (outputs differ): " + "; ".join(
@@ -252,7 +265,8 @@ def main(argv=None):
     if args.held_out:
         with open(args.held_out) as f:
             held = json.load(f)
-        table, tally = layer_table(held["results"])
+        table, tallies = layer_table(held["results"])
+        tally = _total(tallies)
         lines += [f"## Held-out scans ({held['environment']['date']})", ""] + table + [""]
         lines += [f"- map + fwd: {tally['mapfwd'][0]} of {tally['mapfwd'][1]}; fwd + bwd: "
                   f"{tally['fwdbwd'][0]} of {tally['fwdbwd'][1]}; strided forward: "

@@ -130,8 +130,13 @@ def test_targets_do_not_count_rows_whose_outputs_differ():
     agreeing = {**base, "agreement": {"spconv": {"agree": True}}}
     wrong_peer = {**base, "workload": "v", "agreement": {
         "spconv": {"agree": False, "fwd": 0.73}, "oracle": {"fwd": 1e-7, "agree": True}}}
-    lines, tally = targets.layer_table([agreeing, wrong_peer])
-    assert tally["mapfwd"] == [1, 1] and tally["fwdbwd"] == [1, 1]
+    swept = {**agreeing, "workload": "u", "group": "sweep",
+             "ours": {op: {"median_s": 0.09, "times_s": [0.09]} for op in ("mapfwd", "fwd",
+                                                                          "fwdbwd")}}
+    lines, tallies = targets.layer_table([agreeing, wrong_peer, swept])
+    assert tallies["suite"]["mapfwd"] == [1, 1] and tallies["suite"]["fwdbwd"] == [1, 1]
+    assert tallies["sweep"]["mapfwd"] == [0, 1]     # each group counted apart
+    assert targets._total(tallies)["mapfwd"] == [1, 2]
     row = next(line for line in lines if line.startswith("| v |"))
     assert "spconv's output wrong" in row and "not counted" in row
     wrong_ours = {**wrong_peer, "agreement": {
