@@ -182,6 +182,29 @@ def test_spconv_is_compared_at_its_faster_torch_setting():
     assert entry["paired_ours_over_spconv"]["fwdbwd"] == pytest.approx(0.75)
 
 
+def test_a_spconv_setting_with_wrong_results_is_not_picked():
+    """spconv is timed only at the settings whose results agree with ours: a faster
+    setting that computed a wrong forward is skipped for every operation but the map
+    (when its pairs equal the one-thread ones); with no agreeing setting an operation
+    has no spconv time."""
+    from benchmarks import run
+    fast, slow = run.timing_summary([1.0, 1.0, 1.0]), run.timing_summary([2.0, 2.0, 2.0])
+    entry = {"ours": {op: run.timing_summary([1.5] * 3) for op in ("map", "fwd")},
+             "spconv": {}, "dense": {},
+             "spconv_t1": {"map": slow, "fwd": slow}, "spconv_t2": {"map": fast, "fwd": fast},
+             "agreement": {"spconv_t1": {"agree": True, "map_agree": True},
+                           "spconv_t2": {"agree": False, "map_agree": True, "fwd": 0.4}}}
+    run.pick_spconv_setting(entry, {"spconv_t1": 1, "spconv_t2": 2})
+    assert entry["spconv"]["fwd"]["torch_threads"] == 1     # the faster one was wrong
+    assert entry["spconv"]["map"]["torch_threads"] == 2     # its pairs were right
+    entry["agreement"]["spconv_t1"]["agree"] = False
+    entry["spconv"] = {}
+    run.pick_spconv_setting(entry, {"spconv_t1": 1, "spconv_t2": 2})
+    assert "fwd" not in entry["spconv"]
+    run.add_ratios(entry)
+    assert "fwd" not in entry.get("paired_ours_over_spconv", {})
+
+
 def test_load_generator_stays_finite():
     """The busy processes' arrays stay finite (an overflow once turned the load into
     arithmetic on infinities)."""
