@@ -395,7 +395,7 @@ def _one_pair_per_output(kmap: KernelMap) -> bool:
     """Does every output row have exactly one pair over all offsets (memoised)?"""
     if kmap.n_pairs != kmap.n_out:
         return False
-    return _state(kmap).memo("one_pair_per_output", lambda: kmap.n_pairs == kmap.n_out and bool(
+    return _state(kmap).memo("one_pair_per_output", lambda: bool(
         np.all(np.bincount(kmap.out_rows, minlength=kmap.n_out) == 1)))
 
 
