@@ -84,12 +84,18 @@ def part_load(plan, loads, csc, spconv_libs, orders):
         entry = {"workload": name, "layer": layer_name, "channels": channels,
                  "n_in": len(layer.in_coords), "n_pairs": layer.n_pairs,
                  "agreement": peer.check() if peer else None, "by_load": {}}
+        if peer is not None and peer.valid:
+            # torch at one thread and at its default: both settings a user gets without
+            # environment variables, each checked against ours; spconv's slowdown is that
+            # of the faster one among those whose results agree (run.pick_spconv_setting:
+            # spconv 2.3.8's CPU layers at two torch threads returned wrong outputs)
+            checks = {threads: entry["agreement"] if threads == 1 else peer.check(threads)
+                      for threads in sorted({1, peer.torch.get_num_threads()})}
+            entry["agreement_by_torch_threads"] = checks
+            settings = [threads for threads, found in checks.items() if found.get("agree")]
         for procs in loads:
             fns = {"ours.mapfwd": layer.mapfwd, "ours.fwdbwd": layer.fwdbwd}
             if peer is not None and peer.valid:
-                # torch at one thread and at its default: both settings a user gets without
-                # environment variables; spconv's slowdown is that of the faster one
-                settings = sorted({1, peer.torch.get_num_threads()})
                 fns.update({f"spconv_t{threads}.{op}": suite.with_torch_threads(
                     peer.torch, threads, getattr(peer, op))
                     for op in ("mapfwd", "fwdbwd") for threads in settings})
