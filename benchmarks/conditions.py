@@ -92,13 +92,13 @@ def part_load(plan, loads, csc, spconv_libs, orders):
             checks = {threads: entry["agreement"] if threads == 1 else peer.check(threads)
                       for threads in sorted({1, peer.torch.get_num_threads()})}
             entry["agreement_by_torch_threads"] = checks
-            settings = [threads for threads, found in checks.items() if found.get("agree")]
+            agreeing = [threads for threads, found in checks.items() if found.get("agree")]
         for procs in loads:
             fns = {"ours.mapfwd": layer.mapfwd, "ours.fwdbwd": layer.fwdbwd}
             if peer is not None and peer.valid:
                 fns.update({f"spconv_t{threads}.{op}": suite.with_torch_threads(
                     peer.torch, threads, getattr(peer, op))
-                    for op in ("mapfwd", "fwdbwd") for threads in settings})
+                    for op in ("mapfwd", "fwdbwd") for threads in agreeing})
             with busy(procs) as load:
                 timing = bc.measure(fns, plan["repeats"], 1)
             got = {k: v["times_s"] for k, v in timing.items()}
