@@ -175,6 +175,14 @@ def _setting_agrees(entry, label, op) -> bool:
         else bool(found.get("agree"))
 
 
+def check_settings(entry, settings, check):
+    """``entry["agreement"][label]`` for every spconv setting timed: the one-thread
+    check already made (``entry["agreement"]["spconv"]``) or ``check(threads)``."""
+    for label, threads in settings.items():
+        entry["agreement"][label] = (entry["agreement"]["spconv"] if threads == 1
+                                     else check(threads))
+
+
 def pick_spconv_setting(entry, labels):
     """Per operation, the faster spconv setting (lower median) becomes ``entry["spconv"][op]``,
     among the settings whose results agree with ours (:func:`_setting_agrees`: spconv
@@ -796,9 +804,7 @@ def run_layer(args, csc, torch, spconv_libs, orders, workload, layer_name, chann
             # which side is wrong: ours against a brute-force forward of the same layer
             error = oracle_forward_error(layer)
             entry["agreement"]["oracle"] = {"fwd": error, "agree": error <= bc.AGREE_RTOL}
-        for label, threads in settings.items():   # every setting timed is checked
-            entry["agreement"][label] = (entry["agreement"]["spconv"] if threads == 1
-                                         else peer.check(threads))
+        check_settings(entry, settings, peer.check)   # every setting timed is checked
         if peer.valid:
             peers["spconv"] = peer
         else:  # nothing comparable to time
@@ -882,9 +888,7 @@ def run_unet(args, torch, spconv_libs, orders, workload, seed):
     # faster one per operation among those that agree with ours is the row's spconv time)
     settings = spconv_settings(args)
     if "spconv" in peers:
-        for label, threads in settings.items():
-            entry["agreement"][label] = (entry["agreement"]["spconv"] if threads == 1
-                                         else check_unet(ours, peers["spconv"], threads))
+        check_settings(entry, settings, lambda threads: check_unet(ours, peers["spconv"], threads))
     for op in ("fwd", "fwdbwd"):
         fns = {"ours": with_torch_threads(torch, args.threads, getattr(ours, op))}
         if "spconv" in peers:

@@ -83,6 +83,17 @@ def check_packable(coords: np.ndarray, name: str = "coords") -> None:
         )
 
 
+def reach_bounds(coords: np.ndarray, scale, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis minimum and maximum of ``scale * u + K[k]`` over the rows u of
+    ``coords`` (N >= 1, 1 + D; host) and the offsets (K, D): the bounding box a map's
+    queries or an expansion reach, from :func:`column_bounds` (int64 arrays (D,))."""
+    column_low, column_high = column_bounds(coords[:, 1:])
+    scale = np.asarray(scale, np.int64)
+    ends = (column_low * scale, column_high * scale)
+    return (np.minimum(*ends) + offsets.min(axis=0),
+            np.maximum(*ends) + offsets.max(axis=0))
+
+
 def pack(coords: np.ndarray, name: str = "coords", check: bool = True) -> np.ndarray:
     """Pack coordinate rows into int64 keys.
 
@@ -376,11 +387,8 @@ def expand(coords: np.ndarray, offsets: np.ndarray, scale: tuple[int, ...],
                  "use a smaller kernel or fewer rows")
     base = coords[:, 1:].astype(np.int64) * xp.asarray(scale, np.int64)
     low, high = coordinate_range(ndim)
-    if xp is np:   # per column (see column_bounds)
-        column_low, column_high = column_bounds(coords[:, 1:])
-        ends = (column_low * np.asarray(scale, np.int64), column_high * np.asarray(scale, np.int64))
-        lo = np.minimum(*ends) + offsets.min(axis=0)
-        hi = np.maximum(*ends) + offsets.max(axis=0)
+    if xp is np:
+        lo, hi = reach_bounds(coords, scale, offsets)
     else:
         lo = np.asarray(base.min(axis=0).tolist()) + offsets.min(axis=0)
         hi = np.asarray(base.max(axis=0).tolist()) + offsets.max(axis=0)

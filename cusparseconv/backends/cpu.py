@@ -37,7 +37,7 @@ from .._threads import parallel_for
 from ._cpu_cost import DENSE_MARGIN
 from ._cpu_plan import (add_products, choose_dense, dense_chunk_rows, in_monotone, mirror_of,
                         neighbours, note_mirror, plan_for)
-from ..coords import SortedKeys, column_bounds, coordinate_range, offset_deltas, pack_parts
+from ..coords import SortedKeys, coordinate_range, offset_deltas, pack_parts, reach_bounds
 from ..kmap import KernelMap
 from ._array_ops import ArrayOps, reduce_runs
 from ._cpu_state import MAPS, state_of
@@ -185,9 +185,7 @@ def build_kernel_map(in_coords, out_coords, offsets, stride, transposed, *, same
         # order: no sorted copy for it; a unit stride searches from the keys themselves)
         low, high = coordinate_range(ndim)
         scale = np.asarray(stride, dtype=np.int64)
-        coords_low, coords_high = column_bounds(coarse_coords[:, 1:])
-        reach_low = coords_low * scale + offsets.min(axis=0)
-        reach_high = coords_high * scale + offsets.max(axis=0)
+        reach_low, reach_high = reach_bounds(coarse_coords, scale, offsets)
         in_range = bool((reach_low >= low).all() and (reach_high < high).all())
         if in_range and unit_stride:
             found = _search_fast(fine.keys, coarse.keys, offsets, wanted,
@@ -272,9 +270,8 @@ def _sort_within_offsets(key_rows, other_rows, pair_offsets):
 def _in_range_after(coords: np.ndarray, offsets: np.ndarray) -> bool:
     """Do all ``coords + offsets`` stay inside the packable range (bounding-box test)?"""
     low, high = coordinate_range(coords.shape[1] - 1)
-    coords_low, coords_high = column_bounds(coords[:, 1:])
-    return bool((coords_low + offsets.min(axis=0) >= low).all()
-                and (coords_high + offsets.max(axis=0) < high).all())
+    reach_low, reach_high = reach_bounds(coords, 1, offsets)
+    return bool((reach_low >= low).all() and (reach_high < high).all())
 
 
 def _rows(keys: SortedKeys, rank: np.ndarray) -> np.ndarray:
