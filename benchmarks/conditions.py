@@ -9,7 +9,9 @@ repository root. Three parts, each ours and spconv (CPU) side by side in one run
     coordinate set; ``fwd+bwd``: forward, input and weight gradients on a
     built map), run interleaved library by library, with 0, 1 and 2 busy
     processes (:mod:`benchmarks.load`) on the machine; the slowdown of each
-    library is its median time under load over its median quiet time.
+    library is its median time under load over its median quiet time. Ours runs
+    at its default thread count and at one thread (``ours_t1``, the
+    like-for-like comparison with spconv at one torch thread).
 
 ``torch``
     our layers in a process that never imports torch (a child process), in
@@ -21,10 +23,13 @@ repository root. Three parts, each ours and spconv (CPU) side by side in one run
     a training loop of a small sparse network (3x3x3 submanifold, 2x2x2
     stride-2 and transposed convolutions of 32 and 64 channels, batch norm,
     ReLU, a linear head, cross-entropy, SGD) on crops of a real scan, new
-    coordinates every step, in our layers (``cusparseconv.torch``), in spconv's
-    (torch at its default thread count, and at one thread: ``spconv_torch1``)
-    and, as a reference, a per-voxel MLP of the same widths in plain torch;
-    step times (median, 90th percentile, p90 / median) quiet and under load.
+    coordinates every step, in our layers (``cusparseconv.torch``) and in
+    spconv's, each with torch at its default thread count and at one thread
+    (``ours_torch1``, ``spconv_torch1``; our layers follow torch's count), and,
+    as a reference, a per-voxel MLP of the same widths in plain torch; step
+    times (median, 90th percentile, p90 / median) quiet and under load.
+    spconv's net at the default count is checked against itself at one thread
+    first and not timed if its logits differ (:func:`check_spconv_net`).
 
 In the ``load`` part spconv runs with torch at one thread and at torch's
 default count, interleaved; at each load its time is that of the faster
@@ -75,6 +80,17 @@ def _median_ms(times):
 # load
 # --------------------------------------------------------------------------- #
 
+def with_our_threads(threads, fn):
+    """``fn`` run with cusparseconv on ``threads`` threads, as the torch adapter runs it
+    under ``torch.set_num_threads(threads)`` (the worker pool stays as it is)."""
+    from cusparseconv._threads import framework_threads
+
+    def call():
+        with framework_threads(threads):
+            return fn()
+    return call
+
+
 def part_load(plan, loads, csc, spconv_libs, orders):
     rows = []
     for name, layer_name, channels in plan["layers"]:
@@ -94,7 +110,11 @@ def part_load(plan, loads, csc, spconv_libs, orders):
             entry["agreement_by_torch_threads"] = checks
             agreeing = [threads for threads, found in checks.items() if found.get("agree")]
         for procs in loads:
-            fns = {"ours.mapfwd": layer.mapfwd, "ours.fwdbwd": layer.fwdbwd}
+            fns = {"ours.mapfwd": layer.mapfwd, "ours.fwdbwd": layer.fwdbwd,
+                   # ours on one thread: the like-for-like slowdown beside spconv's at one
+                   # torch thread (a library on two threads shares both cores with the load)
+                   "ours_t1.mapfwd": with_our_threads(1, layer.mapfwd),
+                   "ours_t1.fwdbwd": with_our_threads(1, layer.fwdbwd)}
             if peer is not None and peer.valid:
                 fns.update({f"spconv_t{threads}.{op}": suite.with_torch_threads(
                     peer.torch, threads, getattr(peer, op))
@@ -271,15 +291,17 @@ class SpconvNet:
         self.params = [p for m in (self.stem, self.down, self.up, self.head)
                        for p in m.parameters()]
 
-    def loss(self, coords, feats, target):
+    def logits(self, coords, feats):
         indices = self.torch.from_numpy(coords)
         shape = [int(e) for e in (coords[:, 1:].max(axis=0) + 4) // 2 * 2]
         x = self.spt.SparseConvTensor(feats, indices, shape, 1)
         skip = self.stem(x)
         x = self.up(self.down(skip))
         # SparseInverseConv3d returns the rows of the layer's input, in its order
-        logits = self.head(x.features + skip.features)
-        return self.torch.nn.functional.cross_entropy(logits, target)
+        return self.head(x.features + skip.features)
+
+    def loss(self, coords, feats, target):
+        return self.torch.nn.functional.cross_entropy(self.logits(coords, feats), target)
 
 
 class TorchMLP:
@@ -302,11 +324,52 @@ class TorchMLP:
         return self.torch.nn.functional.cross_entropy(self.net(feats), target)
 
 
+def _features(torch, coords):
+    """(n, C_IN) float32 input features of a crop: a one and the scaled coordinates."""
+    return torch.from_numpy(np.ascontiguousarray(
+        np.concatenate([np.ones((len(coords), 1)), coords[:, 1:] / 100.0], axis=1),
+        dtype=np.float32))
+
+
+# spconv's net at a torch thread count agrees with it at one thread (whose layers agree
+# with ours, benchmarks.run) when its logits are this close (largest difference over the
+# largest logit); its wrong two-thread products put them 0.1 or more apart
+NET_LOGITS_RTOL = 1e-3
+
+
+def check_spconv_net(torch, net, coords, target, threads):
+    """spconv's training net run with ``threads`` torch threads against the same net at
+    one thread, on one crop: ``{"agree", "logits_rel_err", "stem_grad_rel_err"}``.
+
+    spconv 2.3.8's CPU layers return wrong outputs at two torch threads
+    (``benchmarks.run``); a step time of a wrong computation is no speed."""
+    feats = _features(torch, coords)
+
+    def run(count):
+        before = torch.get_num_threads()
+        torch.set_num_threads(count)
+        try:
+            for p in net.params:
+                p.grad = None
+            logits = net.logits(coords, feats)
+            torch.nn.functional.cross_entropy(logits, target).backward()
+            return (logits.detach().numpy().copy(),
+                    net.stem[0].weight.grad.detach().numpy().copy())
+        finally:
+            torch.set_num_threads(before)
+            for p in net.params:
+                p.grad = None
+
+    reference, timed = run(1), run(threads)
+    errors = [float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
+              for a, b in zip(reference, timed)]
+    return {"agree": errors[0] <= NET_LOGITS_RTOL, "logits_rel_err": errors[0],
+            "stem_grad_rel_err": errors[1], "torch_threads": threads}
+
+
 def train_steps(torch, net, crops, targets, steps, warmup):
     optimizer = torch.optim.SGD(net.params, lr=0.01, momentum=0.9)
-    feats = [torch.from_numpy(np.ascontiguousarray(
-        np.concatenate([np.ones((len(c), 1)), c[:, 1:] / 100.0], axis=1), dtype=np.float32))
-        for c in crops]
+    feats = [_features(torch, c) for c in crops]
     target = [torch.from_numpy(t) for t in targets]
     times = []
     for step in range(warmup + steps):
@@ -334,18 +397,28 @@ def part_train(plan, loads, torch, spconv_libs):
     workload = wl.real_workload(plan["train_scan"])
     crops = _crops(workload.coords, 4, plan["crop_fraction"], 0)
     targets = [_targets(c, i) for i, c in enumerate(crops)]
-    nets = {"ours": OursNet(torch), "torch_mlp": TorchMLP(torch)}
+    # "_torch1": torch (and so our layers, through the adapter) at one thread
+    nets = {"ours": OursNet(torch), "ours_torch1": OursNet(torch), "torch_mlp": TorchMLP(torch)}
+    result = {"scan": plan["train_scan"], "voxels_per_step": [len(c) for c in crops],
+              "widths": WIDTHS, "by_load": {}, "spconv_check": None}
     if spconv_libs is not None:
         nets["spconv"] = SpconvNet(torch, spconv_libs[1])
         nets["spconv_torch1"] = SpconvNet(torch, spconv_libs[1])
-    result = {"scan": plan["train_scan"], "voxels_per_step": [len(c) for c in crops],
-              "widths": WIDTHS, "by_load": {}}
+        check = check_spconv_net(torch, nets["spconv"], crops[0],
+                                 torch.from_numpy(targets[0]), torch.get_num_threads())
+        result["spconv_check"] = check
+        print(f"train: spconv's net at {check['torch_threads']} torch threads against one: "
+              f"logits rel. err. {check['logits_rel_err']:.1e}, stem gradient "
+              f"{check['stem_grad_rel_err']:.1e}" + ("" if check["agree"] else
+                                                     " (wrong: not timed)"), flush=True)
+        if not check["agree"] and check["torch_threads"] != 1:
+            del nets["spconv"]
     for procs in loads:
         got = {}
         with busy(procs) as load:
             for name, net in nets.items():     # one after another, same load
                 before = torch.get_num_threads()
-                if name == "spconv_torch1":
+                if name.endswith("_torch1"):
                     torch.set_num_threads(1)
                 try:
                     got[name] = _step_summary(train_steps(torch, net, crops, targets,
@@ -372,12 +445,14 @@ def write_markdown(path, env, report):
              f"{env['spconv']}, thread environment {env['thread_environment'] or 'none'}", ""]
     if report.get("load"):
         lines += ["## Busy machine (median ms; slowdown against 0 busy processes)", "",
-                  "| workload | layer | C | busy | ours map+fwd | spconv map+fwd | ours fwd+bwd "
-                  "| spconv fwd+bwd |", "|---|---|---|---|---|---|---|---|"]
+                  "| workload | layer | C | busy | ours map+fwd | ours 1 thread map+fwd "
+                  "| spconv map+fwd | ours fwd+bwd | ours 1 thread fwd+bwd | spconv fwd+bwd |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for e in report["load"]:
             for procs, got in e["by_load"].items():
                 cells = []
-                for key in ("ours.mapfwd", "spconv.mapfwd", "ours.fwdbwd", "spconv.fwdbwd"):
+                for key in ("ours.mapfwd", "ours_t1.mapfwd", "spconv.mapfwd", "ours.fwdbwd",
+                            "ours_t1.fwdbwd", "spconv.fwdbwd"):
                     if key in got:
                         cells.append(f"{_median_ms(got[key]):.1f} (x{got['slowdown'][key]:.2f})")
                     else:
@@ -403,6 +478,12 @@ def write_markdown(path, env, report):
                   f"{max(t['voxels_per_step'])} voxels, widths {t['widths']})", "",
                   "| busy | net | median ms | p90 ms | p90 / median | max ms |",
                   "|---|---|---|---|---|---|"]
+        check = t.get("spconv_check")
+        if check:
+            lines[-3:-3] = [f"spconv's net at {check['torch_threads']} torch threads against "
+                            f"itself at one: logits rel. err. {check['logits_rel_err']:.1e} ("
+                            + ("agrees" if check["agree"] else "wrong: its `spconv` row is "
+                               "not timed") + ")", ""]
         for procs, got in t["by_load"].items():
             for name, v in got.items():
                 if name == "load":

@@ -282,3 +282,52 @@ def test_breakdown_row_times_the_backends_own_loop(tmp_path, monkeypatch):
                         lambda self, **kw: (self.out + 1, self.terms.sum(axis=0)))
     with pytest.raises(AssertionError, match="fused pass"):
         breakdown.breakdown_row(csc, None, scene, 8, 1, rounds=1)
+
+
+def test_conditions_table_counts_the_target_like_for_like_and_in_time():
+    """The busy-machine summary: the slowdown target (ours at its default against
+    spconv), ours at one thread against spconv, and the time under load, each counted
+    per (layer, load, op); rows without an agreeing spconv time count for none."""
+    from benchmarks import targets
+
+    def times(ms):
+        return [ms / 1e3] * 3
+
+    quiet = {"ours.mapfwd": times(10), "ours_t1.mapfwd": times(16), "spconv.mapfwd": times(30)}
+    busy = {"ours.mapfwd": times(15), "ours_t1.mapfwd": times(17), "spconv.mapfwd": times(33)}
+    report = {"load": [{"workload": "w", "layer": "subm3", "channels": 32, "by_load": {
+        "0": {**quiet, "slowdown": {k: 1.0 for k in quiet}},
+        "1": {**busy, "slowdown": {"ours.mapfwd": 1.5, "ours_t1.mapfwd": 17 / 16,
+                                   "spconv.mapfwd": 1.1}},
+        "2": {"ours.fwdbwd": times(9), "slowdown": {"ours.fwdbwd": 3.0}}}}]}
+    text = "\n".join(targets.conditions_tables(report))
+    assert "| w subm3 C32 | 1 | mapfwd | 1.50 | 1.06 | 1.10 | ✗ | ✓ | 0.45 |" in text
+    assert ("slowdown no worse than spconv's: 0 of 1; ours at one thread: 1 of 1; ours "
+            "faster than spconv under load: 1 of 1") in text
+
+
+def test_spconv_net_check_tells_a_thread_dependent_net_from_a_steady_one():
+    """conditions.check_spconv_net: a net whose logits change with torch's thread count
+    (as spconv 2.3.8's did at two threads) is found wrong; a steady one agrees."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from benchmarks import conditions
+
+    class Net:
+        def __init__(self, wrong):
+            self.wrong = wrong
+            self.stem = [torch.nn.Linear(conditions.C_IN, 4)]
+            self.params = list(self.stem[0].parameters())
+
+        def logits(self, coords, feats):
+            out = self.stem[0](feats)
+            if self.wrong and torch.get_num_threads() > 1:
+                out = out * 1.3
+            return out
+
+    coords = np.array([[0, 1, 2, 3], [0, 2, 2, 3], [0, 5, 1, 0]], np.int32)
+    target = torch.tensor([0, 1, 3])
+    steady = conditions.check_spconv_net(torch, Net(False), coords, target, 2)
+    wrong = conditions.check_spconv_net(torch, Net(True), coords, target, 2)
+    assert steady["agree"] and steady["logits_rel_err"] < 1e-6
+    assert not wrong["agree"] and wrong["logits_rel_err"] > 0.1
