@@ -29,7 +29,9 @@ repository root. Three parts, each ours and spconv (CPU) side by side in one run
     as a reference, a per-voxel MLP of the same widths in plain torch; step
     times (median, 90th percentile, p90 / median) quiet and under load.
     spconv's net at the default count is checked against itself at one thread
-    first and not timed if its logits differ (:func:`check_spconv_net`).
+    first and not timed if its logits differ (:func:`check_spconv_net`). The
+    nets take turns (``train_rounds`` turns of a few steps each, after a
+    warm-up), so that a slow phase of the machine falls on all of them.
 
 In the ``load`` part spconv runs with torch at one thread and at torch's
 default count, interleaved; at each load its time is that of the faster
@@ -66,9 +68,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FULL = {"layers": [("table-5mm", "subm3", 32), ("motorcycle-1cm", "subm3", 32),
                    ("frog-2x", "subm3", 32), ("table-5mm", "down2", 32)],
         "repeats": 7, "torch_repeats": 9, "train_scan": "motorcycle-1cm", "train_steps": 40,
+        "train_rounds": 5,
         "train_warmup": 5, "crop_fraction": 0.5}
 QUICK = {"layers": [("motorcycle-2cm", "subm3", 16)], "repeats": 3, "torch_repeats": 3,
-         "train_scan": "motorcycle-2cm", "train_steps": 6, "train_warmup": 2,
+         "train_scan": "motorcycle-2cm", "train_steps": 6, "train_warmup": 2, "train_rounds": 2,
          "crop_fraction": 0.5}
 
 
@@ -367,22 +370,46 @@ def check_spconv_net(torch, net, coords, target, threads):
             "stem_grad_rel_err": errors[1], "torch_threads": threads}
 
 
+class Trainer:
+    """SGD steps of ``net`` over ``crops`` in turn, one crop a step; :meth:`steps` goes on
+    where the last call stopped (the same optimizer), so the nets of a run can take
+    turns."""
+
+    def __init__(self, torch, net, crops, targets):
+        self.torch, self.net, self.crops = torch, net, crops
+        self.optimizer = torch.optim.SGD(net.params, lr=0.01, momentum=0.9)
+        self.feats = [_features(torch, c) for c in crops]
+        self.targets = [torch.from_numpy(t) for t in targets]
+        self.done = 0
+
+    def steps(self, count, torch_threads=None):
+        """Seconds of each of ``count`` steps, with torch at ``torch_threads`` threads
+        (its count as it is when None; restored after)."""
+        torch = self.torch
+        before = torch.get_num_threads()
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+        times = []
+        try:
+            for _ in range(count):
+                i = self.done % len(self.crops)
+                start = time.perf_counter()
+                self.optimizer.zero_grad()
+                loss = self.net.loss(self.crops[i], self.feats[i], self.targets[i])
+                loss.backward()
+                self.optimizer.step()
+                times.append(time.perf_counter() - start)
+                self.done += 1
+        finally:
+            torch.set_num_threads(before)
+        return times
+
+
 def train_steps(torch, net, crops, targets, steps, warmup):
-    optimizer = torch.optim.SGD(net.params, lr=0.01, momentum=0.9)
-    feats = [_features(torch, c) for c in crops]
-    target = [torch.from_numpy(t) for t in targets]
-    times = []
-    for step in range(warmup + steps):
-        i = step % len(crops)
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        loss = net.loss(crops[i], feats[i], target[i])
-        loss.backward()
-        optimizer.step()
-        elapsed = time.perf_counter() - start
-        if step >= warmup:
-            times.append(elapsed)
-    return times
+    """Seconds of each of ``steps`` SGD steps of ``net`` after ``warmup`` untimed ones."""
+    trainer = Trainer(torch, net, crops, targets)
+    trainer.steps(warmup)
+    return trainer.steps(steps)
 
 
 def _step_summary(times):
@@ -413,19 +440,24 @@ def part_train(plan, loads, torch, spconv_libs):
                                                      " (wrong: not timed)"), flush=True)
         if not check["agree"] and check["torch_threads"] != 1:
             del nets["spconv"]
+    rounds = plan["train_rounds"]
+    per_round = -(-plan["train_steps"] // rounds)
     for procs in loads:
         got = {}
         with busy(procs) as load:
-            for name, net in nets.items():     # one after another, same load
-                before = torch.get_num_threads()
-                if name.endswith("_torch1"):
-                    torch.set_num_threads(1)
-                try:
-                    got[name] = _step_summary(train_steps(torch, net, crops, targets,
-                                                          plan["train_steps"],
-                                                          plan["train_warmup"]))
-                finally:
-                    torch.set_num_threads(before)
+            # the nets take turns, a few steps each, so that a phase of this machine
+            # falls on all of them alike; each keeps its optimizer across its turns
+            trainers = {name: Trainer(torch, net, crops, targets)
+                        for name, net in nets.items()}
+            threads = {name: 1 if name.endswith("_torch1") else None for name in nets}
+            times = {name: [] for name in nets}
+            for name, trainer in trainers.items():
+                trainer.steps(plan["train_warmup"], threads[name])
+            for _ in range(rounds):
+                for name, trainer in trainers.items():
+                    times[name] += trainer.steps(per_round, threads[name])
+            for name in nets:
+                got[name] = _step_summary(times[name])
         got["load"] = load.report() if procs else None
         result["by_load"][procs] = got
         print(f"train, {procs} busy: " + "; ".join(

@@ -331,3 +331,26 @@ def test_spconv_net_check_tells_a_thread_dependent_net_from_a_steady_one():
     wrong = conditions.check_spconv_net(torch, Net(True), coords, target, 2)
     assert steady["agree"] and steady["logits_rel_err"] < 1e-6
     assert not wrong["agree"] and wrong["logits_rel_err"] > 0.1
+
+
+def test_trainer_takes_turns_where_it_stopped():
+    """conditions.Trainer: the steps of successive calls go on through the crops with
+    one optimizer (the nets of the training part take turns), torch's thread count is
+    set for a call and restored after it, and the loss goes down on a fixed target."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from benchmarks import conditions
+    rng = np.random.default_rng(0)
+    crops = [np.concatenate([np.zeros((20, 1), np.int32), rng.integers(0, 9, (20, 3))], 1)
+             .astype(np.int32) for _ in range(3)]
+    targets = [np.zeros(20, dtype=np.int64)] * 3
+    net = conditions.TorchMLP(torch)
+    trainer = conditions.Trainer(torch, net, crops, targets)
+    before = torch.get_num_threads()
+    feats = conditions._features(torch, crops[0])
+    first_loss = float(net.loss(crops[0], feats, trainer.targets[0]).detach())
+    assert len(trainer.steps(4, torch_threads=1)) == 4 and trainer.done == 4
+    assert torch.get_num_threads() == before
+    assert len(trainer.steps(5)) == 5 and trainer.done == 9
+    net.net.eval()
+    assert float(net.loss(crops[0], feats, trainer.targets[0]).detach()) < first_loss
