@@ -25,7 +25,9 @@ repository root. Three parts, each ours and spconv (CPU) side by side in one run
     ReLU, a linear head, cross-entropy, SGD) on crops of a real scan, new
     coordinates every step, in our layers (``cusparseconv.torch``) and in
     spconv's, each with torch at its default thread count and at one thread
-    (``ours_torch1``, ``spconv_torch1``; our layers follow torch's count), and,
+    (``ours_torch1``, ``spconv_torch1``; our layers follow torch's count), ours
+    with torch at one thread and our layers at our default count
+    (``ours_torch1_own``: ``cusparseconv.set_num_threads``), and,
     as a reference, a per-voxel MLP of the same widths in plain torch; step
     times (median, 90th percentile, p90 / median) quiet and under load.
     spconv's net at the default count is checked against itself at one thread
@@ -382,13 +384,18 @@ class Trainer:
         self.targets = [torch.from_numpy(t) for t in targets]
         self.done = 0
 
-    def steps(self, count, torch_threads=None):
+    def steps(self, count, torch_threads=None, ours_threads=None):
         """Seconds of each of ``count`` steps, with torch at ``torch_threads`` threads
-        (its count as it is when None; restored after)."""
+        (its count as it is when None; restored after) and our layers at
+        ``ours_threads`` (``cusparseconv.set_num_threads``; None: the adapter's
+        default, torch's count; back to the default after)."""
         torch = self.torch
         before = torch.get_num_threads()
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
+        if ours_threads is not None:
+            import cusparseconv
+            cusparseconv.set_num_threads(ours_threads)
         times = []
         try:
             for _ in range(count):
@@ -402,6 +409,9 @@ class Trainer:
                 self.done += 1
         finally:
             torch.set_num_threads(before)
+            if ours_threads is not None:
+                import cusparseconv
+                cusparseconv.set_num_threads(None)
         return times
 
 
@@ -424,8 +434,14 @@ def part_train(plan, loads, torch, spconv_libs):
     workload = wl.real_workload(plan["train_scan"])
     crops = _crops(workload.coords, 4, plan["crop_fraction"], 0)
     targets = [_targets(c, i) for i, c in enumerate(crops)]
-    # "_torch1": torch (and so our layers, through the adapter) at one thread
-    nets = {"ours": OursNet(torch), "ours_torch1": OursNet(torch), "torch_mlp": TorchMLP(torch)}
+    # "_torch1": torch (and so our layers, through the adapter) at one thread;
+    # "ours_torch1_own": torch at one thread, our layers at our default count, set with
+    # cusparseconv.set_num_threads (the steadiest setting under load, README)
+    import cusparseconv
+    own = cusparseconv.get_num_threads()
+    nets = {"ours": OursNet(torch), "ours_torch1": OursNet(torch),
+            "ours_torch1_own": OursNet(torch), "torch_mlp": TorchMLP(torch)}
+    settings = {"ours_torch1_own": (1, own)}
     result = {"scan": plan["train_scan"], "voxels_per_step": [len(c) for c in crops],
               "widths": WIDTHS, "by_load": {}, "spconv_check": None}
     if spconv_libs is not None:
@@ -449,13 +465,14 @@ def part_train(plan, loads, torch, spconv_libs):
             # falls on all of them alike; each keeps its optimizer across its turns
             trainers = {name: Trainer(torch, net, crops, targets)
                         for name, net in nets.items()}
-            threads = {name: 1 if name.endswith("_torch1") else None for name in nets}
+            threads = {name: settings.get(name, (1 if name.endswith("_torch1") else None,
+                                                 None)) for name in nets}
             times = {name: [] for name in nets}
             for name, trainer in trainers.items():
-                trainer.steps(plan["train_warmup"], threads[name])
+                trainer.steps(plan["train_warmup"], *threads[name])
             for _ in range(rounds):
                 for name, trainer in trainers.items():
-                    times[name] += trainer.steps(per_round, threads[name])
+                    times[name] += trainer.steps(per_round, *threads[name])
             for name in nets:
                 got[name] = _step_summary(times[name])
         got["load"] = load.report() if procs else None

@@ -115,18 +115,31 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def set_num_threads(n: int) -> None:
+def set_num_threads(n: int | None) -> None:
     """Set how many threads the CPU backend uses (results do not depend on it).
 
+    Parameters
+    ----------
+    n : int or None
+        Threads (>= 1); this count then wins over a framework's
+        (:func:`framework_threads`). None goes back to the default: the value of
+        ``CUSPARSECONV_NUM_THREADS`` if set, else the CPUs this process may use,
+        and calls through a framework's adapter follow the framework's count
+        again.
+
     Safe while other threads compute: their calls finish on the pool they
-    started with; the next calls use ``n`` workers.
+    started with; the next calls use the new count.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"n must be a positive int or None (the default), got {n!r}")
     with _lock:
         _retire_pool_locked()
-        _state["threads"] = n
-        _state["explicit"] = True
+        if n is None:
+            _state["threads"] = _default_threads()
+            _state["explicit"] = _env_threads() is not None
+        else:
+            _state["threads"] = n
+            _state["explicit"] = True
 
 
 def _retire_pool_locked() -> None:

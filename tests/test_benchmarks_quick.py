@@ -352,5 +352,9 @@ def test_trainer_takes_turns_where_it_stopped():
     assert len(trainer.steps(4, torch_threads=1)) == 4 and trainer.done == 4
     assert torch.get_num_threads() == before
     assert len(trainer.steps(5)) == 5 and trainer.done == 9
+    import cusparseconv
+    default = cusparseconv.get_num_threads()
+    trainer.steps(1, torch_threads=1, ours_threads=3)
+    assert cusparseconv.get_num_threads() == default and torch.get_num_threads() == before
     net.net.eval()
     assert float(net.loss(crops[0], feats, trainer.targets[0]).detach()) < first_loss

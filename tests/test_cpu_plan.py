@@ -217,6 +217,32 @@ def test_framework_threads_size_the_pool_unless_the_user_chose(monkeypatch):
             pass
 
 
+def test_set_num_threads_none_goes_back_to_the_default(monkeypatch):
+    """set_num_threads(None): the default count again (the variable's, else the usable
+    CPUs), and a framework's count is followed again; with the variable set, it still
+    wins over a framework's."""
+    monkeypatch.setitem(_threads._state, "explicit", False)
+    monkeypatch.setitem(_threads._state, "threads", _threads._state["threads"])
+    monkeypatch.delenv("CUSPARSECONV_NUM_THREADS", raising=False)
+    csc.set_num_threads(3)
+    with _threads.framework_threads(1):
+        assert csc.get_num_threads() == 3
+    csc.set_num_threads(None)
+    assert csc.get_num_threads() == _threads.usable_cpus()
+    with _threads.framework_threads(1):
+        assert csc.get_num_threads() == 1
+    monkeypatch.setenv("CUSPARSECONV_NUM_THREADS", "5")
+    csc.set_num_threads(None)
+    assert csc.get_num_threads() == 5
+    with _threads.framework_threads(1):
+        assert csc.get_num_threads() == 5
+    monkeypatch.delenv("CUSPARSECONV_NUM_THREADS")
+    csc.set_num_threads(None)
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive int or None"):
+            csc.set_num_threads(bad)
+
+
 def test_torch_adapter_runs_the_core_with_torchs_thread_count(monkeypatch):
     torch = pytest.importorskip("torch")
     import cusparseconv.torch as cst
