@@ -27,7 +27,8 @@ repository root. Three parts, each ours and spconv (CPU) side by side in one run
     spconv's, each with torch at its default thread count and at one thread
     (``ours_torch1``, ``spconv_torch1``; our layers follow torch's count), ours
     with torch at one thread and our layers at our default count
-    (``ours_torch1_own``: ``cusparseconv.set_num_threads``), and,
+    (``ours_torch1_own``: ``cusparseconv.set_num_threads``) and with torch at its
+    default and our layers at one thread (``ours_own1``), and,
     as a reference, a per-voxel MLP of the same widths in plain torch; step
     times (median, 90th percentile, p90 / median) quiet and under load.
     spconv's net at the default count is checked against itself at one thread
@@ -436,12 +437,14 @@ def part_train(plan, loads, torch, spconv_libs):
     targets = [_targets(c, i) for i, c in enumerate(crops)]
     # "_torch1": torch (and so our layers, through the adapter) at one thread;
     # "ours_torch1_own": torch at one thread, our layers at our default count, set with
-    # cusparseconv.set_num_threads (the steadiest setting under load, README)
+    # cusparseconv.set_num_threads (the steadiest setting under load, README);
+    # "ours_own1": torch at its default, our layers at one thread
     import cusparseconv
     own = cusparseconv.get_num_threads()
     nets = {"ours": OursNet(torch), "ours_torch1": OursNet(torch),
-            "ours_torch1_own": OursNet(torch), "torch_mlp": TorchMLP(torch)}
-    settings = {"ours_torch1_own": (1, own)}
+            "ours_torch1_own": OursNet(torch), "ours_own1": OursNet(torch),
+            "torch_mlp": TorchMLP(torch)}
+    settings = {"ours_torch1_own": (1, own), "ours_own1": (None, 1)}
     result = {"scan": plan["train_scan"], "voxels_per_step": [len(c) for c in crops],
               "widths": WIDTHS, "by_load": {}, "spconv_check": None}
     if spconv_libs is not None:
