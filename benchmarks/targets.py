@@ -245,7 +245,9 @@ def main(argv=None):
     parser.add_argument("after", nargs="+")
     parser.add_argument("--before", nargs="+", default=None)
     parser.add_argument("--held-out", default=None)
-    parser.add_argument("--conditions", default=None)
+    parser.add_argument("--conditions", nargs="+", default=None,
+                        help="conditions runs; a part (load, torch, train) is read from "
+                             "the last file that has it")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     runs = []
@@ -302,10 +304,15 @@ def main(argv=None):
                   f"{tally['fwdbwd'][0]} of {tally['fwdbwd'][1]}; strided forward: "
                   f"{tally['strided_fwd'][0]} of {tally['strided_fwd'][1]}", ""]
     if args.conditions:
-        with open(args.conditions) as f:
-            report = json.load(f)
+        report, dates = {}, []
+        for path in args.conditions:
+            with open(path) as f:
+                found = json.load(f)
+            parts = [part for part in ("load", "torch", "train") if found.get(part)]
+            report.update({part: found[part] for part in parts})
+            dates.append(f"{', '.join(parts)}: {found['environment']['date']}")
         lines += [f"## Busy machine, torch in the process, training loop "
-                  f"({report['environment']['date']})", ""] + conditions_tables(report)
+                  f"({'; '.join(dates)})", ""] + conditions_tables(report)
     text = "\n".join(lines) + "\n"
     if args.out:
         with open(args.out, "w") as f:

@@ -358,3 +358,35 @@ def test_trainer_takes_turns_where_it_stopped():
     assert cusparseconv.get_num_threads() == default and torch.get_num_threads() == before
     net.net.eval()
     assert float(net.loss(crops[0], feats, trainer.targets[0]).detach()) < first_loss
+
+
+def test_targets_read_each_conditions_part_from_the_last_file_that_has_it(quick_run, tmp_path):
+    """targets --conditions A B: the training part of B replaces A's, A's load part
+    stays."""
+    from benchmarks import targets
+    out_dir, _ = quick_run
+    (run_path,) = glob.glob(os.path.join(out_dir, "run-*-quick.json"))
+
+    def times(ms):
+        return [ms / 1e3] * 3
+
+    def step(ms):
+        return {"median_ms": ms, "p90_ms": ms, "p90_over_median": 1.0, "max_ms": ms,
+                "min_ms": ms, "times_s": times(ms)}
+
+    got = {"ours.mapfwd": times(10), "spconv.mapfwd": times(20)}
+    first = {"environment": {"date": "A"}, "train": {"by_load": {"0": {"ours": step(111)}}},
+             "load": [{"workload": "w", "layer": "subm3", "channels": 32, "by_load": {
+                 "0": {**got, "slowdown": {"ours.mapfwd": 1.0, "spconv.mapfwd": 1.0}},
+                 "1": {**got, "slowdown": {"ours.mapfwd": 1.0, "spconv.mapfwd": 1.0}}}}]}
+    second = {"environment": {"date": "B"}, "train": {"by_load": {"0": {"ours": step(222)}}}}
+    paths = []
+    for name, report in (("a.json", first), ("b.json", second)):
+        paths.append(str(tmp_path / name))
+        with open(paths[-1], "w") as f:
+            json.dump(report, f)
+    summary = tmp_path / "summary.md"
+    assert targets.main([run_path, "--conditions", *paths, "--out", str(summary)]) == 0
+    text = summary.read_text()
+    assert "| 0 | ours | 222.0 |" in text and "111.0" not in text
+    assert "| w subm3 C32 | 1 | mapfwd |" in text and "load, train: A; train: B" in text
