@@ -390,12 +390,12 @@ class Trainer:
         (its count as it is when None; restored after) and our layers at
         ``ours_threads`` (``cusparseconv.set_num_threads``; None: the adapter's
         default, torch's count; back to the default after)."""
+        import cusparseconv
         torch = self.torch
         before = torch.get_num_threads()
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
         if ours_threads is not None:
-            import cusparseconv
             cusparseconv.set_num_threads(ours_threads)
         times = []
         try:
@@ -411,16 +411,8 @@ class Trainer:
         finally:
             torch.set_num_threads(before)
             if ours_threads is not None:
-                import cusparseconv
                 cusparseconv.set_num_threads(None)
         return times
-
-
-def train_steps(torch, net, crops, targets, steps, warmup):
-    """Seconds of each of ``steps`` SGD steps of ``net`` after ``warmup`` untimed ones."""
-    trainer = Trainer(torch, net, crops, targets)
-    trainer.steps(warmup)
-    return trainer.steps(steps)
 
 
 def _step_summary(times):
@@ -435,30 +427,28 @@ def part_train(plan, loads, torch, spconv_libs):
     workload = wl.real_workload(plan["train_scan"])
     crops = _crops(workload.coords, 4, plan["crop_fraction"], 0)
     targets = [_targets(c, i) for i, c in enumerate(crops)]
-    # "_torch1": torch (and so our layers, through the adapter) at one thread;
-    # "ours_torch1_own": torch at one thread, our layers at our default count, set with
-    # cusparseconv.set_num_threads (the steadiest setting under load, README);
-    # "ours_own1": torch at its default, our layers at one thread
+    # name: (net, torch's threads, ours) while it trains; None: as it is (torch's
+    # default; ours following torch's count through the adapter). "ours_torch1_own":
+    # torch at one thread, our layers at our default count (the steadiest setting under
+    # load, README "Threads and determinism")
     import cusparseconv
     own = cusparseconv.get_num_threads()
-    nets = {"ours": OursNet(torch), "ours_torch1": OursNet(torch),
-            "ours_torch1_own": OursNet(torch), "ours_own1": OursNet(torch),
-            "torch_mlp": TorchMLP(torch)}
-    settings = {"ours_torch1_own": (1, own), "ours_own1": (None, 1)}
+    nets = {"ours": (OursNet(torch), None, None), "ours_torch1": (OursNet(torch), 1, None),
+            "ours_torch1_own": (OursNet(torch), 1, own), "ours_own1": (OursNet(torch), None, 1),
+            "torch_mlp": (TorchMLP(torch), None, None)}
     result = {"scan": plan["train_scan"], "voxels_per_step": [len(c) for c in crops],
               "widths": WIDTHS, "by_load": {}, "spconv_check": None}
     if spconv_libs is not None:
-        nets["spconv"] = SpconvNet(torch, spconv_libs[1])
-        nets["spconv_torch1"] = SpconvNet(torch, spconv_libs[1])
-        check = check_spconv_net(torch, nets["spconv"], crops[0],
+        check = check_spconv_net(torch, SpconvNet(torch, spconv_libs[1]), crops[0],
                                  torch.from_numpy(targets[0]), torch.get_num_threads())
         result["spconv_check"] = check
         print(f"train: spconv's net at {check['torch_threads']} torch threads against one: "
               f"logits rel. err. {check['logits_rel_err']:.1e}, stem gradient "
               f"{check['stem_grad_rel_err']:.1e}" + ("" if check["agree"] else
                                                      " (wrong: not timed)"), flush=True)
-        if not check["agree"] and check["torch_threads"] != 1:
-            del nets["spconv"]
+        if check["agree"] or check["torch_threads"] == 1:
+            nets["spconv"] = (SpconvNet(torch, spconv_libs[1]), None, None)
+        nets["spconv_torch1"] = (SpconvNet(torch, spconv_libs[1]), 1, None)
     rounds = plan["train_rounds"]
     per_round = -(-plan["train_steps"] // rounds)
     for procs in loads:
@@ -467,15 +457,13 @@ def part_train(plan, loads, torch, spconv_libs):
             # the nets take turns, a few steps each, so that a phase of this machine
             # falls on all of them alike; each keeps its optimizer across its turns
             trainers = {name: Trainer(torch, net, crops, targets)
-                        for name, net in nets.items()}
-            threads = {name: settings.get(name, (1 if name.endswith("_torch1") else None,
-                                                 None)) for name in nets}
+                        for name, (net, _, _) in nets.items()}
             times = {name: [] for name in nets}
             for name, trainer in trainers.items():
-                trainer.steps(plan["train_warmup"], *threads[name])
+                trainer.steps(plan["train_warmup"], *nets[name][1:])
             for _ in range(rounds):
                 for name, trainer in trainers.items():
-                    times[name] += trainer.steps(per_round, *threads[name])
+                    times[name] += trainer.steps(per_round, *nets[name][1:])
             for name in nets:
                 got[name] = _step_summary(times[name])
         got["load"] = load.report() if procs else None
