@@ -349,6 +349,45 @@ def test_one_pair_per_output_maps_copy_their_products(mixed_scene, monkeypatch, 
     np.testing.assert_allclose(grad_in, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_summed_products_zero_each_block_of_an_out_full_of_nan(mixed_scene, monkeypatch):
+    """Each block zeroes its own output rows on its worker just before its sum: with
+    output rows no pair reaches (whole blocks of them, and rows among paired ones), an
+    ``out=`` full of NaN and a fresh result both equal the float64 brute force, for
+    the forward and the input gradient."""
+    _fixed_costs(monkeypatch)
+    fine = mixed_scene
+    far = fine[::3] + np.array([0, 500, 0, 0], dtype=np.int32)    # no input near them
+    out_coords = np.unique(np.concatenate([fine[::2], far]), axis=0)
+    offsets = csc.kernel_offsets(3)
+    kmap = csc.build_kernel_map(fine, out_coords, offsets, stride=1)
+    plan = _cpu_plan.plan_for(kmap, 6, 5, np.float32)
+    empty_blocks = [b for b in plan.blocks if not b.items]
+    assert len(plan.blocks) > 3 and len(empty_blocks) >= 2
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(len(fine), 6)).astype(np.float32)
+    weight = rng.normal(size=(27, 6, 5)).astype(np.float32)
+    expected = np.zeros((len(out_coords), 5))
+    for k, pairs in brute_force_pairs(fine, out_coords, offsets, (1, 1, 1), False).items():
+        for in_row, out_row in pairs:
+            expected[out_row] += x[in_row].astype(np.float64) @ weight[k]
+    assert not expected[len(fine[::2]):].any()    # the far rows: no pair
+    out = np.full((len(out_coords), 5), np.nan, dtype=np.float32)
+    got = csc.conv_forward(x, weight, kmap, algorithm="blocked", out=out)
+    assert got is out
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(csc.conv_forward(x, weight, kmap, algorithm="blocked"),
+                               expected, rtol=1e-4, atol=1e-4)
+    grad_out = rng.normal(size=(len(out_coords), 5)).astype(np.float32)
+    expected_in = np.zeros((len(fine), 6))
+    for k, pairs in brute_force_pairs(fine, out_coords, offsets, (1, 1, 1), False).items():
+        for in_row, out_row in pairs:
+            expected_in[in_row] += grad_out[out_row].astype(np.float64) @ weight[k].T
+    out_in = np.full((len(fine), 6), np.nan, dtype=np.float32)
+    got_in = csc.conv_input_grad(grad_out, weight, kmap, algorithm="blocked", out=out_in)
+    assert got_in is out_in
+    np.testing.assert_allclose(got_in, expected_in, rtol=1e-4, atol=1e-4)
+
+
 def test_submanifold_input_gradient_reads_the_map_mirrored(mixed_scene, monkeypatch):
     """A submanifold map of a symmetric kernel is its own reverse with the offsets
     mirrored: the input gradient runs over it (no reverse table) and equals the
