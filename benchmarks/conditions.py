@@ -2,7 +2,7 @@
 process, a training loop mixing our layers and torch layers.
 
 ``python -m benchmarks.conditions [--quick] [--loads 0 1 2]`` from the
-repository root. Three parts, each ours and spconv (CPU) side by side in one run:
+repository root. Four parts, each ours and spconv (CPU) side by side in one run:
 
 ``load``
     layers of the suite (``map+fwd``: kernel map and forward on a new
@@ -36,6 +36,16 @@ repository root. Three parts, each ours and spconv (CPU) side by side in one run
     nets take turns (``train_rounds`` turns of a few steps each, after a
     warm-up), so that a slow phase of the machine falls on all of them.
 
+``thread``
+    layers of the suite with one thread of this process running Python without
+    pause (:func:`benchmarks.load.busy_python_thread`: what a loader thread
+    parsing files or a busy-polling monitor does), ours as it runs by default
+    (Python's switch interval shortened during our calls,
+    ``cusparseconv._switch``), ours with that turned off (``ours_long``:
+    ``config.set_short_switch_interval(False)``) and spconv at its agreeing
+    setting; the slowdown of each is its median time beside the busy thread
+    over its median time without it, measured in the same part.
+
 In the ``load`` part spconv runs with torch at one thread and at torch's
 default count, interleaved; at each load its time is that of the faster
 setting (both are what a user gets without environment variables; which one
@@ -64,16 +74,18 @@ import numpy as np
 from benchmarks import bench_cpu as bc
 from benchmarks import run as suite
 from benchmarks import workloads as wl
-from benchmarks.load import busy
+from benchmarks.load import busy, busy_python_thread
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 FULL = {"layers": [("table-5mm", "subm3", 32), ("motorcycle-1cm", "subm3", 32),
                    ("frog-2x", "subm3", 32), ("table-5mm", "down2", 32)],
-        "repeats": 7, "torch_repeats": 9, "train_scan": "motorcycle-1cm", "train_steps": 40,
+        "thread_layers": [("motorcycle-1cm", "subm3", 32), ("table-5mm", "down2", 32)],
+        "thread_repeats": 5, "repeats": 7, "torch_repeats": 9, "train_scan": "motorcycle-1cm", "train_steps": 40,
         "train_rounds": 5,
         "train_warmup": 5, "crop_fraction": 0.5}
 QUICK = {"layers": [("motorcycle-2cm", "subm3", 16)], "repeats": 3, "torch_repeats": 3,
+         "thread_layers": [("motorcycle-2cm", "subm3", 16)], "thread_repeats": 2,
          "train_scan": "motorcycle-2cm", "train_steps": 6, "train_warmup": 2, "train_rounds": 2,
          "crop_fraction": 0.5}
 
@@ -212,6 +224,57 @@ def part_torch(plan, csc, torch):
             if op in alone) + "; " + ", ".join(
             f"{op}: idle x{v['torch_idle']:.2f}, after op x{v['after_torch_op']:.2f}"
             for op, v in summary.items()), flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- #
+# a thread of this process running Python without pause
+# --------------------------------------------------------------------------- #
+
+def with_long_switch_interval(csc, fn):
+    """``fn`` run with our calls leaving Python's switch interval as it is."""
+    def call():
+        before = csc.config.is_short_switch_interval()
+        csc.config.set_short_switch_interval(False)
+        try:
+            return fn()
+        finally:
+            csc.config.set_short_switch_interval(before)
+    return call
+
+
+def part_thread(plan, csc, spconv_libs, orders):
+    rows = []
+    for name, layer_name, channels in plan["thread_layers"]:
+        workload = wl.real_workload(name)
+        layer = suite.Layer(csc, layer_name, workload.coords, channels, 0)
+        peer = suite.SpconvLayer(spconv_libs, orders, layer) if spconv_libs else None
+        entry = {"workload": name, "layer": layer_name, "channels": channels,
+                 "n_in": len(layer.in_coords), "n_pairs": layer.n_pairs,
+                 "agreement": peer.check() if peer else None,
+                 "switch_interval_s": sys.getswitchinterval()}
+        fns = {}
+        for op in ("mapfwd", "fwdbwd"):
+            fns[f"ours.{op}"] = getattr(layer, op)
+            fns[f"ours_long.{op}"] = with_long_switch_interval(csc, getattr(layer, op))
+            if peer is not None and peer.valid:   # at one torch thread: its right setting
+                fns[f"spconv.{op}"] = suite.with_torch_threads(peer.torch, 1,
+                                                               getattr(peer, op))
+        quiet = bc.measure(fns, plan["thread_repeats"], 1)
+        with busy_python_thread() as thread:
+            beside = bc.measure(fns, plan["thread_repeats"], 0)
+        entry["quiet"] = {k: v["times_s"] for k, v in quiet.items()}
+        entry["busy_thread"] = {k: v["times_s"] for k, v in beside.items()}
+        entry["thread"] = thread.report()
+        entry["slowdown"] = {k: statistics.median(entry["busy_thread"][k])
+                             / statistics.median(entry["quiet"][k]) for k in fns}
+        rows.append(entry)
+        print(f"thread {name} {layer_name} C={channels}: " + ", ".join(
+            f"{k} {_median_ms(entry['quiet'][k]):.1f} -> "
+            f"{_median_ms(entry['busy_thread'][k]):.1f} ms (x{entry['slowdown'][k]:.2f})"
+            for k in fns), flush=True)
+        del layer, peer
+        gc.collect()
     return rows
 
 
@@ -512,6 +575,22 @@ def write_markdown(path, env, report):
                              f"{_median_ms(e['after_torch_op'][op]):.1f} "
                              f"(x{rel['after_torch_op']:.2f}) |")
         lines.append("")
+    if report.get("thread"):
+        lines += ["## A thread of this process running Python without pause (median ms, "
+                  "and against the same without it)", "",
+                  "| workload | layer | C | op | ours | ours, switch interval left as it is "
+                  "| spconv |", "|---|---|---|---|---|---|---|"]
+        for e in report["thread"]:
+            for op in ("mapfwd", "fwdbwd"):
+                cells = []
+                for who in ("ours", "ours_long", "spconv"):
+                    key = f"{who}.{op}"
+                    cells.append(f"{_median_ms(e['quiet'][key]):.1f} -> "
+                                 f"{_median_ms(e['busy_thread'][key]):.1f} "
+                                 f"(x{e['slowdown'][key]:.2f})" if key in e["quiet"] else "")
+                lines.append(f"| {e['workload']} | {e['layer']} | {e['channels']} | {op} | "
+                             + " | ".join(cells) + " |")
+        lines.append("")
     if report.get("train"):
         t = report["train"]
         lines += [f"## Training loop ({t['scan']} crops of {min(t['voxels_per_step'])}-"
@@ -584,8 +663,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--loads", type=int, nargs="+", default=[0, 1, 2],
                         help="busy processes per condition (default 0 1 2)")
-    parser.add_argument("--parts", nargs="+", default=["load", "torch", "train"],
-                        choices=["load", "torch", "train"])
+    parser.add_argument("--parts", nargs="+", default=["load", "torch", "thread", "train"],
+                        choices=["load", "torch", "thread", "train"])
     parser.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     parser.add_argument("--tag", default="")
     parser.add_argument("--peers-venv", default=os.path.join(HERE, ".venv-peers"))
@@ -627,6 +706,8 @@ def main(argv=None):
         report["load"] = part_load(plan, args.loads, csc, spconv_libs, orders)
     if "torch" in args.parts:
         report["torch"] = part_torch(plan, csc, torch)
+    if "thread" in args.parts:
+        report["thread"] = part_thread(plan, csc, spconv_libs, orders)
     if "train" in args.parts:
         report["train"] = part_train(plan, args.loads, torch, spconv_libs)
     env["sgemm_gflops_end"] = suite.sgemm_rate(env["cusparseconv_threads"])

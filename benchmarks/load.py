@@ -18,6 +18,11 @@ threadpoolctl when that is installed; no environment variable is set), so
 are started with ``multiprocessing``'s ``spawn`` method (no state inherited
 from the caller), run at normal priority, and are stopped when the block
 ends, when the parent exits, or after ``--seconds``.
+
+:func:`busy_python_thread` is the other condition: one thread of the calling
+process that runs Python without pause while the block runs (it does not load
+the machine so much as hold the GIL; see ``benchmarks/conditions.py``, part
+``thread``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import contextlib
 import multiprocessing
 import os
 import sys
+import threading
 import time
 
 
@@ -119,6 +125,56 @@ def busy(procs: int, seconds: float = 3600.0):
         yield load
     finally:
         load.stop()
+
+
+class PythonThread:
+    """Handle of a thread of this process running Python without pause (see
+    :func:`busy_python_thread`)."""
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self.iterations = 0
+        self._started = self._ended = None
+        self._thread = threading.Thread(target=self._spin, name="busy-python", daemon=True)
+
+    def _spin(self) -> None:
+        count, stop = 0, self._stop
+        while not stop.is_set():
+            for i in range(1000):              # pure Python: holds the GIL until asked
+                count += i & 1
+            self.iterations += 1000
+        del count
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._ended is None:
+            self._stop.set()
+            self._thread.join()
+            self._ended = time.perf_counter()
+
+    def report(self) -> dict:
+        """seconds, loop iterations per second (the thread's share of the GIL)."""
+        end = self._ended or time.perf_counter()
+        seconds = end - self._started if self._started is not None else 0.0
+        return {"python_threads": 1, "seconds": seconds,
+                "iterations_per_s": self.iterations / seconds if seconds > 0 else 0.0}
+
+
+@contextlib.contextmanager
+def busy_python_thread():
+    """Run one thread of this process that executes Python without pause (a loader
+    thread parsing, a busy-polling monitor) while the block runs: the condition under
+    which each hand-over of the GIL by a NumPy call can cost up to Python's switch
+    interval (``cusparseconv._switch``)."""
+    thread = PythonThread()
+    thread.start()
+    try:
+        yield thread
+    finally:
+        thread.stop()
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from ._cachedir import cache_root
 from ._limits import get_memory_limit, set_memory_limit
 from ._openmp import is_release_openmp_threads, release_openmp_threads
+from ._switch import is_short_switch_interval, set_short_switch_interval
 from ._threads import get_num_threads, set_num_threads
 from .backends import BACKEND_NAMES, use_backend
 from .tuning import (
@@ -28,6 +29,7 @@ from .tuning import (
 __all__ = [
     "set_num_threads", "get_num_threads",
     "release_openmp_threads", "is_release_openmp_threads",
+    "set_short_switch_interval", "is_short_switch_interval",
     "set_memory_limit", "get_memory_limit",
     "use_backend", "BACKEND_NAMES",
     "set_deterministic", "is_deterministic", "set_autotune", "is_autotune",

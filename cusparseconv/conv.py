@@ -23,6 +23,7 @@ from ._checks import (MAX_STRIDE, check_coords, check_feats, check_float_array, 
 from ._arrays import array_module
 from ._dtypes import accumulate_dtype
 from ._limits import check_memory, expansion_bytes, kernel_map_bytes
+from ._switch import short_switch_interval
 from .backends import backend_for
 from .kmap import KernelMap
 from .maps import check_kernel_map
@@ -103,6 +104,7 @@ def _as_depthwise(weight, layout):
 # The three products on arrays
 # --------------------------------------------------------------------------
 
+@short_switch_interval
 def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None, algorithm=None,
                  out=None):
     """Forward product ``Y[out] += A[in] @ W[k]`` over the pairs of every offset.
@@ -157,6 +159,7 @@ def conv_forward(feats, weight, kmap: KernelMap, groups: int = 1, bias=None, alg
                                 algorithm=algorithm, out=out)
 
 
+@short_switch_interval
 def conv_input_grad(grad_out, weight, kmap: KernelMap, groups: int = 1, algorithm=None,
                     out=None):
     """Input gradient ``dX[in] += dY[out] @ W[k]^T``.
@@ -204,6 +207,7 @@ def _input_channels(weight, groups):
                      f"got shape {tuple(weight.shape)}")
 
 
+@short_switch_interval
 def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_shape=None,
                      algorithm=None, out=None):
     """Weight gradient ``dW[k] = A[in]^T @ dY[out]`` per offset.
@@ -252,6 +256,7 @@ def conv_weight_grad(feats, grad_out, kmap: KernelMap, groups: int = 1, weight_s
     return out if out is not None else grad.reshape(weight_shape)
 
 
+@short_switch_interval
 def conv_backward(feats, grad_out, weight, kmap: KernelMap, groups: int = 1, out=None):
     """Both gradients of :func:`conv_forward`: ``(conv_input_grad(...),
     conv_weight_grad(...))`` in one call.
@@ -435,6 +440,7 @@ def _check_weight_before_offsets(x: SparseTensor, weight, kernel_size, groups, o
         raise ValueError(f"{error}{hint}") from None
 
 
+@short_switch_interval
 def sparse_conv(x: SparseTensor, weight, kernel_size=3, stride=1, dilation=1,
                 transposed: bool = False, generative: bool = False, groups: int = 1,
                 bias=None, offsets=None, out_coords=None) -> SparseTensor:
@@ -502,6 +508,7 @@ def sparse_conv(x: SparseTensor, weight, kernel_size=3, stride=1, dilation=1,
     return SparseTensor._from_set(x.cache, out_id, feats, out_stride)
 
 
+@short_switch_interval
 def layer_kernel_map(x: SparseTensor, kernel_size=3, stride=1, dilation=1,
                      transposed: bool = False, generative: bool = False, offsets=None,
                      out_coords=None) -> tuple[KernelMap, int, tuple[int, ...]]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ._arrays import array_module, to_host
 from ._checks import check_coords, per_axis
+from ._switch import short_switch_interval
 from .backends import backend_for
 from .coords import mixed_radix_keys
 from .tensor import SparseTensor
@@ -73,6 +74,7 @@ def _check_channels_last(channels_last):
     return _check_flag(channels_last, "channels_last")
 
 
+@short_switch_interval
 def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=None,
                      channels_last=False, return_mask=False):
     """Scatter sparse rows into a zero-filled dense array.
@@ -201,6 +203,7 @@ def scatter_to_dense(coords, feats, spatial_shape=None, origin=None, batch_size=
     return dense, xp.asarray(origin), occupied.reshape((batch_size,) + spatial)
 
 
+@short_switch_interval
 def to_dense(x, spatial_shape=None, origin=None, channels_last=False, batch_size=None,
              return_mask=False):
     """Dense array of a sparse tensor.
@@ -267,6 +270,7 @@ def _check_dense(dense, channels_last, xp):
     return dense
 
 
+@short_switch_interval
 def from_dense(dense, channels_last=False, origin=None, stride=1, mask=None):
     """Sparse tensor of the non-zero sites of a dense array.
 
@@ -352,6 +356,7 @@ def _dense_to_rows(dense, channels_last, origin, mask):
     return coords, feats
 
 
+@short_switch_interval
 def gather_from_dense(dense, coords, origin, channels_last=False):
     """Read a dense array at sparse coordinates.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ._checks import MAX_STRIDE, check_coords, per_axis, warn_if_batch_looks_spatial
 from ._limits import check_kernel_map_size
+from ._switch import short_switch_interval
 from .backends import backend_for
 from .coords import SortedKeys
 from .kmap import KernelMap
@@ -28,6 +29,7 @@ def check_kernel_map(kmap, name: str = "kmap") -> KernelMap:
     return kmap
 
 
+@short_switch_interval
 def build_kernel_map(in_coords, out_coords, offsets, stride=1, transposed=False, *,
                      in_keys: SortedKeys | None = None,
                      out_keys: SortedKeys | None = None, ndim: int | None = None) -> KernelMap:
@@ -78,6 +80,7 @@ def build_kernel_map(in_coords, out_coords, offsets, stride=1, transposed=False,
                                     same_set=same_set, in_keys=in_keys, out_keys=out_keys)
 
 
+@short_switch_interval
 def reverse_kernel_map(kmap: KernelMap) -> KernelMap:
     """The reverse table of ``kmap``: input and output swapped, pairs sorted by the new
     output row within each offset (``transposed`` flipped).
@@ -91,6 +94,7 @@ def reverse_kernel_map(kmap: KernelMap) -> KernelMap:
     return backend_for(kmap.in_rows).reverse(kmap)
 
 
+@short_switch_interval
 def pair_mask(kmap: KernelMap):
     """The output-major encoding of ``kmap`` (docs/SPEC.md section 4).
 

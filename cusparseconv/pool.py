@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import MAX_STRIDE, check_coords, check_feats, check_same_dtype, per_axis
+from ._switch import short_switch_interval
 from .backends import backend_for
 from .conv import output_coordinates
 from .coords import SortedKeys, pack_parts
@@ -33,6 +34,7 @@ def _check_pool_args(feats, kmap, mode):
     return check_feats(feats, kmap.n_in, "feats")
 
 
+@short_switch_interval
 def pool_forward(feats, kmap: KernelMap, mode: str = "max"):
     """Reduce the input rows paired with each output row.
 
@@ -53,6 +55,7 @@ def pool_forward(feats, kmap: KernelMap, mode: str = "max"):
     return backend_for(feats, kmap.in_rows).pool_forward(feats, kmap, mode)
 
 
+@short_switch_interval
 def pool_backward(grad_out, feats, kmap: KernelMap, mode: str = "max"):
     """Gradient of :func:`pool_forward` with respect to ``feats``.
 
@@ -79,6 +82,7 @@ def pool_backward(grad_out, feats, kmap: KernelMap, mode: str = "max"):
                                                                      mode)
 
 
+@short_switch_interval
 def sparse_pool(x: SparseTensor, kernel_size=2, stride=None, mode: str = "max",
                 dilation=1, offsets=None) -> SparseTensor:
     """Max / average / sum pooling over a box kernel.
@@ -129,6 +133,7 @@ def sparse_pool(x: SparseTensor, kernel_size=2, stride=None, mode: str = "max",
     return SparseTensor._from_set(x.cache, out_id, feats, out_stride)
 
 
+@short_switch_interval
 def global_pool(x: SparseTensor, mode: str = "mean") -> SparseTensor:
     """Reduce every batch item to one row.
 
@@ -159,6 +164,7 @@ def global_pool_rows(x: SparseTensor):
     return x.cache.batch_rows(x._coord_id)
 
 
+@short_switch_interval
 def global_pool_backward(grad_out, x: SparseTensor, mode: str = "mean"):
     """Gradient of :func:`global_pool` with respect to ``x.feats``; (N, C).
 
@@ -195,6 +201,7 @@ def global_pool_backward(grad_out, x: SparseTensor, mode: str = "mean"):
     return grad
 
 
+@short_switch_interval
 def upsample_parents(fine_coords, coarse_coords, stride) -> np.ndarray:
     """Row of ``coarse_coords`` holding ``floor(v / stride)`` for each fine row v.
 
@@ -214,6 +221,7 @@ def upsample_parents(fine_coords, coarse_coords, stride) -> np.ndarray:
                           pack_parts(fine_coords[:, 0], spatial))
 
 
+@short_switch_interval
 def upsample_nearest(x: SparseTensor, stride, out_coords=None) -> SparseTensor:
     """Nearest-neighbour unpooling: each finer row takes its coarse parent's features.
 

@@ -18,6 +18,7 @@ from ._arrays import array_module
 from ._checks import (MAX_STRIDE, check_coords, check_feats, check_finite, per_axis,
                       warn_if_batch_looks_spatial)
 from ._limits import check_kernel_map_size
+from ._switch import short_switch_interval
 from .backends import backend_for, state_nbytes
 from .coords import SortedKeys, content_digest, pack
 
@@ -290,6 +291,7 @@ class CoordinateCache:
             return found
 
     # ---------------------------------------------------------------- sets
+    @short_switch_interval
     def register(self, coords, keys: SortedKeys | None = None, name: str = "coords", *,
                  owned: bool = False) -> _CoordSet:
         """A new coordinate set on these rows (validated: packable range, unique rows).
@@ -338,6 +340,7 @@ class CoordinateCache:
         """The sorted packed keys of a set."""
         return self._own(set_id).keys
 
+    @short_switch_interval
     def downsample(self, set_id, stride: tuple[int, ...]) -> _CoordSet:
         """The set ``unique(floor(v / stride))``; it remembers ``set_id`` as its finer set."""
         fine = self._own(set_id)
@@ -370,6 +373,7 @@ class CoordinateCache:
                 source.derived[relation] = weakref.ref(known)
         return known
 
+    @short_switch_interval
     def expand(self, set_id, offsets: np.ndarray, scale: tuple[int, ...]) -> _CoordSet:
         """The set ``unique(scale * u + K[k])`` over its rows u and the offsets k."""
         source = self._own(set_id)
@@ -381,6 +385,7 @@ class CoordinateCache:
         return self._derive(source, ("expand", offsets.tobytes(), offsets.shape,
                                      tuple(scale)), make_rows)
 
+    @short_switch_interval
     def batch_rows(self, set_id) -> _CoordSet:
         """The set ``(b, 0, ..., 0)`` for the batch indices present in ``set_id``, sorted
         by b (global pooling); derived once per set."""
@@ -396,6 +401,7 @@ class CoordinateCache:
         return self._derive(source, ("items",), make_rows)
 
     # ---------------------------------------------------------- kernel maps
+    @short_switch_interval
     def kernel_map(self, in_id, out_id, offsets: np.ndarray, stride: tuple[int, ...],
                    transposed: bool):
         """The kernel map for this geometry, built on first use.
@@ -523,6 +529,7 @@ class SparseTensor:
     (3, (1, 1, 1), (3, 4))
     """
 
+    @short_switch_interval
     def __init__(self, coords, feats, stride=1, *, cache: CoordinateCache | None = None,
                  check_finite: bool = False, ndim: int | None = None):
         checked = check_coords(coords, "coords", ndim=ndim)

@@ -23,6 +23,7 @@ import numpy as np
 from ._arrays import array_module
 from ._checks import native, per_axis
 from ._dtypes import FLOAT_DTYPE_NAMES
+from ._switch import short_switch_interval
 from .backends import backend_for
 from .coords import mixed_radix_keys
 
@@ -243,6 +244,7 @@ def _reduce_feats(feats, order, starts, voxel_of_sorted, first_point, reduce, ba
     return (sums.astype(xp.float64, copy=False) / counts).astype(out_dtype, copy=False)
 
 
+@short_switch_interval
 def voxelize(points, voxel_size, feats=None, reduce="mean", batch_index=None, origin=None):
     """Group points into voxels of an integer grid and reduce their features.
 
@@ -371,6 +373,7 @@ def voxelize(points, voxel_size, feats=None, reduce="mean", batch_index=None, or
     return coords, voxel_feats, point_to_voxel
 
 
+@short_switch_interval
 def devoxelize(voxel_feats, point_to_voxel):
     """Send voxel features back to the points: ``voxel_feats[point_to_voxel]``.
 

@@ -157,6 +157,56 @@ def test_load_generator_runs_and_stops():
             pass
 
 
+def test_busy_python_thread_runs_and_stops():
+    import threading
+    import time
+
+    from benchmarks.load import busy_python_thread
+    with busy_python_thread() as thread:
+        time.sleep(0.05)
+        assert any(t.name == "busy-python" for t in threading.enumerate())
+    report = thread.report()
+    assert report["python_threads"] == 1 and report["iterations_per_s"] > 0
+    assert not any(t.name == "busy-python" for t in threading.enumerate())
+
+
+def test_conditions_thread_part_times_both_switch_settings(monkeypatch, tmp_path):
+    """conditions.part_thread on a small synthetic layer (no spconv): ours with the
+    short switch interval and without it, beside a busy Python thread and without;
+    the setting is back on afterwards; the Markdown has the section."""
+    import cusparseconv as csc
+    from benchmarks import conditions
+    from benchmarks import workloads as wl
+    small = wl.synthetic_workload("surface", 3000)
+    monkeypatch.setattr(wl, "real_workload", lambda name: small)
+    plan = {"thread_layers": [("small", "subm3", 8)], "thread_repeats": 2}
+    seen = []
+    original = conditions.with_long_switch_interval
+
+    def recording(csc_module, fn):
+        def call():
+            seen.append(csc_module.config.is_short_switch_interval())
+            return fn()
+        return original(csc_module, call)
+
+    monkeypatch.setattr(conditions, "with_long_switch_interval", recording)
+    (entry,) = conditions.part_thread(plan, csc, None, {})
+    keys = {"ours.mapfwd", "ours_long.mapfwd", "ours.fwdbwd", "ours_long.fwdbwd"}
+    assert set(entry["slowdown"]) == keys
+    for part in ("quiet", "busy_thread"):
+        assert all(len(entry[part][k]) == 2 and min(entry[part][k]) > 0 for k in keys)
+    assert entry["thread"]["iterations_per_s"] > 0
+    assert seen and not any(seen)                  # ours_long ran with it off
+    assert csc.config.is_short_switch_interval()   # and it is on again
+    path = tmp_path / "c.md"
+    conditions.write_markdown(str(path), {"date": "d", "cpu": "c", "cpu_count": 2,
+                                          "cusparseconv_threads": 2, "torch_threads": 2,
+                                          "spconv": None, "thread_environment": {}},
+                              {"thread": [entry]})
+    text = path.read_text()
+    assert "running Python without pause" in text and "| small | subm3 | 8 | mapfwd |" in text
+
+
 def test_spconv_is_compared_at_its_faster_torch_setting():
     """The row's spconv time of an operation is the faster of the torch thread settings
     it ran at (per operation), recorded with the setting, and the paired ratios use the

@@ -33,6 +33,7 @@ import numpy as np
 
 from .._arrays import read_only
 from .._dtypes import accumulate_dtype
+from .._switch import short_switch_interval
 from .._threads import parallel_for
 from ._cpu_cost import DENSE_MARGIN
 from ._cpu_plan import (add_products, choose_dense, dense_chunk_rows, in_monotone, mirror_of,
@@ -1187,16 +1188,19 @@ class CpuBackend(ArrayOps):
     xp = np
     neighbour_tables = False
 
-    build_kernel_map = staticmethod(build_kernel_map)
-    reverse = staticmethod(reverse_map)
-    pair_mask = staticmethod(pair_mask)
-    conv_forward = staticmethod(conv_forward)
-    conv_input_grad = staticmethod(conv_input_grad)
-    conv_weight_grad = staticmethod(conv_weight_grad)
-    conv_backward = staticmethod(conv_backward)
-    pool_forward = staticmethod(pool_forward)
-    pool_backward = staticmethod(pool_backward)
-    segment_reduce = staticmethod(segment_reduce)
+    # each a few hundred NumPy calls that hand the GIL over: run with a short switch
+    # interval, so that a thread of the user's running Python does not keep the GIL
+    # for 5 ms at each hand-over (cusparseconv._switch)
+    build_kernel_map = staticmethod(short_switch_interval(build_kernel_map))
+    reverse = staticmethod(short_switch_interval(reverse_map))
+    pair_mask = staticmethod(short_switch_interval(pair_mask))
+    conv_forward = staticmethod(short_switch_interval(conv_forward))
+    conv_input_grad = staticmethod(short_switch_interval(conv_input_grad))
+    conv_weight_grad = staticmethod(short_switch_interval(conv_weight_grad))
+    conv_backward = staticmethod(short_switch_interval(conv_backward))
+    pool_forward = staticmethod(short_switch_interval(pool_forward))
+    pool_backward = staticmethod(short_switch_interval(pool_backward))
+    segment_reduce = staticmethod(short_switch_interval(segment_reduce))
 
     @staticmethod
     def choose_algorithm(product, feats, weight, kmap, layout, c_out, algorithm=None):
