@@ -109,15 +109,24 @@ def with_our_threads(threads, fn):
     return call
 
 
+def _layer_entry(csc, spconv_libs, orders, name, layer_name, channels):
+    """(our layer, spconv's on the same inputs or None, the row's description with
+    spconv's agreement at one torch thread)."""
+    workload = wl.real_workload(name)
+    layer = suite.Layer(csc, layer_name, workload.coords, channels, 0)
+    peer = suite.SpconvLayer(spconv_libs, orders, layer) if spconv_libs else None
+    entry = {"workload": name, "layer": layer_name, "channels": channels,
+             "n_in": len(layer.in_coords), "n_pairs": layer.n_pairs,
+             "agreement": peer.check() if peer else None}
+    return layer, peer, entry
+
+
 def part_load(plan, loads, csc, spconv_libs, orders):
     rows = []
     for name, layer_name, channels in plan["layers"]:
-        workload = wl.real_workload(name)
-        layer = suite.Layer(csc, layer_name, workload.coords, channels, 0)
-        peer = suite.SpconvLayer(spconv_libs, orders, layer) if spconv_libs else None
-        entry = {"workload": name, "layer": layer_name, "channels": channels,
-                 "n_in": len(layer.in_coords), "n_pairs": layer.n_pairs,
-                 "agreement": peer.check() if peer else None, "by_load": {}}
+        layer, peer, entry = _layer_entry(csc, spconv_libs, orders, name, layer_name,
+                                          channels)
+        entry["by_load"] = {}
         if peer is not None and peer.valid:
             # torch at one thread and at its default: both settings a user gets without
             # environment variables, each checked against ours; spconv's slowdown is that
@@ -246,13 +255,9 @@ def with_long_switch_interval(csc, fn):
 def part_thread(plan, csc, spconv_libs, orders):
     rows = []
     for name, layer_name, channels in plan["thread_layers"]:
-        workload = wl.real_workload(name)
-        layer = suite.Layer(csc, layer_name, workload.coords, channels, 0)
-        peer = suite.SpconvLayer(spconv_libs, orders, layer) if spconv_libs else None
-        entry = {"workload": name, "layer": layer_name, "channels": channels,
-                 "n_in": len(layer.in_coords), "n_pairs": layer.n_pairs,
-                 "agreement": peer.check() if peer else None,
-                 "switch_interval_s": sys.getswitchinterval()}
+        layer, peer, entry = _layer_entry(csc, spconv_libs, orders, name, layer_name,
+                                          channels)
+        entry["switch_interval_s"] = sys.getswitchinterval()
         fns = {}
         for op in ("mapfwd", "fwdbwd"):
             fns[f"ours.{op}"] = getattr(layer, op)
