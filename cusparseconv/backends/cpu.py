@@ -479,10 +479,9 @@ def gather_multiply_reduce(src: np.ndarray, kmap: KernelMap, apply_into, n_chann
     offset into the block's buffer, from the window of input rows its pairs
     span or from their gathered input rows (taken for a group of offsets at
     once: :meth:`._cpu_plan.Plan.gathers`), then one sparse reduction of the
-    buffer into the block's output rows (zeroed by the same worker just before),
-    or, when the map pairs every output row
-    exactly once, one copy of the buffer's rows into them
-    (:meth:`._cpu_plan.Plan.assignment`).
+    buffer into the block's output rows (zeroed by the same worker just
+    before), or, when the map pairs every output row exactly once, one copy of
+    the buffer's rows into them (:meth:`._cpu_plan.Plan.assignment`).
 
     Parameters
     ----------
