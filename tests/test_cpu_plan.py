@@ -284,6 +284,16 @@ def brute_force_pairs(in_coords, out_coords, offsets, stride, transposed):
     return {k: sorted(v, key=lambda p: p[1]) for k, v in pairs.items()}
 
 
+def brute_force_forward(in_coords, out_coords, offsets, stride, transposed, x, weight):
+    """The forward product over :func:`brute_force_pairs`, in float64."""
+    expected = np.zeros((len(out_coords), weight.shape[2]))
+    for k, pairs in brute_force_pairs(in_coords, out_coords, offsets, stride,
+                                      transposed).items():
+        for in_row, out_row in pairs:
+            expected[out_row] += x[in_row].astype(np.float64) @ weight[k]
+    return expected
+
+
 @pytest.mark.parametrize("stride,offsets,transposed", [
     ((2, 2, 2), "k2", False), ((2, 2, 2), "k2", True),
     ((3, 2, 1), "cell", False), ((3, 2, 1), "cell", True),
@@ -330,10 +340,7 @@ def test_one_pair_per_output_maps_copy_their_products(mixed_scene, monkeypatch, 
     rng = np.random.default_rng(8)
     x = rng.normal(size=(len(coarse), 6)).astype(np.float32)
     weight = rng.normal(size=(8, 6, 5)).astype(np.float32)
-    expected = np.zeros((len(fine), 5))
-    for k, pairs in brute_force_pairs(coarse, fine, offsets, (2, 2, 2), True).items():
-        for in_row, out_row in pairs:
-            expected[out_row] = x[in_row].astype(np.float64) @ weight[k]
+    expected = brute_force_forward(coarse, fine, offsets, (2, 2, 2), True, x, weight)
     out = np.full((len(fine), 5), np.nan, dtype=np.float32)
     got = csc.conv_forward(x, weight, up, algorithm="blocked", out=out)
     assert got is out
@@ -366,10 +373,7 @@ def test_summed_products_zero_each_block_of_an_out_full_of_nan(mixed_scene, monk
     rng = np.random.default_rng(11)
     x = rng.normal(size=(len(fine), 6)).astype(np.float32)
     weight = rng.normal(size=(27, 6, 5)).astype(np.float32)
-    expected = np.zeros((len(out_coords), 5))
-    for k, pairs in brute_force_pairs(fine, out_coords, offsets, (1, 1, 1), False).items():
-        for in_row, out_row in pairs:
-            expected[out_row] += x[in_row].astype(np.float64) @ weight[k]
+    expected = brute_force_forward(fine, out_coords, offsets, (1, 1, 1), False, x, weight)
     assert not expected[len(fine[::2]):].any()    # the far rows: no pair
     out = np.full((len(out_coords), 5), np.nan, dtype=np.float32)
     got = csc.conv_forward(x, weight, kmap, algorithm="blocked", out=out)
