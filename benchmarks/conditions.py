@@ -252,6 +252,17 @@ def with_long_switch_interval(csc, fn):
     return call
 
 
+def _thread_rate(thread, fn, rates):
+    """``fn``, appending the busy thread's iterations per second during each call."""
+    def call():
+        count, start = thread.iterations, time.perf_counter()
+        try:
+            return fn()
+        finally:
+            rates.append((thread.iterations - count) / (time.perf_counter() - start))
+    return call
+
+
 def part_thread(plan, csc, spconv_libs, orders):
     rows = []
     for name, layer_name, channels in plan["thread_layers"]:
@@ -266,17 +277,25 @@ def part_thread(plan, csc, spconv_libs, orders):
                 fns[f"spconv.{op}"] = suite.with_torch_threads(peer.torch, 1,
                                                                getattr(peer, op))
         quiet = bc.measure(fns, plan["thread_repeats"], 1)
+        rates = {k: [] for k in fns}
         with busy_python_thread() as thread:
-            beside = bc.measure(fns, plan["thread_repeats"], 0)
+            time.sleep(0.5)   # the busy thread alone: its rate without our calls
+            alone = thread.report()["iterations_per_s"]
+            beside = bc.measure({k: _thread_rate(thread, fn, rates[k])
+                                 for k, fn in fns.items()}, plan["thread_repeats"], 0)
         entry["quiet"] = {k: v["times_s"] for k, v in quiet.items()}
         entry["busy_thread"] = {k: v["times_s"] for k, v in beside.items()}
         entry["thread"] = thread.report()
+        # what the busy thread got done while each library's calls ran, against alone
+        entry["thread_share"] = {k: statistics.median(v) / alone if alone else None
+                                 for k, v in rates.items()}
         entry["slowdown"] = {k: statistics.median(entry["busy_thread"][k])
                              / statistics.median(entry["quiet"][k]) for k in fns}
         rows.append(entry)
         print(f"thread {name} {layer_name} C={channels}: " + ", ".join(
             f"{k} {_median_ms(entry['quiet'][k]):.1f} -> "
-            f"{_median_ms(entry['busy_thread'][k]):.1f} ms (x{entry['slowdown'][k]:.2f})"
+            f"{_median_ms(entry['busy_thread'][k]):.1f} ms (x{entry['slowdown'][k]:.2f}; "
+            f"busy thread at {entry['thread_share'][k]:.2f} of its rate alone)"
             for k in fns), flush=True)
         del layer, peer
         gc.collect()
@@ -582,7 +601,8 @@ def write_markdown(path, env, report):
         lines.append("")
     if report.get("thread"):
         lines += ["## A thread of this process running Python without pause (median ms, "
-                  "and against the same without it)", "",
+                  "and against the same without it; `thread`: the busy thread's rate of "
+                  "work during those calls over its rate alone)", "",
                   "| workload | layer | C | op | ours | ours, switch interval left as it is "
                   "| spconv |", "|---|---|---|---|---|---|---|"]
         for e in report["thread"]:
@@ -590,9 +610,12 @@ def write_markdown(path, env, report):
                 cells = []
                 for who in ("ours", "ours_long", "spconv"):
                     key = f"{who}.{op}"
+                    share = e.get("thread_share", {}).get(key)
                     cells.append(f"{_median_ms(e['quiet'][key]):.1f} -> "
                                  f"{_median_ms(e['busy_thread'][key]):.1f} "
-                                 f"(x{e['slowdown'][key]:.2f})" if key in e["quiet"] else "")
+                                 f"(x{e['slowdown'][key]:.2f}"
+                                 + (f"; thread {share:.2f}" if share is not None else "")
+                                 + ")" if key in e["quiet"] else "")
                 lines.append(f"| {e['workload']} | {e['layer']} | {e['channels']} | {op} | "
                              + " | ".join(cells) + " |")
         lines.append("")

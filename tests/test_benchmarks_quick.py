@@ -196,6 +196,8 @@ def test_conditions_thread_part_times_both_switch_settings(monkeypatch, tmp_path
     for part in ("quiet", "busy_thread"):
         assert all(len(entry[part][k]) == 2 and min(entry[part][k]) > 0 for k in keys)
     assert entry["thread"]["iterations_per_s"] > 0
+    assert set(entry["thread_share"]) == keys
+    assert all(v > 0 for v in entry["thread_share"].values())
     assert seen and not any(seen)                  # ours_long ran with it off
     assert csc.config.is_short_switch_interval()   # and it is on again
     path = tmp_path / "c.md"
