@@ -139,6 +139,9 @@ def test_concurrent_calls_share_one_count(layer, monkeypatch, process_interval):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+# the child only writes to a pipe and leaves: JAX's warning about forking a process
+# with its threads does not apply
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 def test_a_forked_child_gets_the_parent_interval_back(process_interval):
     """A fork made while another thread is inside a call of ours: the child (where that
     thread does not exist) has the parent's own interval; the parent keeps the short
