@@ -81,8 +81,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FULL = {"layers": [("table-5mm", "subm3", 32), ("motorcycle-1cm", "subm3", 32),
                    ("frog-2x", "subm3", 32), ("table-5mm", "down2", 32)],
         "thread_layers": [("motorcycle-1cm", "subm3", 32), ("table-5mm", "down2", 32)],
-        "thread_repeats": 5, "repeats": 7, "torch_repeats": 9, "train_scan": "motorcycle-1cm", "train_steps": 40,
-        "train_rounds": 5,
+        "thread_repeats": 5, "repeats": 7, "torch_repeats": 9,
+        "train_scan": "motorcycle-1cm", "train_steps": 40, "train_rounds": 5,
         "train_warmup": 5, "crop_fraction": 0.5}
 QUICK = {"layers": [("motorcycle-2cm", "subm3", 16)], "repeats": 3, "torch_repeats": 3,
          "thread_layers": [("motorcycle-2cm", "subm3", 16)], "thread_repeats": 2,
